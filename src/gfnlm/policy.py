@@ -1,0 +1,82 @@
+"""The LoRA policy. The same module with the adapter disabled is the frozen base LM that scores rewards,
+so only one copy of the weights is resident."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from gfnlm.errors import GfnlmError
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: float = 32.0
+    target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
+
+
+class Policy:
+    """A causal LM wrapped with a LoRA adapter (peft).
+
+    ``model`` runs the policy (adapter on); inside ``with policy.base():`` it runs the base model.
+    The module is always kept in eval mode: LoRA dropout is not used, so the log-probabilities in the
+    loss are exactly those of the policy that samples.
+    """
+
+    def __init__(self, base_model, tokenizer, lora: LoraSettings, seed: int = 0):
+        targets = lora.target_modules
+        if isinstance(targets, str) and targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]  # "q_proj,v_proj" from the command line
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=0.0,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        with torch.random.fork_rng(devices=[]):  # adapter init must not depend on (or move) the global stream
+            torch.manual_seed(seed)
+            try:
+                self.model = get_peft_model(base_model, config)
+            except ValueError as exc:  # peft's "target modules not found"
+                raise GfnlmError(f"LoRA targets {lora.target_modules!r} do not name modules of this model; "
+                                 "use all-linear or names such as q_proj,v_proj.") from exc
+        self.model.eval()
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextmanager
+    def base(self):
+        """Run the base LM (adapter off) inside this block."""
+        with self.model.disable_adapter():
+            yield self.model
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def save_adapter(self, path: Path) -> None:
+        save_file(self.adapter_state(), str(path))
+
+    def load_adapter(self, path: Path) -> None:
+        state = load_file(str(path), device=str(self.device))
+        result = set_peft_model_state_dict(self.model, state)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise GfnlmError(f"The adapter {path} does not fit this model (unexpected keys such as {unexpected[0]}).")

@@ -1,0 +1,46 @@
+"""Tiny randomly initialized models built in the test session, so the suite stays fast and offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+CHARS = list(" 0123456789,.:;abcdefghijklmnopqrstuvwxyzRT\n")
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, init: float = 0.3):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, initializer_range=init, attn_implementation="sdpa",
+                         tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def char_tokenizer():
+    """One token per character (a BPE with no merges), so numbers span several tokens as in SmolLM2."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(CHARS)}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A Hugging Face folder with a tiny Llama and a character tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = char_tokenizer()
+    model = tiny_llama(len(tokenizer), seed=0, hidden=32, init=0.1)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
