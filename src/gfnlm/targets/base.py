@@ -1,0 +1,56 @@
+"""The Target interface and its algebra (products and powers of targets)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from gfnlm.trajectories import Trajectories
+
+
+class Target(ABC):
+    """An unnormalized distribution over Z given X.
+
+    ``log_rewards(traj)`` returns a float tensor (B, L+1): entry i of row b is the untempered
+    log R(z_1..z_i stop | X) of the prefix of length i. Every prefix is scored in one batched call;
+    entries past a row's length and at states that cannot terminate are ignored by the objectives.
+    The termination event is the target's own business: a single token, a token sequence, or an
+    answer Y appended after Z (multi-token terminators score all prefixes in one packed pass).
+    """
+
+    @abstractmethod
+    def log_rewards(self, traj: Trajectories) -> torch.Tensor: ...
+
+    def __mul__(self, other: Target) -> Product:
+        return Product([self, other])
+
+    def __pow__(self, exponent: float) -> Power:
+        return Power(self, exponent)
+
+
+class Product(Target):
+    """R = R_1 * R_2 * ... (log-rewards add): prior x likelihood x constraint."""
+
+    def __init__(self, factors: list[Target]):
+        flat: list[Target] = []
+        for f in factors:
+            flat.extend(f.factors if isinstance(f, Product) else [f])
+        self.factors = flat
+
+    def log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        total = self.factors[0].log_rewards(traj)
+        for f in self.factors[1:]:
+            total = total + f.log_rewards(traj)
+        return total
+
+
+class Power(Target):
+    """R^exponent, e.g. a tempered likelihood p(Z | X)^(1/T) with exponent 1/T."""
+
+    def __init__(self, base: Target, exponent: float):
+        self.base = base
+        self.exponent = float(exponent)
+
+    def log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        return self.exponent * self.base.log_rewards(traj)

@@ -1,0 +1,59 @@
+"""log p_LM(Z stop | X) of every prefix under the base model (the policy with its adapter disabled)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from gfnlm.lm_forward import encode_prompts, state_logits
+from gfnlm.policy import Policy
+from gfnlm.targets.base import Target
+from gfnlm.trajectories import Trajectories
+
+
+class LMLikelihood(Target):
+    """R(z_1..z_i stop) = p_LM(z_1..z_i T | X), for all i in one forward pass.
+
+    With a one-token terminator T the logits of [X, Z] give every prefix at once; with a longer T
+    (or an answer appended after Z) the copies of T are packed into the same pass.
+    ``renormalize_over``: an optional vocabulary bias (0 allowed / -inf banned); when given, each
+    next-token distribution of the LM is renormalized over the allowed tokens (the paper's
+    "masked LM" reward). Without it the target is p_LM restricted to the policy's support.
+    """
+
+    def __init__(self, policy: Policy, terminator: Sequence[int], renormalize_over: torch.Tensor | None = None,
+                 chunk_size: int = 64):
+        self.policy = policy
+        self.terminator = [int(t) for t in terminator]
+        self.bias = renormalize_over
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        parts = []
+        for start in range(0, traj.batch_size, self.chunk_size):
+            rows = torch.arange(start, min(start + self.chunk_size, traj.batch_size), device=traj.tokens.device)
+            part = self._score(traj.select(rows))
+            parts.append(torch.nn.functional.pad(part, (0, traj.max_length + 1 - part.shape[1])))
+        return torch.cat(parts, dim=0)
+
+    def _score(self, traj: Trajectories) -> torch.Tensor:
+        with self.policy.base() as model:
+            cache = encode_prompts(model, traj.prompts)
+            states, copies = state_logits(model, cache, traj.prompt_index, traj.tokens, self.terminator)
+        log_probs = self._log_softmax(states)
+        tokens = traj.tokens
+        token_lp = log_probs[:, :-1].gather(-1, tokens[..., None]).squeeze(-1)
+        token_lp = torch.where(traj.state_mask()[:, 1:], token_lp, torch.zeros_like(token_lp))
+        prefix = torch.cat([torch.zeros_like(token_lp[:, :1]), token_lp.cumsum(-1)], dim=1)
+        stop = log_probs[..., self.terminator[0]]
+        for j in range(1, len(self.terminator)):
+            stop = stop + self._log_softmax(copies[:, :, j - 1])[..., self.terminator[j]]
+        return prefix + stop
+
+    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.bias is not None:
+            logits = logits + self.bias.to(logits.device)
+        return torch.log_softmax(logits, dim=-1)
