@@ -1,0 +1,110 @@
+"""Command line: gfnlm train | sample | eval.
+
+  gfnlm train rng --config configs/rng-cpu.yaml [--resume] [--key value ...] [--task.key value ...]
+  gfnlm sample --run runs/rng [--n 20] [--temperature 1.0] [--base]
+  gfnlm eval rng --run runs/rng
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from gfnlm.config import TrainConfig, parse_overrides
+from gfnlm.errors import GfnlmError
+
+
+def _train_help() -> str:
+    lines = ["options (also YAML keys; task options as --task.KEY):"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else "{}"
+        lines.append(f"  --{f.name:<28} {f.metadata.get('help', '')} (default: {default})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gfnlm", description="GFlowNet fine-tuning for amortized inference in LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train a policy", epilog=_train_help(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_train.add_argument("task", help="task name (rng)")
+    p_train.add_argument("--config", help="YAML preset, e.g. configs/rng-cpu.yaml")
+    p_train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p_sample = sub.add_parser("sample", help="sample from a trained policy")
+    p_sample.add_argument("--run", required=True, help="run folder")
+    p_sample.add_argument("--n", type=int, default=10)
+    p_sample.add_argument("--temperature", type=float, default=1.0)
+    p_sample.add_argument("--prompt", help="prompt text (default: the task's first training prompt)")
+    p_sample.add_argument("--base", action="store_true", help="sample the base model instead (adapter off)")
+    p_sample.add_argument("--seed", type=int, default=0)
+    p_eval = sub.add_parser("eval", help="evaluate a trained policy")
+    p_eval.add_argument("task")
+    p_eval.add_argument("--run", required=True, help="run folder")
+
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args, rest)
+        if rest:
+            raise GfnlmError(f"Unexpected arguments {' '.join(rest)}.")
+        if args.command == "sample":
+            return _sample(args)
+        return _eval(args)
+    except GfnlmError as exc:
+        print(f"gfnlm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args, rest: list[str]) -> int:
+    from gfnlm.runs import resolve, train
+
+    spec = resolve(args.task, args.config, parse_overrides(rest))
+    train(spec, resume=args.resume)
+    return 0
+
+
+def _sample(args) -> int:
+    import torch
+
+    from gfnlm.evaluation.sampling import sample_completions
+    from gfnlm.runs import load_run, load_trained_policy
+
+    if args.n < 1 or args.temperature <= 0:
+        raise GfnlmError("--n must be at least 1 and --temperature positive.")
+    spec = load_run(args.run)
+    policy = load_trained_policy(spec, Path(args.run))
+    tokenizer = policy.tokenizer
+    prompt = spec.task.train_prompts()[0].ids
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise GfnlmError("--prompt is empty.")
+        prompt = tuple(tokenizer.encode(args.prompt, add_special_tokens=False))
+    space = spec.task.action_space().to(policy.device)
+    generator = torch.Generator(device=policy.device).manual_seed(args.seed)
+    if args.base:
+        with policy.base() as model:
+            rows = sample_completions(model, space, prompt, args.n, temperature=args.temperature, generator=generator)
+    else:
+        rows = sample_completions(policy.model, space, prompt, args.n, temperature=args.temperature,
+                                  generator=generator)
+    for row in rows:
+        print(repr(tokenizer.decode(row)))
+    return 0
+
+
+def _eval(args) -> int:
+    from gfnlm.runs import load_run, load_trained_policy, report
+
+    spec = load_run(args.run)
+    if spec.task_name != args.task:
+        raise GfnlmError(f"{args.run} is a {spec.task_name!r} run, not {args.task!r}.")
+    spec.config.evaluate = True
+    policy = load_trained_policy(spec, Path(args.run))
+    report(spec, policy, Path(args.run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

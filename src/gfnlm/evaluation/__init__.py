@@ -1,0 +1,1 @@
+"""Evaluation: exact distributions on enumerable problems, estimators, metrics, tables and plots."""

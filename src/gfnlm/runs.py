@@ -1,0 +1,141 @@
+"""Run folders: resolve and validate a configuration, then train, evaluate, sample and report.
+
+Everything a user can get wrong is checked here before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gfnlm.config import TrainConfig, build, merge, read_yaml, to_dict
+from gfnlm.errors import GfnlmError
+from gfnlm.lm import resolve_model_source
+from gfnlm.tasks import Task, task_class
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunSpec:
+    task_name: str
+    config: TrainConfig
+    task: Task
+
+
+def resolve(task_name: str, config_file: str | None, overrides: dict) -> RunSpec:
+    """Merge the YAML file and overrides, validate every value and the inputs (cheap checks only)."""
+    values = read_yaml(config_file) if config_file else {}
+    file_task = values.pop("task_name", None)
+    if file_task is not None and file_task != task_name:
+        raise GfnlmError(f"The config file is for task {file_task!r}, not {task_name!r}.")
+    cls = task_class(task_name)
+    config = build(TrainConfig, merge(values, overrides), where="config")
+    task_config = build(cls.Config, config.task, where=f"task section of the {task_name} config")
+    config.task = to_dict(task_config)
+    resolve_model_source(config.model)
+    task = cls(task_config)
+    task.check_inputs()
+    return RunSpec(task_name, config, task)
+
+
+def load_run(run_dir: str | Path) -> RunSpec:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise GfnlmError(f"{run_dir} is not a gfnlm run folder (no {CONFIG_FILE}); pass the folder a training run wrote.")
+    values = read_yaml(path)
+    task_name = values.pop("task_name", None)
+    if task_name is None:
+        raise GfnlmError(f"{path} names no task_name.")
+    return resolve(task_name, None, values)
+
+
+def prepare_model(spec: RunSpec):
+    """Load the base model, wrap it as a LoRA policy, and let the task tokenize its inputs."""
+    import torch
+
+    from gfnlm.device import resolve_device
+    from gfnlm.lm import load_base_model
+    from gfnlm.policy import LoraSettings, Policy
+
+    c = spec.config
+    torch.manual_seed(c.seed)
+    device = resolve_device(c.device)
+    model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device)
+    policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)
+    spec.task.setup(tokenizer, policy.vocab_size)
+    return policy
+
+
+def train(spec: RunSpec, resume: bool = False) -> Path:
+    from gfnlm.checkpoint import CheckpointStore, RunLock
+    from gfnlm.trainer import Trainer
+
+    c = spec.config
+    run_dir = Path(c.output_dir)
+    if not resume and CheckpointStore(run_dir).list():
+        raise GfnlmError(f"{run_dir} already holds a training run; continue it with --resume or choose another "
+                         "--output_dir.")
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        started = time.perf_counter()
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump({"task_name": spec.task_name, **to_dict(c)}, sort_keys=False))
+        policy = prepare_model(spec)
+        trainer = Trainer(c, spec.task, policy, run_dir)
+        trainer.train(resume=resume)
+        policy.model.save_pretrained(run_dir / "adapter")  # a plain peft adapter folder for other tools
+        train_seconds = time.perf_counter() - started
+        report(spec, policy, run_dir, train_seconds)
+    finally:
+        lock.release()
+    return run_dir
+
+
+def load_trained_policy(spec: RunSpec, run_dir: Path):
+    from gfnlm.checkpoint import CheckpointStore
+
+    policy = prepare_model(spec)
+    latest = CheckpointStore(run_dir).latest()
+    if latest is None:
+        raise GfnlmError(f"{run_dir} has no complete checkpoint to load.")
+    policy.load_adapter(latest / "adapter.safetensors")
+    return policy
+
+
+def report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | None = None) -> Path:
+    """Evaluate (when configured), plot the training curves, and write report.md."""
+    from gfnlm.evaluation.plots import plot_training_curves
+
+    c = spec.config
+    lines = [f"# gfnlm run: {spec.task_name}", "",
+             f"- model: `{c.model}` ({c.dtype}), LoRA r={c.lora_r}, alpha={c.lora_alpha}, targets {c.lora_targets}",
+             f"- objective: {c.objective} (lambda {c.subtb_lambda}), {c.steps} steps x {c.grad_accum} micro-batches x "
+             f"{c.prompts_per_batch} prompts x {c.trajectories_per_prompt} trajectories, lr {c.lr}",
+             f"- reward temperature {c.reward_temp_start} -> {c.reward_temp_end} over {c.reward_temp_horizon} steps; "
+             f"behaviour: replay {c.replay_prob}, tempered {c.tempered_prob} (T in [{c.tempered_min}, "
+             f"{c.tempered_max}]), epsilon {c.epsilon}",
+             f"- seed {c.seed}"]
+    if train_seconds is not None:
+        lines.append(f"- training wall time: {train_seconds:.0f} s")
+    plots = []
+    curves = plot_training_curves(run_dir, spec.task.training_metric_names)
+    if curves:
+        plots.append(curves)
+    if c.evaluate:
+        started = time.perf_counter()
+        result = spec.task.evaluate(policy, run_dir, seed=c.seed, progress=c.progress)
+        lines += ["", "## Evaluation", "", result.markdown, "", f"Evaluation wall time: {time.perf_counter() - started:.0f} s"]
+        plots += result.plots
+    lines += ["", "## Files", ""] + [f"- {p.name}" for p in plots]
+    lines += ["- metrics.jsonl / metrics.csv: per-step training metrics", "- adapter/: the trained LoRA adapter (peft)",
+              "- checkpoints/: resumable state"]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(f"\nReport: {path.resolve()}")
+    for p in plots:
+        print(f"Plot:   {Path(p).resolve()}")
+    return path

@@ -1,0 +1,20 @@
+"""Built-in tasks, by name."""
+
+from gfnlm.errors import GfnlmError
+from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
+from gfnlm.tasks.rng import RngTask
+
+TASKS: dict[str, type[Task]] = {RngTask.name: RngTask}
+
+
+def task_class(name: str) -> type[Task]:
+    if name not in TASKS:
+        import difflib
+
+        hint = difflib.get_close_matches(name, list(TASKS), n=1)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise GfnlmError(f"Unknown task {name!r}; available: {', '.join(sorted(TASKS))}.{extra}")
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "EvalResult", "Task", "TaskPrompt", "task_class"]

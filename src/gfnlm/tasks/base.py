@@ -1,0 +1,59 @@
+"""What a task provides to the trainer: prompts, the action space, the target and its evaluation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from gfnlm.action_space import ActionSpace
+from gfnlm.policy import Policy
+from gfnlm.targets import Target
+from gfnlm.trajectories import Trajectories
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    text: str
+    ids: tuple[int, ...]
+    key: str
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    plots: list[Path] = field(default_factory=list)
+    markdown: str = ""
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    training_metric_names: ClassVar[tuple[str, ...]] = ()  # keys returned by training_metrics
+
+    def __init__(self, config):
+        self.config = config
+
+    def check_inputs(self) -> None:
+        """Cheap checks of the task's inputs (files, prompts) before any model is loaded."""
+
+    @abstractmethod
+    def setup(self, tokenizer, vocab_size: int) -> None:
+        """Tokenize prompts and build token sets once the tokenizer is known."""
+
+    @abstractmethod
+    def train_prompts(self) -> list[TaskPrompt]: ...
+
+    @abstractmethod
+    def action_space(self) -> ActionSpace: ...
+
+    @abstractmethod
+    def target(self, policy: Policy) -> Target: ...
+
+    def training_metrics(self, traj: Trajectories, texts: list[str]) -> dict:
+        """Task metrics of freshly sampled completions, logged each step."""
+        return {}
+
+    def evaluate(self, policy: Policy, run_dir: Path, seed: int, progress: bool = True) -> EvalResult:
+        return EvalResult({})

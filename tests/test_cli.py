@@ -1,0 +1,80 @@
+"""The command line: clear errors before anything heavy, and a full train / sample / eval cycle."""
+
+import json
+
+import pytest
+
+import gfnlm.lm
+from gfnlm.cli import main
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was validated")
+
+    monkeypatch.setattr(gfnlm.lm, "load_base_model", refuse)
+
+
+def error_of(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gfnlm: error: ") and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    return err
+
+
+def test_unknown_task(capsys, no_model_loading):
+    err = error_of(capsys, ["train", "rgn"])
+    assert "Unknown task 'rgn'" in err and "Did you mean 'rng'" in err
+
+
+def test_wrong_model_path(capsys, no_model_loading, tmp_path):
+    err = error_of(capsys, ["train", "rng", "--model", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "r")])
+    assert "does not exist" in err
+
+
+def test_malformed_config_values(capsys, no_model_loading, tmp_path):
+    assert "steps must be an integer" in error_of(capsys, ["train", "rng", "--steps", "many"])
+    assert "replay_prob must be <= 1" in error_of(capsys, ["train", "rng", "--replay_prob", "1.5"])
+    assert "objective must be one of" in error_of(capsys, ["train", "rng", "--objective", "subtbb"])
+    config = tmp_path / "c.yaml"
+    config.write_text("stepz: 3\n")
+    assert "Did you mean 'steps'" in error_of(capsys, ["train", "rng", "--config", str(config)])
+    config.write_text("task:\n  hihg: 3\n")
+    assert "Did you mean 'high'" in error_of(capsys, ["train", "rng", "--config", str(config)])
+    config.write_text("steps: [1, 2\n")
+    assert "not valid YAML" in error_of(capsys, ["train", "rng", "--config", str(config)])
+
+
+def test_empty_prompt_file(capsys, no_model_loading, tmp_path):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    assert "is empty" in error_of(capsys, ["train", "rng", "--task.prompt_file", str(empty)])
+    assert "does not exist" in error_of(capsys, ["train", "rng", "--task.prompt_file", str(tmp_path / "nope")])
+
+
+def test_train_sample_eval_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    args = ["train", "rng", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "4",
+            "--trajectories_per_prompt", "4", "--checkpoint_every", "2", "--progress", "false",
+            "--lora_r", "4", "--task.prompt", "numbers: 4, 7,", "--task.high", "20", "--task.eval_samples", "16"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Report:" in out and (run / "report.md").is_file()
+    for name in ("rng_histogram.png", "training_curves.png", "metrics.csv", "eval_rng.json", "adapter"):
+        assert (run / name).exists(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    result = json.loads((run / "eval_rng.json").read_text())
+    assert set(result) >= {"base", "policy", "perfect_sampler_floor"}
+    assert 0 <= result["policy"]["tv"] <= 1 + 1e-9
+
+    assert main(["sample", "--run", str(run), "--n", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert main(["eval", "rng", "--run", str(run)]) == 0
+    assert "Report:" in capsys.readouterr().out
+    assert "already holds a training run" in error_of(capsys, args)
+    assert main(args + ["--resume", "--steps", "6"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
