@@ -127,7 +127,7 @@ def report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | None = N
         plots.append(curves)
     if c.evaluate:
         started = time.perf_counter()
-        result = spec.task.evaluate(policy, run_dir, seed=c.seed, progress=c.progress)
+        result = spec.task.evaluate(policy, run_dir, c)
         lines += ["", "## Evaluation", "", result.markdown, "", f"Evaluation wall time: {time.perf_counter() - started:.0f} s"]
         plots += result.plots
     lines += ["", "## Files", ""] + [f"- {p.name}" for p in plots]

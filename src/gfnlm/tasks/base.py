@@ -55,5 +55,6 @@ class Task(ABC):
         """Task metrics of freshly sampled completions, logged each step."""
         return {}
 
-    def evaluate(self, policy: Policy, run_dir: Path, seed: int, progress: bool = True) -> EvalResult:
+    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        """Evaluate a trained policy; ``config`` is the run's TrainConfig (seed, reward temperature, ...)."""
         return EvalResult({})

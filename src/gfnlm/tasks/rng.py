@@ -136,9 +136,9 @@ class RngTask(Task):
         valid = sum(tuple(traj.row(b)) in self.number_of for b in range(traj.batch_size))
         return {"valid_fraction": valid / max(traj.batch_size, 1)}
 
-    def evaluate(self, policy: Policy, run_dir: Path, seed: int, progress: bool = True) -> EvalResult:
+    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
         """Sample the base model and the policy, compare both with the uniform target, plot histograms."""
-        c = self.config
+        c, seed, progress = self.config, config.seed, config.progress
         space = self.action_space().to(policy.device)
         support = list(range(c.low, c.high + 1))
         results, series = {}, {}
