@@ -3,6 +3,7 @@
   gfnlm train rng --config configs/rng-cpu.yaml [--resume] [--key value ...] [--task.key value ...]
   gfnlm sample --run runs/rng [--n 20] [--temperature 1.0] [--base]
   gfnlm eval rng --run runs/rng
+  gfnlm compare runs/continuation-T0.8 runs/continuation-T0.9 --out runs/compare
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("task")
     p_eval.add_argument("--run", required=True, help="run folder")
 
+    p_compare = sub.add_parser("compare", help="merge the evaluation tables of several runs into one table and plot")
+    p_compare.add_argument("runs", nargs="+", help="evaluated run folders")
+    p_compare.add_argument("--out", required=True, help="folder for compare.csv / compare.md / compare_frontier.png")
+
     args, rest = parser.parse_known_args(argv)
     try:
         if args.command == "train":
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             raise GfnlmError(f"Unexpected arguments {' '.join(rest)}.")
         if args.command == "sample":
             return _sample(args)
+        if args.command == "compare":
+            return _compare(args)
         return _eval(args)
     except GfnlmError as exc:
         print(f"gfnlm: error: {exc}", file=sys.stderr)
@@ -103,6 +110,15 @@ def _eval(args) -> int:
     spec.config.evaluate = True
     policy = load_trained_policy(spec, Path(args.run))
     report(spec, policy, Path(args.run))
+    return 0
+
+
+def _compare(args) -> int:
+    from gfnlm.evaluation.comparison import compare_runs
+
+    table, plot = compare_runs([Path(r) for r in args.runs], Path(args.out))
+    print(table)
+    print(f"\nTable: {(Path(args.out) / 'compare.md').resolve()}\nPlot:  {plot.resolve()}")
     return 0
 
 

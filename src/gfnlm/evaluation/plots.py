@@ -61,3 +61,24 @@ def plot_histograms(path: Path, support: list, series: dict[str, dict], title: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_frontier(path: Path, rows: list[dict], x: str, y: str, xlabel: str, ylabel: str, title: str,
+                  label: str = "method") -> Path:
+    """One labelled point per method (e.g. diversity vs log-likelihood): up and right is better."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for r in rows:
+        if r.get(x) is None or r.get(y) is None:
+            continue
+        highlight = str(r[label]).startswith("gfn")
+        ax.scatter(r[x], r[y], s=70 if highlight else 40, marker="*" if highlight else "o",
+                   color="tab:red" if highlight else "tab:blue", zorder=3)
+        ax.annotate(str(r[label]), (r[x], r[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

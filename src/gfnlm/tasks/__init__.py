@@ -2,9 +2,10 @@
 
 from gfnlm.errors import GfnlmError
 from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
+from gfnlm.tasks.continuation import ContinuationTask
 from gfnlm.tasks.rng import RngTask
 
-TASKS: dict[str, type[Task]] = {RngTask.name: RngTask}
+TASKS: dict[str, type[Task]] = {RngTask.name: RngTask, ContinuationTask.name: ContinuationTask}
 
 
 def task_class(name: str) -> type[Task]:

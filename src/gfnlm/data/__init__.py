@@ -1,0 +1,1 @@
+"""Built-in data files (prompt sets)."""

@@ -1,0 +1,39 @@
+"""`gfnlm compare`: one table and one frontier plot from the evaluations of several runs.
+
+Every run contributes its policy row ("gfn") labelled with the run folder and its temperature, and
+its token-tempered row (which depends on T); the temperature-free baselines come from the first run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gfnlm.errors import GfnlmError
+from gfnlm.evaluation.harness import COLUMNS, HEADERS
+from gfnlm.evaluation.plots import plot_frontier
+from gfnlm.evaluation.tables import read_table, write_table
+from gfnlm.runs import load_run
+
+PER_RUN = ("gfn", "tempered")
+
+
+def compare_runs(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
+    rows = []
+    for index, run_dir in enumerate(run_dirs):
+        spec = load_run(run_dir)
+        table = run_dir / f"eval_{spec.task_name}.csv"
+        if not table.is_file():
+            raise GfnlmError(f"{run_dir} has no {table.name}; run `gfnlm eval {spec.task_name} --run {run_dir}` first.")
+        temperature = spec.config.reward_temp_end
+        for row in read_table(table):
+            if row["method"] in PER_RUN:
+                row["method"] = f"{row['method']} T={temperature:g} ({run_dir.name})"
+            elif index > 0:
+                continue
+            rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = write_table(rows, COLUMNS, out_dir / "compare", HEADERS)
+    plot = plot_frontier(out_dir / "compare_frontier.png", rows, "diversity", "mean_loglik",
+                         "embedding diversity (1 - mean pairwise cosine)", "mean log p_LM(Z | X)",
+                         "likelihood vs diversity, " + ", ".join(d.name for d in run_dirs))
+    return markdown, plot

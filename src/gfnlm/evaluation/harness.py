@@ -1,0 +1,121 @@
+"""The evaluation harness shared by the text tasks: for each test prompt, N samples per method, then
+likelihood, diversity and (where q is known exactly) how well the sampler matches the target.
+
+Methods: "gfn" (the trained policy) and the decoding baselines of ``decoding.py`` run on the base
+model (adapter off). For "gfn" and plain "sampling" (the policy before training: the base model
+under the same action space) q(Z) is exact, so importance estimates of log Z(X), KL(q || p_T) and
+the ESS are reported; for the other methods they are undefined.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from gfnlm.action_space import ActionSpace
+from gfnlm.evaluation.decoding import decode_baseline
+from gfnlm.evaluation.diversity import distinct_n, embedding_diversity, sentence_encoder, unique_fraction
+from gfnlm.evaluation.importance import importance_estimates
+from gfnlm.evaluation.methods import ALL_METHODS
+from gfnlm.evaluation.plots import plot_frontier
+from gfnlm.evaluation.sampling import sample_completions
+from gfnlm.evaluation.tables import write_table
+from gfnlm.policy import Policy
+from gfnlm.policy_scores import score_policy
+from gfnlm.targets import Target
+from gfnlm.tasks.base import TaskPrompt
+from gfnlm.trajectories import Trajectories
+
+COLUMNS = ["method", "mean_loglik", "max_loglik", "diversity", "distinct_1", "distinct_2", "unique",
+           "mean_length", "log_z_est", "kl_q_p", "ess_fraction", "seconds"]
+HEADERS = {"mean_loglik": "mean log p(Z ∣ X)", "max_loglik": "max log p(Z ∣ X)", "diversity": "embedding diversity",
+           "distinct_1": "distinct-1", "distinct_2": "distinct-2", "unique": "unique fraction",
+           "mean_length": "tokens", "log_z_est": "log Z(X) (IS)", "kl_q_p": "KL(q ‖ p_T) (IS)",
+           "ess_fraction": "ESS / N"}
+
+
+def _trajectories(prompt: Sequence[int], rows: Sequence[Sequence[int]], device) -> Trajectories:
+    return Trajectories.from_rows([tuple(prompt)], ["eval"], [0] * len(rows), [list(r) for r in rows], device=device)
+
+
+@torch.no_grad()
+def terminal_log_rewards(target: Target, prompt: Sequence[int], rows, device) -> list[float]:
+    """Untempered log R(Z stop | X) of whole completions."""
+    traj = _trajectories(prompt, rows, device)
+    rewards = target.log_rewards(traj)
+    return rewards[torch.arange(traj.batch_size, device=rewards.device), traj.lengths].tolist()
+
+
+@torch.no_grad()
+def sequence_log_probs(model, space: ActionSpace, prompt: Sequence[int], rows, device) -> list[float]:
+    """log q(Z stop | X) of whole completions under a model and action space."""
+    traj = _trajectories(prompt, rows, device)
+    scores = score_policy(model, space, traj)
+    index = torch.arange(traj.batch_size, device=device)
+    return (scores.log_pf.sum(-1) + scores.log_stop[index, traj.lengths]).tolist()
+
+
+def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts: Sequence[TaskPrompt],
+                     methods: Sequence[str], n: int, temperature: float, seed: int, out_dir: Path,
+                     stem: str, title: str, top_p: float = 0.95, progress: bool = True) -> tuple[list[dict], str, Path]:
+    """Run every method on every prompt; write ``stem``.csv/.md/.json, samples and a frontier plot."""
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(ALL_METHODS)}")
+    device = policy.device
+    space = space.to(device)
+    tok = policy.tokenizer
+    encoder = sentence_encoder()
+    per_prompt: dict[str, list[dict]] = {m: [] for m in methods}
+    seconds = {m: 0.0 for m in methods}
+    samples = []
+    for p_index, prompt in enumerate(tqdm(prompts, desc="evaluate", disable=not progress, dynamic_ncols=True)):
+        for method in methods:
+            started = time.perf_counter()
+            method_seed = seed * 1000 + p_index
+            if method == "gfn":
+                generator = torch.Generator(device=device).manual_seed(method_seed)
+                rows = sample_completions(policy.model, space, prompt.ids, n, generator=generator, progress=False)
+            else:
+                with policy.base() as model:
+                    rows = decode_baseline(method, model, space, prompt.ids, n, method_seed,
+                                           temperature=temperature, top_p=top_p)
+            seconds[method] += time.perf_counter() - started
+            texts = [tok.decode(r) for r in rows]
+            loglik = terminal_log_rewards(target, prompt.ids, rows, device)
+            metrics = {"mean_loglik": statistics.mean(loglik), "max_loglik": max(loglik),
+                       "diversity": embedding_diversity(texts, encoder), "distinct_1": distinct_n(texts, 1),
+                       "distinct_2": distinct_n(texts, 2), "unique": unique_fraction(texts),
+                       "mean_length": statistics.mean(len(r) for r in rows)}
+            if method in ("gfn", "sampling"):
+                if method == "gfn":
+                    log_q = sequence_log_probs(policy.model, space, prompt.ids, rows, device)
+                else:
+                    with policy.base() as model:
+                        log_q = sequence_log_probs(model, space, prompt.ids, rows, device)
+                est = importance_estimates(loglik, log_q, temperature)
+                metrics.update(log_z_est=est["log_z"], kl_q_p=est["kl_q_p"], ess_fraction=est["ess_fraction"])
+            per_prompt[method].append(metrics)
+            samples.append({"prompt": prompt.text, "method": method, "completions": texts, "log_likelihoods": loglik})
+    rows = []
+    for method in methods:
+        keys = per_prompt[method][0].keys()
+        row = {"method": method, **{k: statistics.mean(d[k] for d in per_prompt[method]) for k in keys}}
+        row["seconds"] = seconds[method]
+        rows.append(row)
+    out_dir = Path(out_dir)
+    markdown = write_table(rows, COLUMNS, out_dir / stem, HEADERS)
+    (out_dir / f"{stem}.json").write_text(json.dumps({"methods": rows, "per_prompt": per_prompt, "n": n,
+                                                       "temperature": temperature, "prompts": len(prompts)}, indent=1))
+    with open(out_dir / f"{stem}_samples.jsonl", "w", encoding="utf-8") as fh:
+        for s in samples:
+            fh.write(json.dumps(s) + "\n")
+    plot = plot_frontier(out_dir / f"{stem}_frontier.png", rows, "diversity", "mean_loglik",
+                         "embedding diversity (1 - mean pairwise cosine)", "mean log p_LM(Z | X)", title)
+    return rows, markdown, plot

@@ -1,0 +1,141 @@
+"""Sentence continuation: sample the next sentence Z after a prompt X in proportion to p_LM(Z | X)^(1/T).
+
+Z ends with "." (the terminator). Newlines, tabs, special tokens and every other token that contains
+the terminator's text are banned, in the sampler and in the reward alike: the reward is the base LM
+renormalized over the allowed tokens, so the target is a distribution over exactly the sentences the
+policy can write. T is the run's final reward temperature (``reward_temp_end``); the schedule
+``reward_temp_start -> reward_temp_end`` anneals towards it during training, as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from gfnlm.action_space import ActionSpace
+from gfnlm.config import check_range
+from gfnlm.errors import GfnlmError
+from gfnlm.evaluation.methods import ALL_METHODS
+from gfnlm.policy import Policy
+from gfnlm.prompts import read_prompt_file
+from gfnlm.targets import LMLikelihood, Target
+from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
+
+
+def builtin_prompts(split: str) -> list[str]:
+    text = resources.files("gfnlm.data").joinpath(f"continuation_{split}.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class ContinuationConfig:
+    prompt_file: str = ""  # training prompts, one per line ("" = the built-in set's 80 training prompts)
+    test_prompt_file: str = ""  # held-out prompts ("" = the built-in set's 20 test prompts)
+    terminator: str = "."
+    min_len: int = 1
+    max_len: int = 20
+    eval_samples: int = 16  # N samples per prompt and method
+    eval_prompts: int = 0  # evaluate on the first this-many test prompts (0 = all)
+    eval_methods: str = ",".join(ALL_METHODS)
+    eval_top_p: float = 0.95
+
+    def validate(self) -> None:
+        if not self.terminator:
+            raise GfnlmError("task.terminator is empty; give the text that ends a sentence (e.g. '.').")
+        check_range("task.min_len", self.min_len, low=0)
+        check_range("task.max_len", self.max_len, low=1)
+        if self.min_len > self.max_len:
+            raise GfnlmError(f"task.min_len ({self.min_len}) exceeds task.max_len ({self.max_len}).")
+        check_range("task.eval_samples", self.eval_samples, low=2)
+        check_range("task.eval_prompts", self.eval_prompts, low=0)
+        if not 0 < self.eval_top_p <= 1:
+            raise GfnlmError(f"task.eval_top_p must be in (0, 1], got {self.eval_top_p}.")
+        unknown = [m for m in self.methods() if m not in ALL_METHODS]
+        if unknown or not self.methods():
+            raise GfnlmError(f"task.eval_methods {self.eval_methods!r}: choose from {', '.join(ALL_METHODS)}.")
+
+    def methods(self) -> list[str]:
+        return [m.strip() for m in self.eval_methods.split(",") if m.strip()]
+
+
+class ContinuationTask(Task):
+    name = "continuation"
+    Config = ContinuationConfig
+
+    def check_inputs(self) -> None:
+        c = self.config
+        self.train_texts = read_prompt_file(c.prompt_file) if c.prompt_file else builtin_prompts("train")
+        self.test_texts = read_prompt_file(c.test_prompt_file) if c.test_prompt_file else (
+            [] if c.prompt_file else builtin_prompts("test"))
+
+    def setup(self, tokenizer, vocab_size: int) -> None:
+        self.check_inputs()
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.terminator_ids = tokenizer.encode(self.config.terminator, add_special_tokens=False)
+        self.train_set = self._encode(self.train_texts, "train")
+        self.test_set = self._encode(self.test_texts, "test")
+        self.banned = self.banned_tokens(tokenizer, vocab_size)
+
+    def _encode(self, texts: list[str], split: str) -> list[TaskPrompt]:
+        prompts = []
+        for i, text in enumerate(texts):
+            ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+            if not ids:
+                raise GfnlmError(f"{split} prompt {i + 1} tokenizes to nothing.")
+            prompts.append(TaskPrompt(text, ids, f"{split}-{i}"))
+        return prompts
+
+    def banned_tokens(self, tokenizer, vocab_size: int) -> list[int]:
+        """Tokens that cannot occur inside a sentence: line breaks, special tokens, and any token that
+        contains the terminator text without being the terminator (so sentences end only at it)."""
+        term = self.config.terminator
+        allowed_terminator = set(self.terminator_ids) if len(self.terminator_ids) == 1 else set()
+        banned = set(tokenizer.all_special_ids)
+        for i in range(vocab_size):
+            piece = tokenizer.decode([i]) if i < len(tokenizer) else ""
+            if not piece or any(c in piece for c in "\n\r\t") or (term in piece and i not in allowed_terminator):
+                banned.add(i)
+        banned -= set(self.terminator_ids)
+        return sorted(banned)
+
+    def train_prompts(self) -> list[TaskPrompt]:
+        return list(self.train_set)
+
+    def action_space(self) -> ActionSpace:
+        return ActionSpace(self.vocab_size, self.terminator_ids, min_len=self.config.min_len,
+                           max_len=self.config.max_len, banned_tokens=self.banned)
+
+    def target(self, policy: Policy) -> Target:
+        space = self.action_space()
+        return LMLikelihood(policy, self.terminator_ids, renormalize_over=space.vocab_bias)
+
+    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        from gfnlm.evaluation.harness import evaluate_methods  # transformers + sentence-transformers: heavy
+
+        c = self.config
+        prompts = self.test_set or self.train_set
+        split = "test" if self.test_set else "train (no test prompts given)"
+        if c.eval_prompts:
+            prompts = prompts[: c.eval_prompts]
+        temperature = config.reward_temp_end
+        rows, markdown, plot = evaluate_methods(
+            policy, self.action_space(), self.target(policy), prompts, c.methods(), c.eval_samples, temperature,
+            config.seed, Path(run_dir), "eval_continuation",
+            f"next sentence, T = {temperature:g}: {len(prompts)} {split.split()[0]} prompts x {c.eval_samples} samples",
+            top_p=c.eval_top_p, progress=config.progress)
+        text = "\n".join([
+            f"{len(prompts)} {split} prompts, N = {c.eval_samples} samples per prompt and method, target "
+            f"p_LM(Z | X)^(1/T) with T = {temperature:g}. Likelihoods are log p_LM(Z . | X) under the base model "
+            "(renormalized over the allowed tokens); diversity is over each prompt's N samples, averaged over "
+            "prompts. Importance estimates use q's own samples; 'sampling' is the policy before training "
+            "(the base model under the same action space).",
+            "", markdown])
+        by_method = {r["method"]: r for r in rows}
+        if "gfn" in by_method and "sampling" in by_method:
+            text += (f"\n\nKL(q ‖ p_T), importance-sampling estimate: before training (base) "
+                     f"{by_method['sampling']['kl_q_p']:.3f} -> after training {by_method['gfn']['kl_q_p']:.3f}.")
+        (Path(run_dir) / "eval_continuation_summary.json").write_text(json.dumps(by_method, indent=1))
+        return EvalResult(by_method, [plot], text)

@@ -1,0 +1,56 @@
+"""The continuation task end to end on a tiny model: train, evaluate every method, compare runs."""
+
+import json
+
+from gfnlm.cli import main
+from gfnlm.evaluation.methods import ALL_METHODS
+from gfnlm.evaluation.tables import read_table
+from gfnlm.tasks.continuation import builtin_prompts
+
+
+def test_builtin_prompt_split_is_fixed_and_disjoint():
+    train, test = builtin_prompts("train"), builtin_prompts("test")
+    assert len(train) == 80 and len(test) == 20
+    assert not set(train) & set(test)
+    assert all(p.endswith(".") for p in train + test)
+
+
+def test_train_eval_and_compare_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
+    train_file, test_file = tmp_path / "train.txt", tmp_path / "test.txt"
+    train_file.write_text("the cat sat on a mat.\nrain fell all day.\n")
+    test_file.write_text("a dog ran.\nwe ate soup.\n")
+    runs = []
+    for temperature in ("0.8", "0.9"):
+        run = tmp_path / f"run-{temperature}"
+        args = ["train", "continuation", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "3",
+                "--trajectories_per_prompt", "4", "--progress", "false", "--lora_r", "4",
+                "--reward_temp_end", temperature, "--reward_temp_horizon", "2",
+                "--task.prompt_file", str(train_file), "--task.test_prompt_file", str(test_file),
+                "--task.max_len", "6", "--task.eval_samples", "4"]
+        assert main(args) == 0
+        runs.append(run)
+        rows = read_table(run / "eval_continuation.csv")
+        assert [r["method"] for r in rows] == list(ALL_METHODS)
+        by = {r["method"]: r for r in rows}
+        assert by["greedy"]["unique"] == 0.25 and by["greedy"]["diversity"] < 1e-5  # 4 copies of one sentence
+        for method in ("gfn", "sampling"):
+            assert by[method]["kl_q_p"] is not None and 0 < by[method]["ess_fraction"] <= 1 + 1e-9
+        assert by["beam"]["kl_q_p"] is None  # q unknown for beam search
+        for r in rows:
+            assert r["max_loglik"] >= r["mean_loglik"]
+        assert (run / "eval_continuation_frontier.png").is_file()
+        samples = [json.loads(line) for line in (run / "eval_continuation_samples.jsonl").read_text().splitlines()]
+        assert len(samples) == 2 * len(ALL_METHODS) and all(len(s["completions"]) == 4 for s in samples)
+    capsys.readouterr()
+    out = tmp_path / "compare"
+    assert main(["compare", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
+    methods = [r["method"] for r in read_table(out / "compare.csv")]
+    assert sum(m.startswith("gfn T=") for m in methods) == 2 and methods.count("beam") == 1
+    assert (out / "compare_frontier.png").is_file()
+
+
+def test_bad_continuation_options_stop_before_loading(capsys, tmp_path):
+    assert main(["train", "continuation", "--task.eval_methods", "gfn,topk"]) == 2
+    assert "eval_methods" in capsys.readouterr().err
+    assert main(["train", "continuation", "--task.min_len", "9", "--task.max_len", "3"]) == 2
+    assert "min_len" in capsys.readouterr().err
