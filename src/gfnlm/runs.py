@@ -67,7 +67,23 @@ def prepare_model(spec: RunSpec):
     model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device)
     policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)
     spec.task.setup(tokenizer, policy.vocab_size)
+    check_context_window(spec.task, model.config)
     return policy
+
+
+def check_context_window(task: Task, model_config) -> None:
+    """Prompt + completion + terminator must fit the model's positions (clear error, not an index crash)."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    prompts = task.all_prompts()
+    if not limit or not prompts:
+        return
+    space = task.action_space()
+    longest = max(prompts, key=lambda p: len(p.ids))
+    need = len(longest.ids) + space.max_len + space.terminator_length
+    if need > limit:
+        raise GfnlmError(f"Prompt {longest.text[:40]!r}... has {len(longest.ids)} tokens; with up to {space.max_len} "
+                         f"generated tokens it needs {need} positions, but the model's context window is {limit}. "
+                         "Shorten the prompt or lower task.max_len.")
 
 
 def train(spec: RunSpec, resume: bool = False) -> Path:

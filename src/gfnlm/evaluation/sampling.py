@@ -1,7 +1,9 @@
-"""Draw many samples in bounded batches (memory stays flat for any N), with a progress bar."""
+"""Draw many samples in bounded batches (memory stays flat for any N), with a progress bar; a batch
+that runs out of memory is retried at half the size."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -19,8 +21,21 @@ def sample_completions(model, space: ActionSpace, prompt: Sequence[int], n: int,
     with tqdm(total=n, desc=desc, disable=not progress, dynamic_ncols=True, leave=False) as bar:
         while len(out) < n:
             size = min(batch_size, n - len(out))
-            traj = sample_trajectories(model, space, [tuple(prompt)], ["eval"], torch.zeros(size, dtype=torch.long),
-                                       temperature=temperature, generator=generator)
+            try:
+                traj = sample_trajectories(model, space, [tuple(prompt)], ["eval"], torch.zeros(size, dtype=torch.long),
+                                           temperature=temperature, generator=generator)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc) or size == 1:
+                    raise
+                batch_size = max(1, size // 2)
+                warnings.warn(f"Out of memory sampling {size} sequences at once; retrying with {batch_size}.")
+                continue
             out.extend(traj.row(b) for b in range(traj.batch_size))
             bar.update(size)
     return out
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError; the CPU allocator raises a RuntimeError that says so."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text

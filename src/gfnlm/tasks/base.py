@@ -45,6 +45,10 @@ class Task(ABC):
     @abstractmethod
     def train_prompts(self) -> list[TaskPrompt]: ...
 
+    def all_prompts(self) -> list[TaskPrompt]:
+        """Every prompt the task will run the model on (training and evaluation)."""
+        return self.train_prompts()
+
     @abstractmethod
     def action_space(self) -> ActionSpace: ...
 

@@ -104,6 +104,9 @@ class ContinuationTask(Task):
     def train_prompts(self) -> list[TaskPrompt]:
         return list(self.train_set)
 
+    def all_prompts(self) -> list[TaskPrompt]:
+        return self.train_set + self.test_set
+
     def action_space(self) -> ActionSpace:
         return ActionSpace(self.vocab_size, self.terminator_ids, min_len=self.config.min_len,
                            max_len=self.config.max_len, banned_tokens=self.banned)
