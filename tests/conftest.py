@@ -6,9 +6,16 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
+
+# Property tests: enough examples to matter, no per-example deadline on a loaded 2-core machine, and
+# tmp_path shared across the examples of one test (each example overwrites its files).
+settings.register_profile("gfnlm", max_examples=150, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile("gfnlm")
 
 CHARS = list(" 0123456789,.:;abcdefghijklmnopqrstuvwxyzRT\n")
 

@@ -3,7 +3,7 @@ escape as a traceback; they are returned or rejected with the project's own erro
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gfnlm.buffer import ReplayBuffer
@@ -13,7 +13,6 @@ from gfnlm.prompts import read_prompt_file
 from gfnlm.runs import resolve
 from gfnlm.tasks import TASKS
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 KEYS = [f.name for f in TrainConfig.__dataclass_fields__.values()] + ["lr_", "task", "tsk", ""]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
                     st.text(max_size=12), st.sampled_from(["nan", "-inf", "1e400", "0x10", "true", "3", "-1"]))
@@ -31,7 +30,6 @@ def rejected_cleanly(call):
     return False
 
 
-@FUZZ
 @given(st.binary(max_size=300))
 def test_prompt_files_of_random_bytes(tmp_path, data):
     path = tmp_path / "prompts.txt"
@@ -40,7 +38,6 @@ def test_prompt_files_of_random_bytes(tmp_path, data):
         assert all(isinstance(p, str) and p.strip() for p in read_prompt_file(path))
 
 
-@FUZZ
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_config_files_of_random_bytes(tmp_path, data):
     path = tmp_path / "config.yaml"
@@ -48,7 +45,6 @@ def test_config_files_of_random_bytes(tmp_path, data):
     rejected_cleanly(lambda: build(TrainConfig, read_yaml(path)))
 
 
-@FUZZ
 @given(st.dictionaries(st.sampled_from(KEYS), values, max_size=5), st.sampled_from(sorted(TASKS)))
 def test_config_mappings_with_random_values(tmp_path, mapping, task):
     import yaml
@@ -59,7 +55,6 @@ def test_config_mappings_with_random_values(tmp_path, mapping, task):
         resolve(task, str(path), {})  # accepted configs resolve again identically
 
 
-@FUZZ
 @given(st.lists(st.one_of(st.sampled_from(["--lr", "--steps", "--task", "--task.low", "--task.x.y", "--", "--.",
                                            "--seed=", "--objective=tb", "--lr.x"]),
                           st.text(max_size=8)), max_size=8))
@@ -71,7 +66,6 @@ row = st.fixed_dictionaries({}, optional={
     "key": values, "tokens": values, "policy_mask": values, "log_rewards": values, "text": values})
 
 
-@FUZZ
 @given(st.lists(st.one_of(row.map(json.dumps), st.text(max_size=40), st.just("[" * 5000)), max_size=4))
 def test_replay_buffer_files_with_malformed_rows(tmp_path, lines):
     path = tmp_path / "buffer.jsonl"
@@ -79,7 +73,6 @@ def test_replay_buffer_files_with_malformed_rows(tmp_path, lines):
     rejected_cleanly(lambda: ReplayBuffer(10).load(path))
 
 
-@FUZZ
 @given(st.binary(max_size=200))
 def test_replay_buffer_files_of_random_bytes(tmp_path, data):
     path = tmp_path / "buffer.jsonl"
