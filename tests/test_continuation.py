@@ -42,6 +42,11 @@ def test_train_eval_and_compare_on_a_tiny_model(capsys, tmp_path, tiny_model_dir
         samples = [json.loads(line) for line in (run / "eval_continuation_samples.jsonl").read_text().splitlines()]
         assert len(samples) == 2 * len(ALL_METHODS) and all(len(s["completions"]) == 4 for s in samples)
     capsys.readouterr()
+    for method in ("is", "smc"):
+        assert main(["sample", "--run", str(runs[0]), "--n", "3", "--correct", method, "--particles", "4",
+                     "--prompt", "a dog ran."]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 4 and lines[-1].startswith(f"# {method} with 4 particles") and "log Z(X) estimate" in lines[-1]
     out = tmp_path / "compare"
     assert main(["compare", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
     methods = [r["method"] for r in read_table(out / "compare.csv")]

@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p_sample.add_argument("--prompt", help="prompt text (default: the task's first training prompt)")
     p_sample.add_argument("--base", action="store_true", help="sample the base model instead (adapter off)")
     p_sample.add_argument("--seed", type=int, default=0)
+    p_sample.add_argument("--correct", choices=["is", "smc"],
+                          help="correct the proposal towards the exact target: importance sampling or SMC")
+    p_sample.add_argument("--particles", type=int, default=16, help="particles per output with --correct")
+    p_sample.add_argument("--ess-threshold", type=float, default=0.5, help="SMC resamples when ESS/N falls below")
     p_eval = sub.add_parser("eval", help="evaluate a trained policy")
     p_eval.add_argument("task")
     p_eval.add_argument("--run", required=True, help="run folder")
@@ -80,6 +84,9 @@ def _sample(args) -> int:
 
     if args.n < 1 or args.temperature <= 0:
         raise GfnlmError("--n must be at least 1 and --temperature positive.")
+    if args.correct and (args.particles < 1 or args.temperature != 1.0 or not 0 <= args.ess_threshold <= 1):
+        raise GfnlmError("With --correct: --particles at least 1, --ess-threshold in [0, 1], and no --temperature "
+                         "(the target's temperature is the run's reward_temp_end).")
     spec = load_run(args.run)
     policy = load_trained_policy(spec, Path(args.run))
     tokenizer = policy.tokenizer
@@ -90,6 +97,8 @@ def _sample(args) -> int:
         prompt = tuple(tokenizer.encode(args.prompt, add_special_tokens=False))
     space = spec.task.action_space().to(policy.device)
     generator = torch.Generator(device=policy.device).manual_seed(args.seed)
+    if args.correct:
+        return _sample_corrected(args, spec, policy, space, prompt, generator)
     if args.base:
         with policy.base() as model:
             rows = sample_completions(model, space, prompt, args.n, temperature=args.temperature, generator=generator)
@@ -98,6 +107,32 @@ def _sample(args) -> int:
                                   generator=generator)
     for row in rows:
         print(repr(tokenizer.decode(row)))
+    return 0
+
+
+def _sample_corrected(args, spec, policy, space, prompt, generator) -> int:
+    """Each output is one draw from an independent IS / SMC run of --particles particles."""
+    import contextlib
+    import math
+
+    import torch
+
+    from gfnlm.correction import importance_sample, smc
+
+    temperature = spec.config.reward_temp_end
+    target = spec.task.target(policy)
+    with policy.base() if args.base else contextlib.nullcontext(policy.model) as model:
+        if args.correct == "is":
+            out = importance_sample(model, space, target, prompt, args.n, args.particles, temperature, generator)
+        else:
+            out = smc(model, space, target, prompt, args.n, args.particles, temperature, generator, args.ess_threshold)
+    for row in out.completions:
+        print(repr(policy.tokenizer.decode(row)))
+    log_z = float(torch.logsumexp(out.log_z, 0)) - math.log(len(out.log_z))
+    print(f"# {args.correct} with {args.particles} particles per output, proposal "
+          f"{'base model' if args.base else 'policy'}, target T = {temperature:g}: log Z(X) estimate {log_z:.3f}, "
+          f"mean ESS/N {float(out.ess.mean()):.3f}, mean resamplings {float(out.resamplings.float().mean()):.2f}, "
+          f"{out.generated_tokens} tokens generated")
     return 0
 
 
