@@ -64,9 +64,13 @@ def plot_histograms(path: Path, support: list, series: dict[str, dict], title: s
 
 
 def plot_frontier(path: Path, rows: list[dict], x: str, y: str, xlabel: str, ylabel: str, title: str,
-                  label: str = "method") -> Path:
-    """One labelled point per method (e.g. diversity vs log-likelihood): up and right is better."""
+                  label: str = "method", curve: list[tuple[float, float]] | None = None, curve_label: str = "") -> Path:
+    """One labelled point per method (e.g. diversity vs log-likelihood): up and right is better;
+    optionally a curve (e.g. one method swept over a parameter) drawn as a line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if curve:
+        ax.plot(*zip(*sorted(curve)), color="tab:gray", lw=1, ls="--", marker=".", label=curve_label, zorder=2)
+        ax.legend(loc="lower left", fontsize=8)
     for r in rows:
         if r.get(x) is None or r.get(y) is None:
             continue
