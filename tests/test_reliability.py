@@ -160,3 +160,20 @@ def test_sampling_shrinks_its_batch_when_memory_runs_out(monkeypatch):
     with pytest.warns(UserWarning, match="Out of memory"):
         rows = sampling.sample_completions(tiny_llama(6), space, (5,), 40, batch_size=32, progress=False)
     assert len(rows) == 40 and sizes[:3] == [32, 16, 8] and max(sizes[3:]) <= 8
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir):
+    run_uninterrupted(tiny_model_dir, tmp_path / "uninterrupted")
+    run = tmp_path / "interrupted"
+    p = multiprocessing.get_context("fork").Process(target=child, args=(train_args(tiny_model_dir, run), None))
+    p.start()
+    while p.is_alive() and CheckpointStore(run).latest() is None:  # training (and its handler) has started
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGINT)
+    p.join()
+    assert p.exitcode == 2  # "Interrupted: checkpoint saved at step N ...; continue with --resume."
+    saved = CheckpointStore(run).latest()
+    assert saved is not None and saved.name != "step-0000040"
+    assert not (run / "run.lock").exists()  # a clean exit releases the run lock
+    assert run_uninterrupted(tiny_model_dir, run) > 0  # --resume finishes the run
+    assert same_final_state(tmp_path / "uninterrupted", run)
