@@ -50,7 +50,7 @@ def main() -> int:
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "rng.json").write_text(json.dumps(summary, indent=2))
-    print(f"\n| model | valid | distinct | TV (1,000 samples) | KL(valid ‖ uniform) | exact TV |")
+    print("\n| model | valid | distinct | TV (1,000 samples) | KL(valid ‖ uniform) | exact TV |")
     print("|---|---|---|---|---|---|")
     for name in ("base", "policy"):
         r = summary[name]

@@ -36,9 +36,12 @@ REFERENCE_LINES = [331, 747, 448, 527, 760, 631, 571, 271, 411, 98, 78, 679, 781
 REFERENCE = {8: (13.45, 7.0), 16: (17.37, 11.9)}
 
 CONFIGS = {
-    "documented": dict(dtype="float32", n=8, prompt_tokens=30, max_len=20, lora_r=16, lora_alpha=32, lr=1e-4, tempered_prob=0.5),
-    "reference-n8": dict(dtype="float32", n=8, prompt_tokens=0, max_len=30, lora_r=64, lora_alpha=16, lr=1e-4, tempered_prob=2 / 3),
-    "reference-n16": dict(dtype="float32", n=16, prompt_tokens=0, max_len=30, lora_r=64, lora_alpha=16, lr=1e-4, tempered_prob=2 / 3),
+    "documented": dict(dtype="float32", n=8, prompt_tokens=30, max_len=20, lora_r=16, lora_alpha=32, lr=1e-4,
+                       tempered_prob=0.5),
+    "reference-n8": dict(dtype="float32", n=8, prompt_tokens=0, max_len=30, lora_r=64, lora_alpha=16, lr=1e-4,
+                         tempered_prob=2 / 3),
+    "reference-n16": dict(dtype="float32", n=16, prompt_tokens=0, max_len=30, lora_r=64, lora_alpha=16, lr=1e-4,
+                          tempered_prob=2 / 3),
     # Not part of the side-by-side ratio (the reference runs float32): the same set-up with bfloat16
     # base weights (LoRA weights and every log-softmax stay float32), for CPUs with native bf16.
     "reference-n8-bf16": dict(n=8, prompt_tokens=0, max_len=30, lora_r=64, lora_alpha=16, lr=1e-4,
