@@ -31,12 +31,12 @@ def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2
     return LlamaForCausalLM(config).eval()
 
 
-def char_tokenizer():
+def char_tokenizer(chars=None):
     """One token per character (a BPE with no merges), so numbers span several tokens as in SmolLM2."""
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(CHARS)}}
+    vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(chars or CHARS)}}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
