@@ -12,7 +12,7 @@ from gfnlm.lm_forward import encode_prompts, state_logits
 from gfnlm.policy import LoraSettings, Policy
 from gfnlm.policy_scores import score_policy
 from gfnlm.sampler import sample_trajectories
-from gfnlm.targets import LMLikelihood, RuleTarget
+from gfnlm.targets import LMLikelihood, PromptAnswerLikelihood, RuleTarget
 from gfnlm.trajectories import Trajectories
 from tests.conftest import tiny_llama
 
@@ -85,6 +85,24 @@ def test_lm_likelihood_scores_every_prefix_like_separate_passes():
     with policy.base() as model:
         plain = full_log_probs(model, [1, 2, 3, 5, 8])
     assert not torch.allclose(adapted, plain)  # the adapter is on outside policy.base()
+
+
+def test_prompt_answer_likelihood_scores_every_prefix_with_its_own_answer():
+    """log p(X z_1..z_i Y_X) - log p(X) for every i, one packed pass per answer, against one pass per prefix."""
+    base = tiny_llama(V, seed=5)
+    policy = Policy(base, None, LoraSettings(r=4, alpha=8))
+    prompts = [(1, 2, 3), (4,), (6, 6)]
+    answers = {"a": [8, 3, 2], "b": [7], "c": [5, 5]}
+    traj = Trajectories.from_rows(prompts, ["a", "b", "c"], [0, 1, 2, 0, 1], [[5, 6, 7], [2], [], [4, 4], [1, 2, 3, 4]])
+    rewards = PromptAnswerLikelihood(policy, answers, chunk_size=2).log_rewards(traj)
+    with torch.no_grad(), policy.base() as model:
+        for b in range(traj.batch_size):
+            prompt, row, answer = list(traj.row_prompt(b)), traj.row(b), answers[traj.row_key(b)]
+            for i in range(len(row) + 1):
+                seq = prompt + row[:i] + answer
+                lp = full_log_probs(model, seq)
+                want = sum(float(lp[k - 1, seq[k]]) for k in range(len(prompt), len(seq)))
+                assert float(rewards[b, i]) == pytest.approx(want, abs=1e-4)
 
 
 def test_products_and_powers_of_targets():

@@ -39,17 +39,20 @@ class LMLikelihood(Target):
         return torch.cat(parts, dim=0)
 
     def _score(self, traj: Trajectories) -> torch.Tensor:
+        return self._score_with(traj, self.terminator)
+
+    def _score_with(self, traj: Trajectories, terminator: list[int]) -> torch.Tensor:
         with self.policy.base() as model:
             cache = encode_prompts(model, traj.prompts)
-            states, copies = state_logits(model, cache, traj.prompt_index, traj.tokens, self.terminator)
+            states, copies = state_logits(model, cache, traj.prompt_index, traj.tokens, terminator)
         log_probs = self._log_softmax(states)
         tokens = traj.tokens
         token_lp = log_probs[:, :-1].gather(-1, tokens[..., None]).squeeze(-1)
         token_lp = torch.where(traj.state_mask()[:, 1:], token_lp, torch.zeros_like(token_lp))
-        prefix = torch.cat([torch.zeros_like(token_lp[:, :1]), token_lp.cumsum(-1)], dim=1)
-        stop = log_probs[..., self.terminator[0]]
-        for j in range(1, len(self.terminator)):
-            stop = stop + self._log_softmax(copies[:, :, j - 1])[..., self.terminator[j]]
+        prefix = torch.cat([token_lp.new_zeros(token_lp.shape[0], 1), token_lp.cumsum(-1)], dim=1)
+        stop = log_probs[..., terminator[0]]
+        for j in range(1, len(terminator)):
+            stop = stop + self._log_softmax(copies[:, :, j - 1])[..., terminator[j]]
         return prefix + stop
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
@@ -57,3 +60,28 @@ class LMLikelihood(Target):
         if self.bias is not None:
             logits = logits + self.bias.to(logits.device)
         return torch.log_softmax(logits, dim=-1)
+
+
+class PromptAnswerLikelihood(LMLikelihood):
+    """R(z_1..z_i stop) = p_LM(z_1..z_i Y | X) = p_LM(X z_1..z_i Y) / p_LM(X), with an answer Y that
+    depends on the prompt (``answers``: prompt key -> token ids). The policy's own stop token is not
+    part of the scored text: stopping means "append Y". Each distinct answer is scored for every prefix
+    of its rows in one packed pass (the copies of Y ride after Z, as for multi-token terminators)."""
+
+    def __init__(self, policy: Policy, answers: dict[str, Sequence[int]], renormalize_over: torch.Tensor | None = None,
+                 chunk_size: int = 64):
+        if any(len(a) == 0 for a in answers.values()):
+            raise ValueError("every answer needs at least one token")
+        super().__init__(policy, [0], renormalize_over, chunk_size)
+        self.answers = {k: [int(t) for t in v] for k, v in answers.items()}
+
+    def _score(self, traj: Trajectories) -> torch.Tensor:
+        out = torch.zeros(traj.batch_size, traj.max_length + 1, device=traj.tokens.device)
+        keys = [traj.row_key(b) for b in range(traj.batch_size)]
+        for key in dict.fromkeys(keys):
+            if key not in self.answers:
+                raise KeyError(f"no answer for prompt {key!r}")
+            rows = torch.tensor([b for b, k in enumerate(keys) if k == key], device=traj.tokens.device)
+            part = self._score_with(traj.select(rows), self.answers[key])
+            out[rows, : part.shape[1]] = part.to(out.dtype)
+        return out
