@@ -17,7 +17,7 @@ settings.register_profile("gfnlm", max_examples=150, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture])
 settings.load_profile("gfnlm")
 
-CHARS = list(" 0123456789,.:;abcdefghijklmnopqrstuvwxyzRT\n")
+CHARS = list(" 0123456789,.:;abcdefghijklmnopqrstuvwxyzRT\n+-=?QA")
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, init: float = 0.3):

@@ -8,7 +8,7 @@ import torch
 import gfnlm.sampler as sampler_module
 from gfnlm.action_space import ActionSpace
 from gfnlm.evaluation.exact import normalize, policy_distribution, total_variation
-from gfnlm.lm_forward import encode_prompts, state_logits
+from gfnlm.lm_forward import continuation_log_probs, encode_prompts, state_logits
 from gfnlm.policy import LoraSettings, Policy
 from gfnlm.policy_scores import score_policy
 from gfnlm.sampler import sample_trajectories
@@ -103,6 +103,17 @@ def test_prompt_answer_likelihood_scores_every_prefix_with_its_own_answer():
                 lp = full_log_probs(model, seq)
                 want = sum(float(lp[k - 1, seq[k]]) for k in range(len(prompt), len(seq)))
                 assert float(rewards[b, i]) == pytest.approx(want, abs=1e-4)
+
+
+def test_continuation_log_probs_of_unrelated_pairs_match_single_passes():
+    model = tiny_llama(V, seed=6)
+    contexts, answers = [(1, 2, 3), (4,), (5, 6, 7, 8, 1)], [(2,), (3, 3, 1), (7, 6)]
+    got = continuation_log_probs(model, contexts, answers, batch_size=2)
+    with torch.no_grad():
+        for k, (c, y) in enumerate(zip(contexts, answers)):
+            lp = full_log_probs(model, list(c) + list(y))
+            want = sum(float(lp[len(c) + j - 1, y[j]]) for j in range(len(y)))
+            assert float(got[k]) == pytest.approx(want, abs=1e-4)
 
 
 def test_products_and_powers_of_targets():

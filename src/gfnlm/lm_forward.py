@@ -108,3 +108,24 @@ def state_logits(model, prompt_cache: PromptCache, prompt_index: torch.Tensor, t
     states = torch.cat([first, logits[:, :length]], dim=1)
     copies = logits[:, length:].reshape(batch, length + 1, extra, -1) if extra else None
     return states, copies
+
+
+@torch.no_grad()
+def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                           batch_size: int = 64) -> torch.Tensor:
+    """log p(continuation_k | context_k) for many unrelated pairs, in right-padded batches."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(contexts), batch_size):
+        pairs = list(zip(contexts[start: start + batch_size], continuations[start: start + batch_size]))
+        width = max(len(c) + len(y) for c, y in pairs)
+        ids = torch.zeros(len(pairs), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(pairs), width, dtype=torch.long, device=device)
+        for b, (c, y) in enumerate(pairs):
+            ids[b, : len(c) + len(y)] = torch.tensor(list(c) + list(y), device=device)
+            mask[b, : len(c) + len(y)] = 1
+        log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for b, (c, y) in enumerate(pairs):
+            positions = torch.arange(len(c) - 1, len(c) + len(y) - 1, device=device)
+            out.append(log_probs[b, positions, torch.tensor(list(y), device=device)].sum())
+    return torch.stack(out).cpu()

@@ -55,6 +55,7 @@ class Trainer:
         self.key_index = {p.key: i for i, p in enumerate(self.prompts)}
         self.space = task.action_space().to(self.device)
         self.target = task.target(policy)
+        self.insert_hook = task.insert_hook()
         self.log_z = LogPartition(len(self.prompts)).to(self.device)
         self.optimizer = torch.optim.AdamW(
             [
@@ -103,9 +104,23 @@ class Trainer:
         temperature = self.rng.uniform(c.tempered_min, c.tempered_max) if tempered else 1.0
         traj = sample_trajectories(self.policy.model, self.space, prompt_ids, keys,
                                    torch.tensor(prompt_index), temperature=temperature, epsilon=c.epsilon,
-                                   generator=self.generator)
+                                   generator=self.generator, insert_hook=self.insert_hook)
         rewards = self.target.log_rewards(traj).float().clamp(min=c.log_reward_floor)
         return traj, rewards, "tempered" if tempered else "on_policy"
+
+    @torch.no_grad()
+    def seed_buffer(self) -> None:
+        """Put the task's given trajectories (e.g. gold rationales) into the replay buffer, scored by the target."""
+        seeds = self.task.seed_trajectories()
+        if not seeds:
+            return
+        by_key = {p.key: p for p in self.prompts}
+        keys = sorted({key for key, _, _ in seeds}, key=list(by_key).index)
+        traj = Trajectories.from_rows([by_key[k].ids for k in keys], keys, [keys.index(k) for k, _, _ in seeds],
+                                      [list(t) for _, t, _ in seeds], [list(m) for _, _, m in seeds],
+                                      device=self.device)
+        rewards = self.target.log_rewards(traj).float().clamp(min=self.config.log_reward_floor)
+        self._remember(traj, rewards, score_policy(self.policy.model, self.space, traj).terminable)
 
     def _remember(self, traj: Trajectories, rewards: torch.Tensor, terminable: torch.Tensor) -> None:
         stored = torch.where(terminable, rewards, torch.full_like(rewards, math.nan)).cpu()
@@ -183,6 +198,8 @@ class Trainer:
         resumed_from = self.restore() if resume else None
         if resume and resumed_from is None:
             print(f"No checkpoint in {self.store.root}; starting from step 0.", flush=True)
+        if resumed_from is None:
+            self.seed_buffer()
         columns = METRIC_COLUMNS + list(self.task.training_metric_names)
         log = MetricsLog(self.run_dir, columns, resume_step=self.step if resumed_from else None,
                          tensorboard=c.tensorboard)

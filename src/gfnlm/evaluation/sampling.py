@@ -15,7 +15,7 @@ from gfnlm.sampler import sample_trajectories
 
 def sample_completions(model, space: ActionSpace, prompt: Sequence[int], n: int, batch_size: int = 256,
                        temperature: float = 1.0, generator: torch.Generator | None = None,
-                       desc: str = "sample", progress: bool = True) -> list[list[int]]:
+                       desc: str = "sample", progress: bool = True, insert_hook=None) -> list[list[int]]:
     """``n`` completions (token ids, terminator removed) of one prompt."""
     out: list[list[int]] = []
     with tqdm(total=n, desc=desc, disable=not progress, dynamic_ncols=True, leave=False) as bar:
@@ -23,7 +23,7 @@ def sample_completions(model, space: ActionSpace, prompt: Sequence[int], n: int,
             size = min(batch_size, n - len(out))
             try:
                 traj = sample_trajectories(model, space, [tuple(prompt)], ["eval"], torch.zeros(size, dtype=torch.long),
-                                           temperature=temperature, generator=generator)
+                                           temperature=temperature, generator=generator, insert_hook=insert_hook)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc) or size == 1:
                     raise

@@ -1,11 +1,13 @@
 """Built-in tasks, by name."""
 
 from gfnlm.errors import GfnlmError
+from gfnlm.tasks.arithmetic import ArithmeticTask
 from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
 from gfnlm.tasks.continuation import ContinuationTask
 from gfnlm.tasks.rng import RngTask
 
-TASKS: dict[str, type[Task]] = {RngTask.name: RngTask, ContinuationTask.name: ContinuationTask}
+TASKS: dict[str, type[Task]] = {
+    RngTask.name: RngTask, ContinuationTask.name: ContinuationTask, ArithmeticTask.name: ArithmeticTask}
 
 
 def task_class(name: str) -> type[Task]:

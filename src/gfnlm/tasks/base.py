@@ -55,6 +55,14 @@ class Task(ABC):
     @abstractmethod
     def target(self, policy: Policy) -> Target: ...
 
+    def insert_hook(self):
+        """Tools that write into rollouts (the sampler's insert hook), or None."""
+        return None
+
+    def seed_trajectories(self) -> list[tuple[str, tuple[int, ...], tuple[bool, ...]]]:
+        """(prompt key, tokens, policy mask) rows put into the replay buffer before training."""
+        return []
+
     def training_metrics(self, traj: Trajectories, texts: list[str]) -> dict:
         """Task metrics of freshly sampled completions, logged each step."""
         return {}
