@@ -46,7 +46,7 @@ class ArithmeticConfig:
     ood_operands: int = 5
     max_operand: int = 9
     answer_template: str = "\nThe answer is {answer}."
-    min_len: int = 0  # 0: answering directly (empty chain) is allowed, and anchors the flow at the root
+    min_len: int = 5  # as the reference: with 0 the policy learns to answer directly (empty chains)
     max_len: int = 40  # tokens of Z, calculator outputs included
     eval_questions: int = 50  # per test split
     eval_chains: int = 10  # K chains per question
