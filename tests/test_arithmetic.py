@@ -43,9 +43,11 @@ def test_train_and_evaluate_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
             "--task.train_size", "6", "--task.gold_size", "2", "--task.test_size", "4", "--task.eval_questions", "3",
             "--task.eval_chains", "3", "--task.max_len", "20"]
     assert main(args) == 0
-    result = json.loads((run / "eval_arithmetic.json").read_text())["results"]
-    assert set(result) == {"simple", "hard", "ood"}
-    for r in result.values():
+    results = json.loads((run / "eval_arithmetic.json").read_text())["results"]
+    assert set(results) == {"gfn", "cot_prompting"}
+    for result in results.values():
+        assert set(result) == {"simple", "hard", "ood"}
+    for r in [r for result in results.values() for r in result.values()]:
         assert r["questions"] == 3 and 0 <= r["accuracy_likelihood"] <= 1 and 0 <= r["accuracy_majority"] <= 1
     buffer = [json.loads(line) for line in next((run / "checkpoints").glob("step-*/buffer.jsonl")).read_text().splitlines()]
     assert any(not all(row["policy_mask"]) for row in buffer)  # gold chains with calculator tokens were replayed

@@ -52,6 +52,8 @@ class ArithmeticConfig:
     eval_chains: int = 10  # K chains per question
     eval_temperature: float = 0.5
     eval_batch_questions: int = 16
+    eval_methods: str = "gfn,cot_prompting"
+    cot_shots: int = 3  # worked examples (gold rationales) before each question for cot_prompting
 
     def validate(self) -> None:
         for name in ("train_size", "test_size", "eval_questions", "eval_chains", "eval_batch_questions"):
@@ -60,6 +62,9 @@ class ArithmeticConfig:
         check_range("task.max_operand", self.max_operand, low=1)
         check_range("task.min_len", self.min_len, low=0)
         check_range("task.max_len", self.max_len, low=1)
+        check_range("task.cot_shots", self.cot_shots, low=0)
+        if not self.methods() or any(m not in ("gfn", "cot_prompting") for m in self.methods()):
+            raise GfnlmError(f"task.eval_methods {self.eval_methods!r}: choose from gfn, cot_prompting.")
         if self.eval_temperature <= 0:
             raise GfnlmError("task.eval_temperature must be positive.")
         if "{answer}" not in self.answer_template or not self.answer_template.startswith("\n"):
@@ -67,6 +72,9 @@ class ArithmeticConfig:
         operands = self.operand_counts()
         if not operands or min(operands + (self.ood_operands,)) < 2:
             raise GfnlmError(f"task.train_operands {self.train_operands!r}: give counts of at least 2, like '3,4'.")
+
+    def methods(self) -> list[str]:
+        return [m.strip() for m in self.eval_methods.split(",") if m.strip()]
 
     def operand_counts(self) -> tuple[int, ...]:
         try:
@@ -154,7 +162,17 @@ class ArithmeticTask(Task):
             scores = continuation_log_probs(model, contexts, answers)
         return scores.view(len(chains), len(candidates))
 
-    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+    def few_shot_prefix(self) -> tuple[int, ...]:
+        """Worked examples (gold chains and answers) for the chain-of-thought prompting baseline."""
+        text = "".join(f"{p.query} {p.rationale}{self.config.answer_template.format(answer=p.answer)}\n\n"
+                       for p in self.data.gold[: self.config.cot_shots])
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False)) if text else ()
+
+    def method_accuracy(self, policy: Policy, method: str, config) -> tuple[dict, list]:
+        """Accuracy on every test split. "gfn": the policy on the bare question; "cot_prompting": the base
+        model after a few worked examples. Both sample K chains with the calculator and vote."""
+        import contextlib
+
         from tqdm.auto import tqdm
 
         from gfnlm.sampler import sample_trajectories
@@ -162,19 +180,22 @@ class ArithmeticTask(Task):
         c = self.config
         space = self.action_space().to(policy.device)
         hook = self.insert_hook()
+        prefix = self.few_shot_prefix() if method == "cot_prompting" else ()
         generator = torch.Generator(device=policy.device).manual_seed(config.seed)
         results, examples = {}, []
         for split, problems in self.data.tests.items():
             problems = problems[: c.eval_questions]
             counts = Counter()
-            for start in tqdm(range(0, len(problems), c.eval_batch_questions), desc=f"eval {split}",
+            for start in tqdm(range(0, len(problems), c.eval_batch_questions), desc=f"{method} {split}",
                               disable=not config.progress, dynamic_ncols=True):
                 batch = problems[start: start + c.eval_batch_questions]
-                prompts = [self.prompt(p, f"{split}-{start + i}") for i, p in enumerate(batch)]
+                prompts = [TaskPrompt(p.query, prefix + self.prompt(p, "").ids, f"{split}-{start + i}")
+                           for i, p in enumerate(batch)]
                 index = torch.arange(len(batch)).repeat_interleave(c.eval_chains)
-                traj = sample_trajectories(policy.model, space, [p.ids for p in prompts], [p.key for p in prompts],
-                                           index, temperature=c.eval_temperature, generator=generator,
-                                           insert_hook=hook)
+                with policy.base() if method == "cot_prompting" else contextlib.nullcontext(policy.model) as model:
+                    traj = sample_trajectories(model, space, [p.ids for p in prompts], [p.key for p in prompts],
+                                               index, temperature=c.eval_temperature, generator=generator,
+                                               insert_hook=hook)
                 for i, (tp, problem) in enumerate(zip(prompts, batch)):
                     chains = [traj.row(b) for b in range(i * c.eval_chains, (i + 1) * c.eval_chains)]
                     finals = [final_answer(self.tokenizer.decode(z)) for z in chains]
@@ -188,23 +209,32 @@ class ArithmeticTask(Task):
                     by_likelihood = candidates[int(torch.logsumexp(log_p, 0).argmax())]
                     counts["majority"] += majority == problem.answer
                     counts["likelihood"] += by_likelihood == problem.answer
-                    if len(examples) < 12:
-                        examples.append({"split": split, "question": problem.query, "answer": problem.answer,
-                                         "chain": self.tokenizer.decode(chains[0]), "majority": majority,
-                                         "by_likelihood": by_likelihood})
+                    if len(examples) < 6:
+                        examples.append({"method": method, "split": split, "question": problem.query,
+                                         "answer": problem.answer, "chain": self.tokenizer.decode(chains[0]),
+                                         "majority": majority, "by_likelihood": by_likelihood})
             n = max(counts["questions"], 1)
             results[split] = {"questions": counts["questions"], "accuracy_majority": counts["majority"] / n,
                               "accuracy_likelihood": counts["likelihood"] / n,
                               "single_chain_accuracy": counts["chains_correct"] / (n * c.eval_chains)}
+        return results, examples
+
+    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        c = self.config
+        results, examples = {}, []
+        for method in c.methods():
+            results[method], shown = self.method_accuracy(policy, method, config)
+            examples += shown
         (Path(run_dir) / "eval_arithmetic.json").write_text(json.dumps({"results": results, "examples": examples},
                                                                        indent=1))
-        lines = [f"{c.eval_chains} chains per question at temperature {c.eval_temperature}, with the calculator.", "",
-                 "| split | questions | accuracy (vote by p(Y ∣ X, Z)) | accuracy (majority) | single chain |",
-                 "|---|---|---|---|---|"]
-        for split, r in results.items():
-            lines.append(f"| {split} | {r['questions']} | {r['accuracy_likelihood']:.3f} | {r['accuracy_majority']:.3f} "
-                         f"| {r['single_chain_accuracy']:.3f} |")
-        lines += ["", "Examples:", ""] + [f"- `{e['question']}` -> `{e['chain']}` (answer {e['answer']})"
-                                           for e in examples[:6]]
+        lines = [f"{c.eval_chains} chains per question at temperature {c.eval_temperature}, with the calculator; "
+                 f"cot_prompting = the base model after {c.cot_shots} worked examples.", "",
+                 "| method | split | questions | accuracy (vote by p(Y ∣ X, Z)) | accuracy (majority) | single chain |",
+                 "|---|---|---|---|---|---|"]
+        for method, by_split in results.items():
+            for split, r in by_split.items():
+                lines.append(f"| {method} | {split} | {r['questions']} | {r['accuracy_likelihood']:.3f} | "
+                             f"{r['accuracy_majority']:.3f} | {r['single_chain_accuracy']:.3f} |")
+        lines += ["", "Examples:", ""] + [f"- {e['method']}: `{e['question']}` -> `{e['chain']}` (answer {e['answer']})"
+                                           for e in examples]
         return EvalResult(results, [], "\n".join(lines))
-
