@@ -113,19 +113,25 @@ def state_logits(model, prompt_cache: PromptCache, prompt_index: torch.Tensor, t
 @torch.no_grad()
 def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                            batch_size: int = 64) -> torch.Tensor:
-    """log p(continuation_k | context_k) for many unrelated pairs, in right-padded batches."""
+    """log p(continuation_k | context_k) for many unrelated pairs. Left padding puts every
+    continuation at the end, so only the last positions' logits are computed (not the whole
+    sequence times the vocabulary)."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(contexts), batch_size):
         pairs = list(zip(contexts[start: start + batch_size], continuations[start: start + batch_size]))
         width = max(len(c) + len(y) for c, y in pairs)
+        keep = max(len(y) for _, y in pairs) + 1
         ids = torch.zeros(len(pairs), width, dtype=torch.long, device=device)
         mask = torch.zeros(len(pairs), width, dtype=torch.long, device=device)
         for b, (c, y) in enumerate(pairs):
-            ids[b, : len(c) + len(y)] = torch.tensor(list(c) + list(y), device=device)
-            mask[b, : len(c) + len(y)] = 1
-        log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        for b, (c, y) in enumerate(pairs):
-            positions = torch.arange(len(c) - 1, len(c) + len(y) - 1, device=device)
-            out.append(log_probs[b, positions, torch.tensor(list(y), device=device)].sum())
+            seq = list(c) + list(y)
+            ids[b, width - len(seq):] = torch.tensor(seq, device=device)
+            mask[b, width - len(seq):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        log_probs = torch.log_softmax(logits.float(), -1)  # (B, keep, V): positions width-keep .. width-1
+        for b, (_, y) in enumerate(pairs):
+            rows = torch.arange(keep - len(y) - 1, keep - 1, device=device)
+            out.append(log_probs[b, rows, torch.tensor(list(y), device=device)].sum())
     return torch.stack(out).cpu()

@@ -53,10 +53,12 @@ class ArithmeticConfig:
     eval_temperature: float = 0.5
     eval_batch_questions: int = 16
     eval_methods: str = "gfn,cot_prompting"
+    eval_vote_candidates: int = 4  # answers compared by total p(Y | X, Z): the chains' most frequent ones
     cot_shots: int = 3  # worked examples (gold rationales) before each question for cot_prompting
 
     def validate(self) -> None:
-        for name in ("train_size", "test_size", "eval_questions", "eval_chains", "eval_batch_questions"):
+        for name in ("train_size", "test_size", "eval_questions", "eval_chains", "eval_batch_questions",
+                     "eval_vote_candidates"):
             check_range(f"task.{name}", getattr(self, name), low=1)
         check_range("task.gold_size", self.gold_size, low=0)
         check_range("task.max_operand", self.max_operand, low=1)
@@ -199,12 +201,14 @@ class ArithmeticTask(Task):
                 for i, (tp, problem) in enumerate(zip(prompts, batch)):
                     chains = [traj.row(b) for b in range(i * c.eval_chains, (i + 1) * c.eval_chains)]
                     finals = [final_answer(self.tokenizer.decode(z)) for z in chains]
-                    candidates = sorted({f for f in finals if f is not None})
+                    # the most frequent final answers are the candidates scored by p(Y | X, Z) (cost K x C)
+                    tally = Counter(f for f in finals if f is not None)
+                    candidates = [y for y, _ in tally.most_common(c.eval_vote_candidates)]
                     counts["questions"] += 1
                     counts["chains_correct"] += sum(f == problem.answer for f in finals)
                     if not candidates:
                         continue
-                    majority = Counter(f for f in finals if f is not None).most_common(1)[0][0]
+                    majority = candidates[0]
                     log_p = self.answer_log_probs(policy, tp, problem, chains, candidates)
                     by_likelihood = candidates[int(torch.logsumexp(log_p, 0).argmax())]
                     counts["majority"] += majority == problem.answer
