@@ -107,21 +107,33 @@ def local_folder(source: ModelSource, cache_dir: Path | None = None) -> Path:
     return folder
 
 
-def load_base_model(spec: str, dtype: str = "float32", device=None, cache_dir: Path | None = None):
-    """Return (model, tokenizer) for a model spec; the model is in eval mode on ``device``."""
+def load_base_model(spec: str, dtype: str = "float32", device=None, cache_dir: Path | None = None,
+                    load_in_4bit: bool = False):
+    """Return (model, tokenizer) for a model spec; the model is in eval mode on ``device``.
+    ``load_in_4bit``: NF4 weights through bitsandbytes (QLoRA), computing in ``dtype``; CUDA only."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model_source(spec)
     folder = local_folder(source, cache_dir)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    extra = {}
+    if load_in_4bit:
+        if device is None or torch.device(device).type != "cuda":
+            raise GfnlmError(f"load_in_4bit needs a CUDA device (this run uses {device}); set load_in_4bit: false.")
+        from transformers import BitsAndBytesConfig
+
+        extra = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True,
+                                                           bnb_4bit_compute_dtype=torch_dtype),
+                 "device_map": {"": torch.device(device)}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         # sdpa: the project passes its own boolean 4D attention masks (shared prompt caches, packed copies).
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa")
-    except (OSError, ValueError) as exc:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa", **extra)
+    except (OSError, ValueError, ImportError) as exc:
         raise GfnlmError(f"Could not load the model in {folder}: {exc}") from exc
-    if device is not None:
+    if device is not None and not load_in_4bit:  # quantized weights are placed by device_map and cannot move
         model.to(device)
     model.eval()
     model.config.use_cache = True
