@@ -87,25 +87,35 @@ class ReplayBuffer:
         picks = torch.multinomial(weights, n, replacement=True, generator=generator)
         return [entries[int(i)] for i in picks]
 
+    def to_text(self) -> str:
+        """The buffer as JSON lines, one trajectory a line."""
+        lines = []
+        for key, entries in self.items.items():
+            for e in entries:
+                row = {"key": key, "tokens": list(e.tokens), "policy_mask": [int(b) for b in e.policy_mask],
+                       "log_rewards": [None if math.isnan(r) else r for r in e.log_rewards], "text": e.text}
+                lines.append(json.dumps(row) + "\n")
+        return "".join(lines)
+
     def save(self, path: Path) -> None:
         """Write JSON lines atomically (temporary file, then rename)."""
         tmp = Path(f"{path}.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
-            for key, entries in self.items.items():
-                for e in entries:
-                    row = {"key": key, "tokens": list(e.tokens), "policy_mask": [int(b) for b in e.policy_mask],
-                           "log_rewards": [None if math.isnan(r) else r for r in e.log_rewards], "text": e.text}
-                    fh.write(json.dumps(row) + "\n")
+            fh.write(self.to_text())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     def load(self, path: Path) -> None:
-        self.items = {}
         try:
             text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise GfnlmError(f"{path}: not a replay-buffer file (not UTF-8 text: {exc.reason}).") from exc
+        self.load_text(text, str(path))
+
+    def load_text(self, text: str, path: str = "replay buffer") -> None:
+        """Replace the contents with the JSON lines of ``to_text`` (``path`` names them in errors)."""
+        self.items = {}
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue

@@ -4,6 +4,9 @@
   gfnlm sample --run runs/rng [--n 20] [--temperature 1.0] [--base]
   gfnlm eval rng --run runs/rng
   gfnlm compare runs/continuation-T0.8 runs/continuation-T0.9 --out runs/compare
+
+Every command also runs under ``torchrun --nproc_per_node N -m gfnlm.cli ...`` or ``accelerate launch``:
+train splits the batches (DDP), sample and the rng evaluation split the samples; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p_compare.add_argument("runs", nargs="+", help="evaluated run folders")
     p_compare.add_argument("--out", required=True, help="folder for compare.csv / compare.md / compare_frontier.png")
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun -m gfnlm.cli -- sample --run ...` keeps --run/--n away from torchrun
+        argv = argv[1:]
     args, rest = parser.parse_known_args(argv)
     try:
         if args.command == "train":
@@ -79,6 +85,7 @@ def _train(args, rest: list[str]) -> int:
 def _sample(args) -> int:
     import torch
 
+    from gfnlm.distributed import gather_flat, share, start, stream_seed
     from gfnlm.evaluation.sampling import sample_completions
     from gfnlm.runs import load_run, load_trained_policy
 
@@ -88,7 +95,8 @@ def _sample(args) -> int:
         raise GfnlmError("With --correct: --particles at least 1, --ess-threshold in [0, 1], and no --temperature "
                          "(the target's temperature is the run's reward_temp_end).")
     spec = load_run(args.run)
-    policy = load_trained_policy(spec, Path(args.run))
+    processes = start(spec.config.device)
+    policy = load_trained_policy(spec, Path(args.run), processes)
     tokenizer = policy.tokenizer
     prompt = spec.task.train_prompts()[0].ids
     if args.prompt is not None:
@@ -96,21 +104,26 @@ def _sample(args) -> int:
             raise GfnlmError("--prompt is empty.")
         prompt = tuple(tokenizer.encode(args.prompt, add_special_tokens=False))
     space = spec.task.action_space().to(policy.device)
-    generator = torch.Generator(device=policy.device).manual_seed(args.seed)
+    # Several processes each draw their share of the n outputs from their own seed; rank 0 prints all.
+    generator = torch.Generator(device=policy.device).manual_seed(stream_seed(args.seed, processes.rank))
+    n = share(args.n, processes)
     if args.correct:
-        return _sample_corrected(args, spec, policy, space, prompt, generator)
+        return _sample_corrected(args, spec, policy, space, prompt, generator, n, processes)
     if args.base:
         with policy.base() as model:
-            rows = sample_completions(model, space, prompt, args.n, temperature=args.temperature, generator=generator)
+            rows = sample_completions(model, space, prompt, n, temperature=args.temperature, generator=generator)
     else:
-        rows = sample_completions(policy.model, space, prompt, args.n, temperature=args.temperature,
+        rows = sample_completions(policy.model, space, prompt, n, temperature=args.temperature,
                                   generator=generator)
-    for row in rows:
-        print(repr(tokenizer.decode(row)))
+    rows = gather_flat(rows, processes)
+    if processes.is_main:
+        for row in rows:
+            print(repr(tokenizer.decode(row)))
+    processes.close()
     return 0
 
 
-def _sample_corrected(args, spec, policy, space, prompt, generator) -> int:
+def _sample_corrected(args, spec, policy, space, prompt, generator, n, processes) -> int:
     """Each output is one draw from an independent IS / SMC run of --particles particles."""
     import contextlib
     import math
@@ -121,30 +134,44 @@ def _sample_corrected(args, spec, policy, space, prompt, generator) -> int:
 
     temperature = spec.config.reward_temp_end
     target = spec.task.target(policy)
-    with policy.base() if args.base else contextlib.nullcontext(policy.model) as model:
-        if args.correct == "is":
-            out = importance_sample(model, space, target, prompt, args.n, args.particles, temperature, generator)
-        else:
-            out = smc(model, space, target, prompt, args.n, args.particles, temperature, generator, args.ess_threshold)
-    for row in out.completions:
-        print(repr(policy.tokenizer.decode(row)))
-    log_z = float(torch.logsumexp(out.log_z, 0)) - math.log(len(out.log_z))
-    print(f"# {args.correct} with {args.particles} particles per output, proposal "
-          f"{'base model' if args.base else 'policy'}, target T = {temperature:g}: log Z(X) estimate {log_z:.3f}, "
-          f"mean ESS/N {float(out.ess.mean()):.3f}, mean resamplings {float(out.resamplings.float().mean()):.2f}, "
-          f"{out.generated_tokens} tokens generated")
+    mine = ([], [], [], [], 0)  # a process with no share of the n outputs (n < processes)
+    if n:
+        with policy.base() if args.base else contextlib.nullcontext(policy.model) as model:
+            if args.correct == "is":
+                out = importance_sample(model, space, target, prompt, n, args.particles, temperature, generator)
+            else:
+                out = smc(model, space, target, prompt, n, args.particles, temperature, generator,
+                          args.ess_threshold)
+        mine = (out.completions, out.log_z.tolist(), out.ess.tolist(), out.resamplings.tolist(), out.generated_tokens)
+    parts = processes.gather(mine)
+    completions = [row for part in parts for row in part[0]]
+    log_zs, ess, resamplings = (torch.tensor([v for part in parts for v in part[i]], dtype=torch.float64)
+                                for i in (1, 2, 3))
+    tokens = sum(part[4] for part in parts)
+    if processes.is_main:
+        for row in completions:
+            print(repr(policy.tokenizer.decode(row)))
+        log_z = float(torch.logsumexp(log_zs, 0)) - math.log(len(log_zs))
+        print(f"# {args.correct} with {args.particles} particles per output, proposal "
+              f"{'base model' if args.base else 'policy'}, target T = {temperature:g}: log Z(X) estimate "
+              f"{log_z:.3f}, mean ESS/N {float(ess.mean()):.3f}, mean resamplings {float(resamplings.mean()):.2f}, "
+              f"{tokens} tokens generated")
+    processes.close()
     return 0
 
 
 def _eval(args) -> int:
+    from gfnlm.distributed import start
     from gfnlm.runs import load_run, load_trained_policy, report
 
     spec = load_run(args.run)
     if spec.task_name != args.task:
         raise GfnlmError(f"{args.run} is a {spec.task_name!r} run, not {args.task!r}.")
     spec.config.evaluate = True
-    policy = load_trained_policy(spec, Path(args.run))
-    report(spec, policy, Path(args.run))
+    processes = start(spec.config.device)
+    policy = load_trained_policy(spec, Path(args.run), processes)
+    report(spec, policy, Path(args.run), processes=processes)
+    processes.close()
     return 0
 
 

@@ -33,6 +33,10 @@ class TrainConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha"})
     lora_targets: list[str] | str = field(default="all-linear", metadata={"help": "module names, or all-linear"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each layer's activations in the backward pass: less memory, about 1/3 more compute"})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "4-bit NF4 base weights (QLoRA; needs CUDA and bitsandbytes)"})
     # objective
     objective: str = field(default="subtb", metadata={"help": "subtb (modified sub-trajectory balance) | tb | db"})
     subtb_lambda: float = field(default=1.0, metadata={"help": "weight lambda^(j-i-1) of sub-trajectory i->j"})
@@ -40,7 +44,10 @@ class TrainConfig:
     steps: int = field(default=200, metadata={"help": "optimizer steps"})
     trajectories_per_prompt: int = field(default=16, metadata={"help": "trajectories sampled per prompt"})
     prompts_per_batch: int = field(default=1, metadata={"help": "distinct prompts per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (per process)"})
+    virtual_ranks: int = field(default=1, metadata={
+        "help": "sampling streams per process, each with its own seed and replay buffer; one process with N "
+                "and N x grad_accum reproduces N processes"})
     # optimization
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA parameters"})
     logz_lr: float = field(default=0.1, metadata={"help": "learning rate of the learned log Z(X)"})
@@ -81,7 +88,7 @@ class TrainConfig:
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("buffer_sampling", self.buffer_sampling, ("uniform", "prioritized"))
         for name in ("lora_r", "steps", "trajectories_per_prompt", "prompts_per_batch", "grad_accum",
-                     "checkpoint_every", "keep_checkpoints", "buffer_capacity", "max_bad_steps"):
+                     "checkpoint_every", "keep_checkpoints", "buffer_capacity", "max_bad_steps", "virtual_ranks"):
             check_range(name, getattr(self, name), low=1)
         for name in ("lr", "lora_alpha", "reward_temp_start", "reward_temp_end", "tempered_min", "tempered_max",
                      "buffer_priority_temperature"):
@@ -93,6 +100,11 @@ class TrainConfig:
         check_range("subtb_lambda", self.subtb_lambda, low=0, low_open=True)
         if self.replay_prob + self.tempered_prob > 1:
             raise GfnlmError("replay_prob + tempered_prob must be at most 1 (the rest is on-policy sampling).")
+        if self.grad_accum % self.virtual_ranks:
+            raise GfnlmError(f"grad_accum ({self.grad_accum}) must be a multiple of virtual_ranks "
+                             f"({self.virtual_ranks}): each stream draws grad_accum / virtual_ranks micro-batches.")
+        if self.load_in_4bit:
+            check_4bit_support(self.device)
         if self.tempered_min > self.tempered_max:
             raise GfnlmError("tempered_min must not exceed tempered_max.")
         if self.log_reward_floor >= 0:
@@ -103,6 +115,20 @@ class TrainConfig:
             except ImportError as exc:
                 raise GfnlmError("tensorboard: true needs the tensorboard package; run "
                                  "`pip install tensorboard` or set tensorboard: false.") from exc
+
+
+def check_4bit_support(device: str) -> None:
+    """4-bit weights need bitsandbytes and a CUDA device; say so before any model is loaded."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise GfnlmError("load_in_4bit needs the bitsandbytes package (`pip install bitsandbytes`, CUDA only); "
+                         "or set load_in_4bit: false.")
+    if not torch.cuda.is_available() or device in ("cpu", "mps"):
+        raise GfnlmError("load_in_4bit needs a CUDA GPU; on this machine set load_in_4bit: false "
+                         "(dtype: bfloat16 halves the memory instead).")
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:

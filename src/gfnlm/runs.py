@@ -5,6 +5,7 @@ Everything a user can get wrong is checked here before the model is loaded.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +54,23 @@ def load_run(run_dir: str | Path) -> RunSpec:
     return resolve(task_name, None, values)
 
 
-def prepare_model(spec: RunSpec):
-    """Load the base model, wrap it as a LoRA policy, and let the task tokenize its inputs."""
+def prepare_model(spec: RunSpec, processes=None):
+    """Load the base model on this process's device, wrap it as a LoRA policy, and let the task
+    tokenize its inputs."""
     import torch
 
     from gfnlm.device import resolve_device
+    from gfnlm.grad_checkpointing import enable_gradient_checkpointing
     from gfnlm.lm import load_base_model
     from gfnlm.policy import LoraSettings, Policy
 
     c = spec.config
     torch.manual_seed(c.seed)
-    device = resolve_device(c.device)
-    model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device)
+    device = processes.device if processes is not None else resolve_device(c.device)
+    model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device, load_in_4bit=c.load_in_4bit)
     policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)
+    if c.gradient_checkpointing:
+        enable_gradient_checkpointing(policy.model)
     spec.task.setup(tokenizer, policy.vocab_size)
     check_context_window(spec.task, model.config)
     return policy
@@ -87,7 +92,9 @@ def check_context_window(task: Task, model_config) -> None:
 
 
 def train(spec: RunSpec, resume: bool = False) -> Path:
+    """Train and report. Under a launcher every process runs this; only rank 0 writes to the run folder."""
     from gfnlm.checkpoint import CheckpointStore, RunLock
+    from gfnlm.distributed import start
     from gfnlm.trainer import Trainer
 
     c = spec.config
@@ -95,26 +102,37 @@ def train(spec: RunSpec, resume: bool = False) -> Path:
     if not resume and CheckpointStore(run_dir).list():
         raise GfnlmError(f"{run_dir} already holds a training run; continue it with --resume or choose another "
                          "--output_dir.")
+    processes = start(c.device)
     lock = RunLock(run_dir)
-    lock.acquire()
+    if processes.is_main:
+        try:
+            lock.acquire()
+        except GfnlmError as exc:
+            processes.agree(str(exc))
+    processes.agree(None)
     try:
         started = time.perf_counter()
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump({"task_name": spec.task_name, **to_dict(c)}, sort_keys=False))
-        policy = prepare_model(spec)
-        trainer = Trainer(c, spec.task, policy, run_dir)
+        if processes.is_main:
+            (run_dir / CONFIG_FILE).write_text(yaml.safe_dump({"task_name": spec.task_name, **to_dict(c)},
+                                                              sort_keys=False))
+        policy = prepare_model(spec, processes)
+        trainer = Trainer(c, spec.task, policy, run_dir, processes)
         trainer.train(resume=resume)
-        policy.model.save_pretrained(run_dir / "adapter")  # a plain peft adapter folder for other tools
+        if processes.is_main:
+            policy.model.save_pretrained(run_dir / "adapter")  # a plain peft adapter folder for other tools
         train_seconds = time.perf_counter() - started
-        report(spec, policy, run_dir, train_seconds)
+        report(spec, policy, run_dir, train_seconds, processes)
     finally:
-        lock.release()
+        if processes.is_main:
+            lock.release()
+    processes.close()
     return run_dir
 
 
-def load_trained_policy(spec: RunSpec, run_dir: Path):
+def load_trained_policy(spec: RunSpec, run_dir: Path, processes=None):
     from gfnlm.checkpoint import CheckpointStore
 
-    policy = prepare_model(spec)
+    policy = prepare_model(spec, processes)
     latest = CheckpointStore(run_dir).latest()
     if latest is None:
         raise GfnlmError(f"{run_dir} has no complete checkpoint to load.")
@@ -122,8 +140,21 @@ def load_trained_policy(spec: RunSpec, run_dir: Path):
     return policy
 
 
-def report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | None = None) -> Path:
-    """Evaluate (when configured), plot the training curves, and write report.md."""
+def report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | None = None, processes=None) -> Path | None:
+    """Evaluate (when configured), plot the training curves, and write report.md (rank 0). A task whose
+    evaluation splits its sampling over processes evaluates on every process; otherwise rank 0 alone."""
+    from gfnlm.distributed import current
+
+    processes = processes or current()
+    if not processes.is_main:
+        if spec.config.evaluate and spec.task.splits_evaluation:
+            with tempfile.TemporaryDirectory() as scratch:  # the other ranks' copies of the files are dropped
+                spec.task.evaluate(policy, Path(scratch), spec.config)
+        return None
+    return _write_report(spec, policy, run_dir, train_seconds)
+
+
+def _write_report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | None) -> Path:
     from gfnlm.evaluation.plots import plot_training_curves
 
     c = spec.config

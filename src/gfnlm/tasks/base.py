@@ -31,6 +31,9 @@ class Task(ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     training_metric_names: ClassVar[tuple[str, ...]] = ()  # keys returned by training_metrics
+    # True when evaluate() splits its sampling over the processes of a launch (gfnlm.distributed.share /
+    # gather_flat) and so must run on all of them; otherwise rank 0 evaluates alone.
+    splits_evaluation: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config

@@ -21,6 +21,7 @@ import torch
 
 from gfnlm.action_space import ActionSpace
 from gfnlm.config import check_range
+from gfnlm.distributed import current, gather_flat, share, stream_seed
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.distribution import empirical_metrics, uniform_noise_floor
 from gfnlm.evaluation.plots import plot_histograms
@@ -68,6 +69,7 @@ class RngTask(Task):
     name = "rng"
     Config = RngConfig
     training_metric_names = ("valid_fraction",)
+    splits_evaluation = True
 
     def check_inputs(self) -> None:
         self.prompt_texts = read_prompt_file(self.config.prompt_file) if self.config.prompt_file else [self.config.prompt]
@@ -137,20 +139,24 @@ class RngTask(Task):
         return {"valid_fraction": valid / max(traj.batch_size, 1)}
 
     def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
-        """Sample the base model and the policy, compare both with the uniform target, plot histograms."""
-        c, seed, progress = self.config, config.seed, config.progress
+        """Sample the base model and the policy, compare both with the uniform target, plot histograms.
+        Under several processes each draws its share of the samples from its own seed (rank 0 from the
+        run's seed, as a single process does) and every process gets all of them."""
+        c, seed, progress = self.config, config.seed, config.progress and current().is_main
         space = self.action_space().to(policy.device)
         support = list(range(c.low, c.high + 1))
         results, series = {}, {}
         for name in ("base", "policy"):
-            generator = torch.Generator(device=policy.device).manual_seed(seed)
+            generator = torch.Generator(device=policy.device).manual_seed(stream_seed(seed, current().rank))
+            n = share(c.eval_samples)
             if name == "base":
                 with policy.base() as model:
-                    rows = sample_completions(model, space, self.prompt_ids, c.eval_samples, c.eval_batch_size,
+                    rows = sample_completions(model, space, self.prompt_ids, n, c.eval_batch_size,
                                               generator=generator, desc="sample base", progress=progress)
             else:
-                rows = sample_completions(policy.model, space, self.prompt_ids, c.eval_samples, c.eval_batch_size,
+                rows = sample_completions(policy.model, space, self.prompt_ids, n, c.eval_batch_size,
                                           generator=generator, desc="sample policy", progress=progress)
+            rows = gather_flat(rows)
             texts = [self.tokenizer.decode(r) for r in rows]
             values = [self.number_of.get(tuple(r)) for r in rows]
             metrics = empirical_metrics(values, support)

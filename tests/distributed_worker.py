@@ -1,0 +1,25 @@
+"""`gfnlm` as a launcher runs it, but every rank also saves the parameters it holds after training
+(rank-R.safetensors in the run folder), so a test can compare the ranks with each other."""
+
+import sys
+
+from safetensors.torch import save_file
+
+import gfnlm.trainer
+from gfnlm.cli import main
+
+real_train = gfnlm.trainer.Trainer.train
+
+
+def train_and_save_rank(self, resume=False):
+    rows = real_train(self, resume)
+    state = self.policy.adapter_state()
+    state["log_z"] = self.log_z.values.detach().cpu()
+    save_file(state, str(self.run_dir / f"rank-{self.processes.rank}.safetensors"))
+    return rows
+
+
+gfnlm.trainer.Trainer.train = train_and_save_rank
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,187 @@
+"""Several processes: real 2-process launches (torchrun, gloo on CPU) of `gfnlm` on a tiny model.
+
+After training both ranks hold the same parameters, equal (to 1e-5) to those of one process that
+draws the same trajectories (virtual_ranks 2 and twice the micro-batches); a run of 2 processes
+resumes with 2 processes, with one process standing in for both, and (not exactly, but it runs) with
+a different number of sampling streams. The continuation task is used because its reward runs the
+same model with the adapter disabled, outside DDP's wrapper.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gfnlm.cli import main
+from gfnlm.distributed import Processes, share, stream_seed
+from gfnlm.streams import Stream
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = "the cat sat on\nwe went to the\na b c d\n"
+
+
+def train_args(model_dir, run, prompts, steps, *extra):
+    return ["train", "continuation", "--model", str(model_dir), "--output_dir", str(run), "--steps", str(steps),
+            "--trajectories_per_prompt", "4", "--checkpoint_every", "2", "--progress", "false", "--evaluate", "false",
+            "--lora_r", "4", "--lr", "0.01", "--warmup_steps", "0", "--replay_prob", "0.4",
+            "--task.prompt_file", str(prompts), "--task.max_len", "6", *extra]
+
+
+def launch(args, processes=2):
+    """Run tests/distributed_worker.py (the gfnlm command) in ``processes`` processes under torchrun
+    ("--" keeps options such as --run and --n from torchrun's own option parser)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(processes), str(ROOT / "tests" / "distributed_worker.py"), "--", *args],
+                          env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def checkpoint_state(run, name):
+    folder = Path(run) / "checkpoints" / name
+    state = load_file(str(folder / "adapter.safetensors"))
+    state["log_z"] = load_file(str(folder / "log_z.safetensors"))["values"]
+    return state
+
+
+def max_difference(a, b):
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def buffer_tokens(run, name, index):
+    path = Path(run) / "checkpoints" / name / ("buffer.jsonl" if index == 0 else f"buffer-{index}.jsonl")
+    return [json.loads(line)["tokens"] for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text(PROMPTS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, tiny_model_dir, prompts):
+    """4 steps in 2 processes (1 micro-batch each per step)."""
+    run = tmp_path_factory.mktemp("two") / "run"
+    launch(train_args(tiny_model_dir, run, prompts, 4))
+    return run
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_model_dir, prompts):
+    """6 steps in 1 process that draws rank 0's micro-batch, then rank 1's (checkpoints 4 and 6 kept)."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    assert main(train_args(tiny_model_dir, run, prompts, 6, "--grad_accum", "2", "--virtual_ranks", "2")) == 0
+    return run
+
+
+def test_two_processes_equal_one_process_drawing_the_same_trajectories(two_processes, one_process, tmp_path,
+                                                                        tiny_model_dir, prompts):
+    rank0 = load_file(str(two_processes / "rank-0.safetensors"))
+    rank1 = load_file(str(two_processes / "rank-1.safetensors"))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # DDP keeps the ranks identical
+    saved = checkpoint_state(two_processes, "step-0000004")
+    assert max_difference(saved, rank0) == 0
+    assert max_difference(saved, checkpoint_state(one_process, "step-0000004")) < 1e-5
+    assert max(float(v.abs().max()) for k, v in saved.items() if "lora_B" in k) > 1e-3  # training moved them
+    for index in (0, 1):  # the same trajectories, in each rank's own buffer
+        assert buffer_tokens(two_processes, "step-0000004", index) == buffer_tokens(one_process, "step-0000004", index)
+    # Negative control: one stream drawing both micro-batches gives other trajectories, other parameters.
+    other = tmp_path / "other"
+    assert main(train_args(tiny_model_dir, other, prompts, 4, "--grad_accum", "2")) == 0
+    assert max_difference(saved, checkpoint_state(other, "step-0000004")) > 1e-3
+    # Only rank 0 wrote the log (each step once) and the checkpoints hold both ranks' streams.
+    steps = [json.loads(line)["step"] for line in (two_processes / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    state = json.loads((two_processes / "checkpoints" / "step-0000004" / "state.json").read_text())
+    assert state["streams"] == 2 and set(state["stream_python_rng"]) == {"1"}
+
+
+def test_resume_after_two_processes(two_processes, one_process, tmp_path, tiny_model_dir, prompts, capsys):
+    want = checkpoint_state(one_process, "step-0000006")
+    again, alone, fewer = (tmp_path / name for name in ("again", "alone", "fewer"))
+    for run in (again, alone, fewer):
+        shutil.copytree(two_processes, run)
+
+    # 2 processes again, now with gradient checkpointing (under DDP; it changes no result beyond rounding)
+    launch(train_args(tiny_model_dir, again, prompts, 6, "--resume", "--gradient_checkpointing", "true"))
+    assert max_difference(checkpoint_state(again, "step-0000006"), want) < 1e-5
+    rank0 = load_file(str(again / "rank-0.safetensors"))
+    assert all(torch.equal(rank0[k], v) for k, v in load_file(str(again / "rank-1.safetensors")).items())
+    steps = [json.loads(line)["step"] for line in (again / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+    # One process stands in for both ranks: the same streams, so the same continuation.
+    assert main(train_args(tiny_model_dir, alone, prompts, 6, "--resume", "--grad_accum", "2",
+                           "--virtual_ranks", "2")) == 0
+    assert max_difference(checkpoint_state(alone, "step-0000006"), want) < 1e-5
+
+    # One process with one stream: the two buffers are merged and sampling re-seeded; training goes on.
+    capsys.readouterr()
+    assert main(train_args(tiny_model_dir, fewer, prompts, 6, "--resume")) == 0
+    assert "buffers are merged" in capsys.readouterr().out
+    state = json.loads((fewer / "checkpoints" / "step-0000006" / "state.json").read_text())
+    assert state["step"] == 6 and state["streams"] == 1
+    merged = {tuple(t) for t in buffer_tokens(fewer, "step-0000006", 0)}
+    saved = {tuple(t) for i in (0, 1) for t in buffer_tokens(two_processes, "step-0000004", i)}
+    assert len(merged & saved) > len(buffer_tokens(two_processes, "step-0000004", 0))  # rows of both ranks
+
+
+def test_rng_evaluation_and_sampling_are_split_over_two_processes(tmp_path, tiny_model_dir):
+    run = tmp_path / "rng"
+    assert main(["train", "rng", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "2",
+                 "--trajectories_per_prompt", "4", "--progress", "false", "--evaluate", "false", "--lora_r", "4",
+                 "--task.prompt", "numbers: 4, 7,", "--task.high", "20", "--task.eval_samples", "15"]) == 0
+    launch(["eval", "rng", "--run", str(run)])
+    result = json.loads((run / "eval_rng.json").read_text())
+    assert result["policy"]["n"] == 15 and result["base"]["n"] == 15  # 8 drawn by rank 0, 7 by rank 1
+    out = launch(["sample", "--run", str(run), "--n", "5"]).stdout
+    assert len([line for line in out.splitlines() if line[:1] in "'\""]) == 5  # printed once, by rank 0
+
+
+def test_streams_and_shares():
+    assert stream_seed(7, 0) == 7  # stream 0 is a single process's stream
+    seeds = {stream_seed(7, i) for i in range(1, 50)} | {stream_seed(8, i) for i in range(1, 50)}
+    assert len(seeds) == 98 and 7 not in seeds
+    a = Stream.create(0, 7, torch.device("cpu"), None)
+    b = Stream.create(1, 7, torch.device("cpu"), None)
+    assert a.rng.random() != b.rng.random()
+    assert not torch.equal(torch.rand(4, generator=a.generator), torch.rand(4, generator=b.generator))
+
+    class Rank(Processes):
+        def __init__(self, rank, world):
+            super().__init__(torch.device("cpu"))
+            self.rank, self.world_size = rank, world
+
+    assert [share(10, Rank(r, 3)) for r in range(3)] == [4, 3, 3]
+    assert [share(1, Rank(r, 2)) for r in range(2)] == [1, 0]
+
+
+def error_of(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gfnlm: error: ") and len(err.splitlines()) == 1
+    return err
+
+
+def test_clear_errors_for_multi_process_options(capsys, monkeypatch, tmp_path):
+    assert "multiple of virtual_ranks" in error_of(capsys, ["train", "rng", "--grad_accum", "3",
+                                                            "--virtual_ranks", "2"])
+    if not torch.cuda.is_available():
+        assert "load_in_4bit" in error_of(capsys, ["train", "rng", "--load_in_4bit", "true"])
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # `accelerate launch --cpu --num_processes 2`: one process
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    assert "started a single process" in error_of(capsys, ["train", "rng", "--output_dir", str(tmp_path / "r")])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under a launcher: a fixed device cannot be shared
+    err = error_of(capsys, ["train", "rng", "--device", "cuda:1", "--output_dir", str(tmp_path / "r")])
+    assert "cannot be shared by 2 processes" in err
