@@ -12,6 +12,12 @@ Two configurations, each measured in its own process (so peak memory is its own)
 A step is sample + reward of every prefix + policy scores + loss + backward + optimizer step, as there.
 
   python benchmarks/throughput.py [--steps 12] [--prompts ../shared/data/reference/openwebtext/prompts.txt]
+
+Several processes (DDP through Accelerate, gloo on CPU): ``--processes N`` measures each configuration
+in 1 process and in N processes launched by torchrun, every process drawing its own batch of n
+trajectories per step (so N processes make N x n per step), and reports trajectories per second.
+
+  python benchmarks/throughput.py --processes 2 --configs documented --steps 6
 """
 
 from __future__ import annotations
@@ -69,12 +75,13 @@ def current_peak_gib() -> float:
     return float("nan")
 
 
-def measure(name: str, steps: int, prompts_file: Path) -> dict:
-    """Run one configuration in this process and return its figures."""
+def measure(name: str, steps: int, prompts_file: Path) -> dict | None:
+    """Run one configuration in this process (one of several under torchrun) and return its figures."""
     import torch
 
     from gfnlm.action_space import ActionSpace
     from gfnlm.config import TrainConfig
+    from gfnlm.distributed import start
     from gfnlm.lm import load_base_model
     from gfnlm.policy import LoraSettings, Policy
     from gfnlm.targets import LMLikelihood
@@ -83,7 +90,8 @@ def measure(name: str, steps: int, prompts_file: Path) -> dict:
 
     spec = CONFIGS[name]
     torch.manual_seed(0)
-    model, tokenizer = load_base_model("embedded", dtype=spec["dtype"])
+    processes = start("cpu")  # one process, or DDP over gloo under torchrun
+    model, tokenizer = load_base_model("embedded", dtype=spec["dtype"], device=processes.device)
     policy = Policy(model, tokenizer, LoraSettings(spec["lora_r"], spec["lora_alpha"], "all-linear"), seed=0)
     lines = prompts_file.read_text(encoding="utf-8").splitlines()
     prompts = []
@@ -116,7 +124,7 @@ def measure(name: str, steps: int, prompts_file: Path) -> dict:
                          lr=spec["lr"], warmup_steps=20, replay_prob=0.0, tempered_prob=spec["tempered_prob"],
                          tempered_min=0.5, tempered_max=2.0, checkpoint_every=10**9, progress=False)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(config, Sentences({}), policy, Path(run_dir))
+        trainer = Trainer(config, Sentences({}), policy, Path(run_dir), processes)
         reset = reset_peak_rss()
         rows = []
         for step in range(steps):
@@ -125,13 +133,18 @@ def measure(name: str, steps: int, prompts_file: Path) -> dict:
             row = trainer.train_step()
             row["wall"] = time.perf_counter() - started
             rows.append(row)
-            print(f"  {name} step {step + 1}/{steps}: {row['wall']:.2f} s, {row['sampled_tokens']} tokens", flush=True)
+            if processes.is_main:
+                print(f"  {name} step {step + 1}/{steps}: {row['wall']:.2f} s, {row['sampled_tokens']} tokens "
+                      f"(all processes)", flush=True)
+    if not processes.is_main:
+        return None
     timed = rows[2:]  # the first steps warm up allocators and kernels (the reference median also skips them)
     seconds = statistics.median(r["wall"] for r in timed)
     total_wall = sum(r["wall"] for r in timed)
+    world = processes.world_size
     return {
-        "config": name, **spec, "steps_timed": len(timed), "median_s_per_step": seconds,
-        "steps_per_s": 1 / seconds, "sequences_per_s": spec["n"] / seconds,
+        "config": name, **spec, "processes": world, "steps_timed": len(timed), "median_s_per_step": seconds,
+        "steps_per_s": 1 / seconds, "sequences_per_s": world * spec["n"] / seconds,
         "sampled_tokens_per_s": sum(r["sampled_tokens"] for r in timed) / total_wall,
         "mean_prompt_tokens": statistics.mean(len(p.ids) for p in prompts),
         "mean_generated_tokens": sum(r["length"] for r in timed) / len(timed),
@@ -140,11 +153,51 @@ def measure(name: str, steps: int, prompts_file: Path) -> dict:
     }
 
 
+def run_one(name: str, args, processes: int = 1) -> dict | None:
+    """Measure one configuration in fresh processes (torchrun when more than one); None if it failed."""
+    launcher = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command = launcher + [__file__, "--one", name, "--steps", str(args.steps), "--prompts", str(args.prompts)]
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          check=False)
+    lines = proc.stdout.splitlines()
+    print("\n".join(line for line in lines if not line.startswith("RESULT ")), flush=True)
+    if proc.returncode != 0:
+        print(f"{name} failed with exit code {proc.returncode}", file=sys.stderr)
+        return None
+    return json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
+
+
+def compare_processes(names: list[str], args) -> int:
+    """Trajectories per second of each configuration in 1 process and in ``args.processes`` processes."""
+    results = []
+    for name in names:
+        for count in (1, args.processes):
+            print(f"{name}: measuring {args.steps} steps in {count} fresh process(es) ...", flush=True)
+            result = run_one(name, args, count)
+            if result is None:
+                return 1
+            results.append(result)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "throughput_processes.json").write_text(json.dumps(results, indent=2))
+    print("\n| config | processes | torch threads each | trajectories per step | median s/step | trajectories/s "
+          "| sampled tok/s | peak RSS GiB (rank 0) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['config']} | {r['processes']} | {r['torch_threads']} | {r['processes'] * r['n']} | "
+              f"{r['median_s_per_step']:.2f} | {r['sequences_per_s']:.2f} | {r['sampled_tokens_per_s']:.1f} | "
+              f"{r['peak_rss_gib']:.2f} |")
+    print(f"\nSaved {OUT / 'throughput_processes.json'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12, help="steps per configuration (the first 2 are not timed)")
     parser.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also measure in this many processes (torchrun, DDP over gloo) beside 1 process")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration, print JSON
     args = parser.parse_args()
     if args.steps < 3:
@@ -152,24 +205,23 @@ def main() -> int:
     if not args.prompts.is_file():
         parser.error(f"prompt file {args.prompts} not found (the reference OpenWebText prompts)")
     if args.one:
-        print("RESULT " + json.dumps(measure(args.one, args.steps, args.prompts)), flush=True)
+        result = measure(args.one, args.steps, args.prompts)
+        if result is not None:  # rank 0 of several processes, or the only one
+            print("RESULT " + json.dumps(result), flush=True)
         return 0
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
+    if args.processes:
+        return compare_processes(names, args)
     results = []
     for name in names:
         print(f"{name}: measuring {args.steps} steps in a fresh process ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps),
-                               "--prompts", str(args.prompts)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        lines = proc.stdout.splitlines()
-        print("\n".join(line for line in lines if not line.startswith("RESULT ")), flush=True)
-        if proc.returncode != 0:
-            print(f"{name} failed with exit code {proc.returncode}", file=sys.stderr)
+        result = run_one(name, args)
+        if result is None:
             return 1
-        results.append(json.loads(next(line for line in lines if line.startswith("RESULT "))[7:]))
+        results.append(result)
     for r in results:
         if r["config"] in ("reference-n8", "reference-n16"):
             ref_seconds, ref_gib = REFERENCE[r["n"]]
