@@ -24,16 +24,17 @@ def full_log_probs(model, ids):
     return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
 
 
-def test_packed_state_logits_match_one_forward_per_prefix():
+@pytest.mark.parametrize("shared_prefix", [(), (4, 4, 2)])
+def test_packed_state_logits_match_one_forward_per_prefix(shared_prefix):
     model = tiny_llama(V)
     prompts = [(1, 2, 3, 4, 5), (6, 7)]
     index = torch.tensor([0, 1, 1, 0])
     tokens = torch.randint(0, V, (4, 4), generator=torch.Generator().manual_seed(0))
     cont = [8, 3, 8]
     with torch.no_grad():
-        states, copies = state_logits(model, encode_prompts(model, prompts), index, tokens, cont)
+        states, copies = state_logits(model, encode_prompts(model, prompts, shared_prefix), index, tokens, cont)
         for b in range(4):
-            prompt = list(prompts[int(index[b])])
+            prompt = list(shared_prefix) + list(prompts[int(index[b])])
             for i in range(5):
                 full = model(input_ids=torch.tensor([prompt + tokens[b, :i].tolist() + cont])).logits[0]
                 p = len(prompt)
@@ -87,17 +88,20 @@ def test_lm_likelihood_scores_every_prefix_like_separate_passes():
     assert not torch.allclose(adapted, plain)  # the adapter is on outside policy.base()
 
 
-def test_prompt_answer_likelihood_scores_every_prefix_with_its_own_answer():
-    """log p(X z_1..z_i Y_X) - log p(X) for every i, one packed pass per answer, against one pass per prefix."""
+@pytest.mark.parametrize("context_prefix", [(), (2, 7, 7, 1)])
+def test_prompt_answer_likelihood_scores_every_prefix_with_its_own_answer(context_prefix):
+    """log p(X z_1..z_i Y_X | C) - log p(X | C) for every i (C: text only the reward reads), one packed pass
+    per answer, against one pass per prefix."""
     base = tiny_llama(V, seed=5)
     policy = Policy(base, None, LoraSettings(r=4, alpha=8))
     prompts = [(1, 2, 3), (4,), (6, 6)]
     answers = {"a": [8, 3, 2], "b": [7], "c": [5, 5]}
     traj = Trajectories.from_rows(prompts, ["a", "b", "c"], [0, 1, 2, 0, 1], [[5, 6, 7], [2], [], [4, 4], [1, 2, 3, 4]])
-    rewards = PromptAnswerLikelihood(policy, answers, chunk_size=2).log_rewards(traj)
+    rewards = PromptAnswerLikelihood(policy, answers, chunk_size=2, context_prefix=context_prefix).log_rewards(traj)
     with torch.no_grad(), policy.base() as model:
         for b in range(traj.batch_size):
-            prompt, row, answer = list(traj.row_prompt(b)), traj.row(b), answers[traj.row_key(b)]
+            prompt = list(context_prefix) + list(traj.row_prompt(b))
+            row, answer = traj.row(b), answers[traj.row_key(b)]
             for i in range(len(row) + 1):
                 seq = prompt + row[:i] + answer
                 lp = full_log_probs(model, seq)
@@ -105,12 +109,18 @@ def test_prompt_answer_likelihood_scores_every_prefix_with_its_own_answer():
                 assert float(rewards[b, i]) == pytest.approx(want, abs=1e-4)
 
 
-def test_continuation_log_probs_of_unrelated_pairs_match_single_passes():
+def test_continuation_log_probs_match_single_passes():
     model = tiny_llama(V, seed=6)
-    contexts, answers = [(1, 2, 3), (4,), (5, 6, 7, 8, 1)], [(2,), (3, 3, 1), (7, 6)]
+    # shared contexts (one cache, several continuations), chunks that split them, an empty continuation
+    contexts = [(1, 2, 3), (4,), (5, 6, 7, 8, 1), (4,), (1, 2, 3), (2, 2)]
+    answers = [(2,), (3, 3, 1), (7, 6), (5,), (1, 1, 4, 2), ()]
     got = continuation_log_probs(model, contexts, answers, batch_size=2)
+    shared = continuation_log_probs(model, contexts, answers, batch_size=2, shared_prefix=(3, 1))
     with torch.no_grad():
         for k, (c, y) in enumerate(zip(contexts, answers)):
+            lp = full_log_probs(model, [3, 1] + list(c) + list(y))
+            want = sum(float(lp[2 + len(c) + j - 1, y[j]]) for j in range(len(y)))
+            assert float(shared[k]) == pytest.approx(want, abs=1e-4)
             lp = full_log_probs(model, list(c) + list(y))
             want = sum(float(lp[len(c) + j - 1, y[j]]) for j in range(len(y)))
             assert float(got[k]) == pytest.approx(want, abs=1e-4)

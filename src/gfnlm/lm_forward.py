@@ -27,7 +27,9 @@ class PromptCache:
     last_logits: torch.Tensor  # (G, V) next-token logits after the whole prompt (state s_0)
 
 
-def encode_prompts(model, prompts: Sequence[Sequence[int]]) -> PromptCache:
+def encode_prompts(model, prompts: Sequence[Sequence[int]], shared_prefix: Sequence[int] = ()) -> PromptCache:
+    """Keys/values of each prompt. ``shared_prefix`` (e.g. few-shot examples) is read before every prompt
+    but run only once: its cache is copied onto the prompts, which continue it after their left padding."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     device = next(model.parameters()).device
@@ -37,11 +39,21 @@ def encode_prompts(model, prompts: Sequence[Sequence[int]]) -> PromptCache:
     for g, p in enumerate(prompts):
         ids[g, width - len(p) :] = torch.tensor(list(p), dtype=torch.long, device=device)
         valid[g, width - len(p) :] = True
-    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     mask = causal[None] & valid[:, None, :]
     mask = mask | torch.eye(width, dtype=torch.bool, device=device)[None]
-    out = model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, use_cache=True)
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    cache = None
+    if len(shared_prefix):
+        head = encode_prompts(model, [shared_prefix])
+        cache, _, _ = gather_rows(head, torch.zeros(len(prompts), dtype=torch.long, device=device))
+        positions = positions + len(shared_prefix)
+        mask = torch.cat([head.valid[:, None, :].expand(len(prompts), width, -1), mask], dim=-1)
+        valid = torch.cat([head.valid.expand(len(prompts), -1), valid], dim=1)
+    # Only the last position's logits are needed: the vocabulary projection of every prompt token
+    # would cost more than the prompt's transformer layers on a small model.
+    out = model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, use_cache=True,
+                cache=cache, logits_to_keep=1)
     layers = [(layer.keys, layer.values) for layer in out.cache.layers]
     return PromptCache(layers, valid, valid.sum(-1), out.logits[:, -1])
 
@@ -112,26 +124,29 @@ def state_logits(model, prompt_cache: PromptCache, prompt_index: torch.Tensor, t
 
 @torch.no_grad()
 def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
-                           batch_size: int = 64) -> torch.Tensor:
-    """log p(continuation_k | context_k) for many unrelated pairs. Left padding puts every
-    continuation at the end, so only the last positions' logits are computed (not the whole
-    sequence times the vocabulary)."""
+                           batch_size: int = 16, shared_prefix: Sequence[int] = ()) -> torch.Tensor:
+    """log p(continuation_k | shared_prefix, context_k) for many pairs. Each distinct context is run once
+    (e.g. one chain scored with several candidate answers) and its key/value cache is shared by the
+    pairs that continue it; ``batch_size`` distinct contexts are run together."""
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(contexts), batch_size):
-        pairs = list(zip(contexts[start: start + batch_size], continuations[start: start + batch_size]))
-        width = max(len(c) + len(y) for c, y in pairs)
-        keep = max(len(y) for _, y in pairs) + 1
-        ids = torch.zeros(len(pairs), width, dtype=torch.long, device=device)
-        mask = torch.zeros(len(pairs), width, dtype=torch.long, device=device)
-        for b, (c, y) in enumerate(pairs):
-            seq = list(c) + list(y)
-            ids[b, width - len(seq):] = torch.tensor(seq, device=device)
-            mask[b, width - len(seq):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-        log_probs = torch.log_softmax(logits.float(), -1)  # (B, keep, V): positions width-keep .. width-1
-        for b, (_, y) in enumerate(pairs):
-            rows = torch.arange(keep - len(y) - 1, keep - 1, device=device)
-            out.append(log_probs[b, rows, torch.tensor(list(y), device=device)].sum())
-    return torch.stack(out).cpu()
+    distinct: dict[tuple[int, ...], int] = {}
+    which = [distinct.setdefault(tuple(c), len(distinct)) for c in contexts]
+    unique = list(distinct)
+    out = torch.zeros(len(contexts))
+    for start in range(0, len(unique), batch_size):
+        rows = [r for r, i in enumerate(which) if start <= i < start + batch_size]
+        width = max(len(continuations[r]) for r in rows)
+        if width == 0:
+            continue
+        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        real = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        for b, r in enumerate(rows):
+            y = list(continuations[r])
+            tokens[b, : len(y)] = torch.tensor(y, dtype=torch.long, device=device)
+            real[b, : len(y)] = True
+        cache = encode_prompts(model, unique[start: start + batch_size], shared_prefix)
+        index = torch.tensor([which[r] - start for r in rows], device=device)
+        states, _ = state_logits(model, cache, index, tokens)  # padding after y never changes y's logits
+        log_probs = torch.log_softmax(states[:, :-1].float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+        out[rows] = (log_probs * real).sum(-1).cpu()
+    return out

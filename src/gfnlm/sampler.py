@@ -50,15 +50,17 @@ def sample_trajectories(
     epsilon: float = 0.0,
     generator: torch.Generator | None = None,
     insert_hook: InsertHook | None = None,
+    shared_prefix: Sequence[int] = (),
 ) -> Trajectories:
-    """Sample one trajectory per entry of ``prompt_index`` (indices into ``prompts``)."""
+    """Sample one trajectory per entry of ``prompt_index`` (indices into ``prompts``). ``shared_prefix``
+    is read before every prompt (run once; e.g. few-shot examples) and is not part of the trajectories."""
     if temperature <= 0:
         raise ValueError("the sampling temperature must be positive")
     device = next(model.parameters()).device
     prompt_index = prompt_index.to(device)
     batch = prompt_index.shape[0]
     m = action_space.terminator_length
-    prompt_cache = encode_prompts(model, prompts)
+    prompt_cache = encode_prompts(model, prompts, shared_prefix)
     cache, key_valid, next_position = gather_rows(prompt_cache, prompt_index)
     next_position = next_position.clone()
     logits = prompt_cache.last_logits.index_select(0, prompt_index)
@@ -66,10 +68,11 @@ def sample_trajectories(
     from_policy: list[list[bool]] = [[] for _ in range(batch)]
     match = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    after_insert = torch.zeros(batch, dtype=torch.bool, device=device)  # the row's last token was inserted
 
     while True:
         stream_len = torch.tensor([len(s) for s in streams], device=device)
-        masked = action_space.masked_logits(logits, stream_len, match)
+        masked = action_space.masked_logits(logits, stream_len, match, after_insert)
         tokens = draw(behaviour_probs(masked, temperature, epsilon), generator)
         chunks: list[list[int]] = []
         for b in range(batch):
@@ -90,6 +93,7 @@ def sample_trajectories(
                         break
             match[b] = state
             done[b] = state == m
+            after_insert[b] = len(chunk) > 1
             chunks.append(chunk)
         if bool(done.all()):
             break

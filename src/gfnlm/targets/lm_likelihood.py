@@ -20,11 +20,14 @@ class LMLikelihood(Target):
     ``renormalize_over``: an optional vocabulary bias (0 allowed / -inf banned); when given, each
     next-token distribution of the LM is renormalized over the allowed tokens (the paper's
     "masked LM" reward). Without it the target is p_LM restricted to the policy's support.
+    ``context_prefix``: text the reward model reads before every prompt (e.g. worked examples) that the
+    policy does not see.
     """
 
     def __init__(self, policy: Policy, terminator: Sequence[int], renormalize_over: torch.Tensor | None = None,
-                 chunk_size: int = 64):
+                 chunk_size: int = 64, context_prefix: Sequence[int] = ()):
         self.policy = policy
+        self.context_prefix = [int(t) for t in context_prefix]
         self.terminator = [int(t) for t in terminator]
         self.bias = renormalize_over
         self.chunk_size = chunk_size
@@ -43,7 +46,7 @@ class LMLikelihood(Target):
 
     def _score_with(self, traj: Trajectories, terminator: list[int]) -> torch.Tensor:
         with self.policy.base() as model:
-            cache = encode_prompts(model, traj.prompts)
+            cache = encode_prompts(model, traj.prompts, self.context_prefix)
             states, copies = state_logits(model, cache, traj.prompt_index, traj.tokens, terminator)
         log_probs = self._log_softmax(states)
         tokens = traj.tokens
@@ -69,10 +72,10 @@ class PromptAnswerLikelihood(LMLikelihood):
     of its rows in one packed pass (the copies of Y ride after Z, as for multi-token terminators)."""
 
     def __init__(self, policy: Policy, answers: dict[str, Sequence[int]], renormalize_over: torch.Tensor | None = None,
-                 chunk_size: int = 64):
+                 chunk_size: int = 64, context_prefix: Sequence[int] = ()):
         if any(len(a) == 0 for a in answers.values()):
             raise ValueError("every answer needs at least one token")
-        super().__init__(policy, [0], renormalize_over, chunk_size)
+        super().__init__(policy, [0], renormalize_over, chunk_size, context_prefix)
         self.answers = {k: [int(t) for t in v] for k, v in answers.items()}
 
     def _score(self, traj: Trajectories) -> torch.Tensor:
