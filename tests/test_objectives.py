@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from gfnlm.objectives import BalanceTerms, balance_loss, db_loss, subtb_loss, tb_loss
+from gfnlm.objectives import BalanceTerms, balance_loss, batch_log_z, db_loss, subtb_loss, tb_loss
 
 
 def random_terms(seed: int, batch: int = 6, length: int = 7, with_log_z: bool = True, root_terminable=None):
@@ -135,3 +135,27 @@ def test_perfectly_balanced_trajectories_have_zero_loss():
     terms = BalanceTerms(log_pf, log_stop, log_reward, t.terminable, lengths, log_z)
     for name in ("subtb", "db", "tb"):
         assert balance_loss(name, terms).item() == pytest.approx(0.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("name,lam", [("subtb", 1.0), ("subtb", 0.7), ("db", 1.0), ("tb", 1.0)])
+def test_batch_log_z_minimizes_the_loss_over_one_value_per_prompt(seed, name, lam):
+    terms = random_terms(seed, batch=9)
+    groups = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 2])
+    estimate = batch_log_z(name, terms, groups, lam)
+    assert torch.equal(estimate, estimate[torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 2])])  # one value per group
+    values = torch.stack([estimate[list(groups).index(g)] for g in range(3)]).double().requires_grad_()
+
+    def loss_at(v):
+        t = BalanceTerms(terms.log_pf.double(), terms.log_stop.double(), terms.log_reward.double(),
+                         terms.terminable, terms.lengths, v[groups])
+        return balance_loss(name, t, lam)
+
+    loss = loss_at(values)
+    (grad,) = torch.autograd.grad(loss, values)
+    assert grad.abs().max() < 1e-6  # stationary, and the loss is a convex quadratic in log Z
+    for g in range(3):
+        for delta in (-0.3, 0.3):
+            moved = values.detach().clone()
+            moved[g] += delta
+            assert float(loss_at(moved)) >= float(loss) - 1e-9

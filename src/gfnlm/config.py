@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from gfnlm.errors import GfnlmError
-from gfnlm.objectives import OBJECTIVES
+from gfnlm.objectives import LOG_Z_MODES, OBJECTIVES
 
 LR_SCHEDULES = ("constant_with_warmup", "linear", "cosine", "constant")
 
@@ -37,6 +37,9 @@ class TrainConfig:
         "help": "recompute each layer's activations in the backward pass: less memory, about 1/3 more compute"})
     load_in_4bit: bool = field(default=False, metadata={
         "help": "4-bit NF4 base weights (QLoRA; needs CUDA and bitsandbytes)"})
+    init_adapter: str = field(default="", metadata={
+        "help": "start the policy from this LoRA adapter (a .safetensors file, a peft adapter folder or a run "
+                "folder) instead of a fresh one, e.g. after supervised fine-tuning; same lora_r and targets"})
     # objective
     objective: str = field(default="subtb", metadata={"help": "subtb (modified sub-trajectory balance) | tb | db"})
     subtb_lambda: float = field(default=1.0, metadata={"help": "weight lambda^(j-i-1) of sub-trajectory i->j"})
@@ -51,6 +54,9 @@ class TrainConfig:
     # optimization
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA parameters"})
     logz_lr: float = field(default=0.1, metadata={"help": "learning rate of the learned log Z(X)"})
+    log_z: str = field(default="learned", metadata={
+        "help": "log Z(X) at a root that cannot stop (min_len > 0) or for tb: learned (a table trained with "
+                "logz_lr) | batch (the value that minimizes the loss given the batch's trajectories of X)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=20, metadata={"help": "linear learning-rate warm-up steps"})
     lr_schedule: str = field(default="constant_with_warmup", metadata={"help": "|".join(LR_SCHEDULES)})
@@ -85,6 +91,7 @@ class TrainConfig:
     def validate(self) -> None:
         check_choice("dtype", self.dtype, ("float32", "bfloat16"))
         check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("log_z", self.log_z, LOG_Z_MODES)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("buffer_sampling", self.buffer_sampling, ("uniform", "prioritized"))
         for name in ("lora_r", "steps", "trajectories_per_prompt", "prompts_per_batch", "grad_accum",
@@ -105,6 +112,8 @@ class TrainConfig:
                              f"({self.virtual_ranks}): each stream draws grad_accum / virtual_ranks micro-batches.")
         if self.load_in_4bit:
             check_4bit_support(self.device)
+        if self.init_adapter:
+            adapter_file(self.init_adapter)
         if self.tempered_min > self.tempered_max:
             raise GfnlmError("tempered_min must not exceed tempered_max.")
         if self.log_reward_floor >= 0:
@@ -115,6 +124,16 @@ class TrainConfig:
             except ImportError as exc:
                 raise GfnlmError("tensorboard: true needs the tensorboard package; run "
                                  "`pip install tensorboard` or set tensorboard: false.") from exc
+
+
+def adapter_file(path: str) -> Path:
+    """The weights file of an adapter given as a file, a peft folder or a run folder."""
+    given = Path(path)
+    for candidate in (given, given / "adapter_model.safetensors", given / "adapter" / "adapter_model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise GfnlmError(f"init_adapter {path!r}: no adapter there (a .safetensors file, a folder with "
+                     "adapter_model.safetensors, or a run folder).")
 
 
 def check_4bit_support(device: str) -> None:

@@ -13,7 +13,10 @@ and phi_i = log F(s_i) - C_i, the balance of the sub-trajectory s_i -> s_j is
 - ``tb``: trajectory balance with a learned log Z(X): D = log Z(X) + C_n + log_stop[n] - log_reward[n].
 
 When s_0 cannot terminate (min_len > 0) its flow is unknown; pass ``log_z`` and it serves as log F(s_0)
-for ``subtb`` and ``db`` (otherwise the first policy step would never be trained).
+for ``subtb`` and ``db`` (otherwise the first policy step would never be trained). ``batch_log_z`` gives
+the value that minimizes the loss given the batch's trajectories of each prompt (a per-prompt baseline,
+as in the log-variance loss), so nothing has to be learned: a table of per-prompt values, each visited
+rarely, lags far behind the policy when there are many prompts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 OBJECTIVES = ("subtb", "tb", "db")
+LOG_Z_MODES = ("learned", "batch")
 
 
 @dataclass
@@ -49,6 +53,39 @@ def _potentials(terms: BalanceTerms) -> tuple[torch.Tensor, torch.Tensor]:
         phi = torch.cat([torch.where(root, terms.log_z, phi[:, 0])[:, None], phi[:, 1:]], dim=1)
         endpoint[:, 0] = endpoint[:, 0] | root
     return torch.where(endpoint, phi, torch.zeros_like(phi)), endpoint
+
+
+@torch.no_grad()
+def batch_log_z(name: str, terms: BalanceTerms, groups: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """(B,) log Z for each row: the minimizer of ``name``'s loss over one log Z shared by the rows of each
+    group (rows with the same prompt), i.e. the weighted mean of the values each row implies."""
+    if name == "tb":
+        n = terms.lengths
+        rows = torch.arange(n.shape[0], device=n.device)
+        steps = torch.arange(terms.log_pf.shape[1], device=n.device)
+        path = torch.where(steps[None] < n[:, None], terms.log_pf, torch.zeros_like(terms.log_pf)).sum(-1)
+        implied = terms.log_reward[rows, n] - terms.log_stop[rows, n] - path
+        weight = torch.ones_like(implied)
+    else:
+        no_root = BalanceTerms(terms.log_pf, terms.log_stop, terms.log_reward, terms.terminable, terms.lengths)
+        phi, endpoint = _potentials(no_root)
+        # the root pairs (0, j): weight lambda^(j-1) for subtb; the first terminable state only for db;
+        # rows whose s_0 can stop never use log Z
+        j = torch.arange(phi.shape[1], device=phi.device)[None].expand_as(phi)
+        later = endpoint & (j > 0) & ~terms.terminable[:, :1]
+        if name == "db":
+            first = torch.where(later, j, torch.full_like(j, phi.shape[1])).min(1, keepdim=True).values
+            w = (later & (j == first)).to(phi.dtype)
+        else:
+            w = torch.where(later, torch.tensor(float(lam), device=phi.device, dtype=phi.dtype) ** (j - 1).clamp(min=0),
+                            torch.zeros_like(phi))
+        implied = (w * phi).sum(1) / w.sum(1).clamp(min=1e-30)
+        weight = w.sum(1)
+    groups = groups.to(implied.device)
+    size = int(groups.max()) + 1
+    num = torch.zeros(size, device=implied.device, dtype=implied.dtype).index_add_(0, groups, weight * implied)
+    den = torch.zeros(size, device=implied.device, dtype=implied.dtype).index_add_(0, groups, weight)
+    return (num / den.clamp(min=1e-30))[groups]
 
 
 def subtb_loss(terms: BalanceTerms, lam: float = 1.0) -> torch.Tensor:

@@ -36,7 +36,7 @@ from gfnlm.config import TrainConfig
 from gfnlm.distributed import Processes
 from gfnlm.errors import GfnlmError
 from gfnlm.metrics_log import MetricsLog
-from gfnlm.objectives import BalanceTerms, LogPartition, balance_loss
+from gfnlm.objectives import BalanceTerms, LogPartition, balance_loss, batch_log_z
 from gfnlm.policy import Policy
 from gfnlm.policy_scores import score_policy
 from gfnlm.sampler import sample_trajectories
@@ -56,6 +56,7 @@ class LossPass:
     terminable: torch.Tensor  # (B, L+1) which states could stop (from the policy scores)
     rewards_finite: bool
     loss_finite: bool
+    log_z: float = math.nan  # mean log Z(X) used by the loss (logged when it is estimated from the batch)
 
 
 class Learner(torch.nn.Module):
@@ -75,12 +76,15 @@ class Learner(torch.nn.Module):
         scores = score_policy(self.model, self.space, traj)
         if not bool(torch.isfinite(rewards[scores.terminable]).all()):
             return LossPass(self._zero(), scores.terminable, False, False)
+        c = self.config
         terms = BalanceTerms(scores.log_pf, scores.log_stop, torch.nan_to_num(rewards) / temperature,
                              scores.terminable, traj.lengths, self.log_z(prompt_ids))
-        loss = balance_loss(self.config.objective, terms, self.config.subtb_lambda)
+        if c.log_z == "batch":
+            terms.log_z = batch_log_z(c.objective, terms, prompt_ids, c.subtb_lambda)
+        loss = balance_loss(c.objective, terms, c.subtb_lambda)
         if not torch.isfinite(loss):
             return LossPass(self._zero(), scores.terminable, True, False)
-        return LossPass(loss, scores.terminable, True, True)
+        return LossPass(loss, scores.terminable, True, True, float(terms.log_z.mean()))
 
     def _zero(self) -> torch.Tensor:
         """0 that reaches every trained parameter: a dropped micro-batch still joins the all-reduce
@@ -247,6 +251,8 @@ class Trainer:
                 counts["skipped"] += 1
                 continue
             stats["loss"].append(out.loss.item())
+            if c.log_z == "batch":
+                stats["log_z"].append(out.log_z)
             applied += 1
         applied, counts, stats, buffer_size = self._pool(applied, counts, stats)
         params = self.policy.trainable_parameters() + list(self.log_z.parameters())
