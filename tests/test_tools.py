@@ -69,3 +69,24 @@ def test_arithmetic_splits_are_disjoint_and_shaped_as_asked():
     assert len(chain) == len(p.operands) - 1 and chain[-1].endswith(f"= {p.answer}")
     assert all(calculate(step.split("=")[0]) == step.split("= ")[1] for step in chain)
     assert generate(seed=3).train == data.train  # seeded
+
+
+def test_stop_only_after_tool_output_agrees_between_sampler_and_scores():
+    tok = char_tokenizer(CHARS)
+    digits_ops = [tok.convert_tokens_to_ids(c) for c in " 3+="]  # few actions: tool calls and stops are common
+    model = tiny_llama(len(tok), seed=1, init=0.5)
+    space = ActionSpace(len(tok), tok.encode(",", add_special_tokens=False), max_len=24,
+                        allowed_tokens=digits_ops, stop_after_insert=True)
+    prompt = tuple(tok.encode("Q: 3+5-6=? A:", add_special_tokens=False))
+    traj = sample_trajectories(model, space, [prompt], ["q"], torch.zeros(256, dtype=torch.long),
+                               epsilon=0.5, generator=torch.Generator().manual_seed(1), insert_hook=ToolHook([Calculator()], tok))
+    scores = score_policy(model, space, traj)
+    stopped_after_tool = 0
+    for b in range(traj.batch_size):
+        n, mask = int(traj.lengths[b]), traj.row_policy_mask(b)
+        assert n >= space.max_len or (n > 0 and not mask[-1])  # a stop follows tool output, or is forced
+        stopped_after_tool += n < space.max_len
+        assert bool(scores.terminable[b, n]) and torch.isfinite(scores.log_pf[b, :n]).all()
+        for i in range(n):  # no earlier stop was possible unless right after an insertion
+            assert not scores.terminable[b, i] or (i > 0 and not mask[i - 1])
+    assert stopped_after_tool > 5

@@ -6,7 +6,9 @@ T), so the sampler and the trainer's recomputation of log-probabilities agree ex
 
 - vocabulary mask: banned tokens never appear (T is always allowed);
 - min_len: the token that would complete T is banned while Z would be shorter than min_len;
-- max_len: once the stream has max_len tokens, only the next token of T may follow (the stop is forced).
+- max_len: once the stream has max_len tokens, only the next token of T may follow (the stop is forced);
+- stop_after_insert (one-token T only): the policy may stop only right after tokens the environment
+  inserted (a tool's answer), so Z is a whole chain of tool calls; callers pass ``after_insert``.
 
 A state s_i (Z = z_1..z_i) is *terminable* when stopping there is possible: i >= min_len and writing T
 after it first completes T at its last token (for multi-token T, a suffix of Z plus a prefix of T can
@@ -48,10 +50,14 @@ class ActionSpace:
         max_len: int = 20,
         banned_tokens: Iterable[int] | None = None,
         allowed_tokens: Iterable[int] | None = None,
+        stop_after_insert: bool = False,
     ):
         terminator = [int(t) for t in terminator]
         if not terminator:
             raise GfnlmError("The terminator is empty; give at least one token.")
+        if stop_after_insert and len(terminator) != 1:
+            raise GfnlmError("stop_after_insert needs a one-token terminator.")
+        self.stop_after_insert = stop_after_insert
         if any(t < 0 or t >= vocab_size for t in terminator):
             raise GfnlmError(f"Terminator token ids {terminator} are outside the vocabulary (size {vocab_size}).")
         if min_len < 0 or max_len < 1:
@@ -99,22 +105,27 @@ class ActionSpace:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
-    def masked_logits(self, logits: torch.Tensor, stream_len: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    def masked_logits(self, logits: torch.Tensor, stream_len: torch.Tensor, match: torch.Tensor,
+                      after_insert: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (float32) with -inf on every token not allowed after a stream of ``stream_len`` tokens
-        whose end matches ``match`` tokens of T. Shapes: logits (..., V); stream_len, match (...)."""
+        whose end matches ``match`` tokens of T (and, with stop_after_insert, whose last token was
+        inserted: ``after_insert``). Shapes: logits (..., V); stream_len, match, after_insert (...)."""
         m = self.terminator_length
         x = logits.float() + self.vocab_bias
         vocab = torch.arange(self.vocab_size, device=logits.device)
-        too_short = (match == m - 1) & (stream_len + 1 - m < self.min_len)
-        x = x.masked_fill(too_short[..., None] & (vocab == self.terminator[-1]), NEG_INF)
         capped = stream_len >= self.max_len
+        too_short = (match == m - 1) & (stream_len + 1 - m < self.min_len)
+        if self.stop_after_insert and after_insert is not None:
+            too_short = too_short | (~after_insert & ~capped)
+        x = x.masked_fill(too_short[..., None] & (vocab == self.terminator[-1]), NEG_INF)
         if bool(capped.any()):
             forced = self.terminator_tensor[match.clamp(max=m - 1)]
             x = x.masked_fill(capped[..., None] & (vocab != forced[..., None]), NEG_INF)
         return x
 
-    def log_probs(self, logits: torch.Tensor, stream_len: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.masked_logits(logits, stream_len, match), dim=-1)
+    def log_probs(self, logits: torch.Tensor, stream_len: torch.Tensor, match: torch.Tensor,
+                  after_insert: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.log_softmax(self.masked_logits(logits, stream_len, match, after_insert), dim=-1)
 
     def match_states(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L+1) automaton state after each prefix z_1..z_i of ``tokens`` (B, L)."""
@@ -123,8 +134,12 @@ class ActionSpace:
             states.append(self.automaton[states[-1], tokens[:, i]])
         return torch.stack(states, dim=1)
 
-    def structurally_terminable(self, match: torch.Tensor, state_index: torch.Tensor) -> torch.Tensor:
-        """Whether stopping at a state is possible by the length and overlap rules (match, state_index same shape)."""
-        return (state_index >= self.min_len) & self.clean_stop[match.clamp(max=self.terminator_length - 1)] & (
+    def structurally_terminable(self, match: torch.Tensor, state_index: torch.Tensor,
+                                after_insert: torch.Tensor | None = None) -> torch.Tensor:
+        """Whether stopping at a state is possible by the length, overlap and insertion rules (same shapes)."""
+        ok = (state_index >= self.min_len) & self.clean_stop[match.clamp(max=self.terminator_length - 1)] & (
             match < self.terminator_length
         )
+        if self.stop_after_insert and after_insert is not None:
+            ok = ok & (after_insert | (state_index >= self.max_len))
+        return ok

@@ -30,9 +30,11 @@ def score_policy(model, action_space: ActionSpace, traj: Trajectories) -> Policy
 
     match = action_space.match_states(tokens)  # (B, L+1)
     state_index = torch.arange(length + 1, device=device)[None].expand(batch, -1)
-    log_probs = action_space.log_probs(states, state_index, match)  # (B, L+1, V)
-
     visited = traj.state_mask()
+    after_insert = torch.zeros_like(visited)  # state s_i follows a token the environment inserted
+    after_insert[:, 1:] = visited[:, 1:] & ~traj.policy_mask
+    log_probs = action_space.log_probs(states, state_index, match, after_insert)  # (B, L+1, V)
+
     token_valid = visited[:, 1:] & traj.policy_mask
     log_pf = log_probs[:, :-1].gather(-1, tokens[..., None]).squeeze(-1)
     log_pf = torch.where(token_valid, log_pf, torch.zeros_like(log_pf))
@@ -50,7 +52,7 @@ def score_policy(model, action_space: ActionSpace, traj: Trajectories) -> Policy
     terminable = (
         visited
         & ~next_inserted
-        & action_space.structurally_terminable(match, state_index)
+        & action_space.structurally_terminable(match, state_index, after_insert)
         & torch.isfinite(log_stop)
     )
     log_stop = torch.where(terminable, log_stop, torch.zeros_like(log_stop))
