@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import gfnlm.errors
 import gfnlm.lm
 from gfnlm.cli import main
 
@@ -93,3 +94,22 @@ def test_train_sample_eval_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
     assert main(args + ["--resume", "--steps", "6"]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_init_adapter_starts_from_a_trained_adapter(capsys, tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from gfnlm.runs import prepare_model, resolve
+
+    run = tmp_path / "run"
+    common = ["--model", str(tiny_model_dir), "--trajectories_per_prompt", "4", "--progress", "false",
+              "--task.prompt", "numbers: 4, 7,", "--task.high", "20", "--evaluate", "false"]
+    assert main(["train", "rng", "--output_dir", str(run), "--steps", "2", "--lora_r", "4", *common]) == 0
+    trained = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    policy = prepare_model(resolve("rng", None, {"model": str(tiny_model_dir), "lora_r": 4, "init_adapter": str(run)}))
+    state = policy.adapter_state()
+    assert set(state) == set(trained) and all((state[k] == trained[k]).all() for k in state)
+    capsys.readouterr()
+    assert "no adapter there" in error_of(capsys, ["train", "rng", "--init_adapter", str(tmp_path / "none")])
+    with pytest.raises(gfnlm.errors.GfnlmError, match="does not fit"):
+        prepare_model(resolve("rng", None, {"model": str(tiny_model_dir), "lora_r": 8, "init_adapter": str(run)}))

@@ -76,7 +76,12 @@ class Policy:
 
     def load_adapter(self, path: Path) -> None:
         state = load_file(str(path), device=str(self.device))
-        result = set_peft_model_state_dict(self.model, state)
+        try:
+            result = set_peft_model_state_dict(self.model, state)
+        except RuntimeError as exc:  # shape mismatch: another rank or model
+            raise GfnlmError(f"The adapter {path} does not fit this model (a different LoRA rank or model?).") from exc
         unexpected = getattr(result, "unexpected_keys", None) or []
-        if unexpected:
-            raise GfnlmError(f"The adapter {path} does not fit this model (unexpected keys such as {unexpected[0]}).")
+        missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
+        if unexpected or missing:
+            example = (unexpected or missing)[0]
+            raise GfnlmError(f"The adapter {path} does not fit this model (e.g. {example}; other LoRA targets?).")

@@ -59,6 +59,7 @@ def prepare_model(spec: RunSpec, processes=None):
     tokenize its inputs."""
     import torch
 
+    from gfnlm.config import adapter_file
     from gfnlm.device import resolve_device
     from gfnlm.grad_checkpointing import enable_gradient_checkpointing
     from gfnlm.lm import load_base_model
@@ -69,6 +70,8 @@ def prepare_model(spec: RunSpec, processes=None):
     device = processes.device if processes is not None else resolve_device(c.device)
     model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device, load_in_4bit=c.load_in_4bit)
     policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)
+    if c.init_adapter:
+        policy.load_adapter(adapter_file(c.init_adapter))
     if c.gradient_checkpointing:
         enable_gradient_checkpointing(policy.model)
     spec.task.setup(tokenizer, policy.vocab_size)
