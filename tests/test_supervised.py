@@ -1,0 +1,47 @@
+"""Supervised fine-tuning through TRL: imitated tokens become likely, environment-written ones are not learned."""
+
+import pytest
+import torch
+
+from gfnlm.errors import GfnlmError
+from gfnlm.policy import LoraSettings, Policy
+from gfnlm.supervised import SupervisedExample, SupervisedSettings, supervised_finetune
+from tests.conftest import char_tokenizer, tiny_llama
+
+
+def target_log_probs(policy, prompt, target):
+    ids = torch.tensor([list(prompt) + list(target)])
+    with torch.no_grad():
+        lp = torch.log_softmax(policy.model(input_ids=ids).logits[0].float(), -1)
+    return [float(lp[len(prompt) + j - 1, t]) for j, t in enumerate(target)]
+
+
+def trained_policy(trained):
+    tok = char_tokenizer()
+    policy = Policy(tiny_llama(len(tok), seed=3), tok, LoraSettings(r=8, alpha=16))
+    prompt, target = tok.encode("Q:"), tok.encode("7+2=9\n")
+    before = target_log_probs(policy, prompt, target)
+    stats = supervised_finetune(policy, [SupervisedExample(prompt, target, trained)],
+                                SupervisedSettings(epochs=60, lr=1e-2, batch_size=1, progress=False))
+    return before, target_log_probs(policy, prompt, target), stats, policy
+
+
+def test_imitated_tokens_become_likely_and_tool_output_is_not_learned():
+    mask = [True, True, True, True, False, True]  # "9" is written by the calculator
+    before, after, stats, policy = trained_policy(mask)
+    assert stats["steps"] == 60 and stats["loss"] < 1.0
+    assert not policy.model.training
+    for j, keep in enumerate(mask):
+        if keep:
+            assert after[j] > -0.3 > before[j]
+    _, all_trained, _, _ = trained_policy(None)
+    assert all_trained[4] > -0.3 and after[4] < all_trained[4] - 1.0
+
+
+def test_bad_examples_are_refused_before_training():
+    tok = char_tokenizer()
+    policy = Policy(tiny_llama(len(tok)), tok, LoraSettings(r=2, alpha=4))
+    with pytest.raises(GfnlmError, match="at least one example"):
+        supervised_finetune(policy, [])
+    with pytest.raises(GfnlmError, match="one flag per token"):
+        supervised_finetune(policy, [SupervisedExample([1], [2, 3], [False, False])])
