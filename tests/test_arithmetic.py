@@ -51,3 +51,31 @@ def test_train_and_evaluate_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
         assert r["questions"] == 3 and 0 <= r["accuracy_likelihood"] <= 1 and 0 <= r["accuracy_majority"] <= 1
     buffer = [json.loads(line) for line in next((run / "checkpoints").glob("step-*/buffer.jsonl")).read_text().splitlines()]
     assert any(not all(row["policy_mask"]) for row in buffer)  # gold chains with calculator tokens were replayed
+
+
+def test_the_vote_matches_full_passes_of_the_judge(tiny_model_dir):
+    spec = load_run_spec(tiny_model_dir)
+    policy = prepare_model(spec)
+    task, tok = spec.task, policy.tokenizer
+    problems = task.data.tests["simple"][:2]
+    prompts = [task.prompt(p, f"q{i}") for i, p in enumerate(problems)]
+    texts = [[" 1 + 2 = 3", " 4 - 1 = 3", " 2 + 3 = 5", " 7 7"], [" 9 - 9 = 0", " 8 +"]]
+    chains = [[tok.encode(t, add_special_tokens=False) for t in q] for q in texts]
+    judge = list(task.few_shot_prefix(task.config.reward_shots))
+    for (finals, majority, by_likelihood), problem, prompt, q in zip(
+            task.vote(policy, prompts, problems, chains), problems, prompts, chains):
+        assert finals == [final_answer(tok.decode(z)) for z in q]
+        counts = {y: finals.count(y) for y in finals if y is not None}
+        assert majority == max(counts, key=counts.get)
+        totals = {}
+        with torch.no_grad(), policy.base() as model:
+            for y in counts:
+                answer = task.answer_ids(problem, y)
+                total = 0.0
+                for z in q:
+                    seq = judge + list(prompt.ids) + list(z) + answer
+                    lp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+                    start = len(seq) - len(answer)
+                    total += float(torch.exp(sum(lp[start + j - 1, t] for j, t in enumerate(answer))))
+                totals[y] = total
+        assert by_likelihood == max(totals, key=totals.get)

@@ -4,8 +4,10 @@ X = "Question: 3 + 5 - 6 = ? Answer:", Z = " 3 + 5 = 8 , 8 - 6 = 2" where every 
 is written by the calculator (non-policy tokens), and the target is p_LM(X Z Y) with
 Y = "\\nThe answer is 2." for the correct answer: the policy stops by writing Y's first token
 ("\\n"), and the reward of every prefix appends all of Y. The policy may only write digits, spaces,
-" +", " -", " =", " ," and the stop. The gold rationales of the first training problems seed the
-replay buffer (with their calculator outputs marked as non-policy, so replays reproduce them).
+" +", " -", " =", " ," and the stop. The reward model reads ``reward_shots`` worked examples before X (the
+policy does not); their keys/values are computed once per batch. The gold rationales of the first
+training problems seed the replay buffer (with their calculator outputs marked as non-policy, so
+replays reproduce them).
 
 Evaluation: K chains per test question (with the calculator); the answer is chosen by majority of
 the chains' final results and by the highest total p_LM(Y | X, Z) over the chains.
@@ -27,6 +29,7 @@ from gfnlm.config import check_range
 from gfnlm.errors import GfnlmError
 from gfnlm.lm_forward import continuation_log_probs
 from gfnlm.policy import Policy
+from gfnlm.supervised import SupervisedExample
 from gfnlm.targets import PromptAnswerLikelihood, Target
 from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
 from gfnlm.tools import Calculator, ToolHook
@@ -48,6 +51,7 @@ class ArithmeticConfig:
     answer_template: str = "\nThe answer is {answer}."
     min_len: int = 5  # as the reference: with 0 the policy learns to answer directly (empty chains)
     max_len: int = 40  # tokens of Z, calculator outputs included
+    stop_after_tool: bool = True  # Z is a whole chain of calculator calls: stop only right after a result
     eval_questions: int = 50  # per test split
     eval_chains: int = 10  # K chains per question
     eval_temperature: float = 0.5
@@ -55,6 +59,7 @@ class ArithmeticConfig:
     eval_methods: str = "gfn,cot_prompting"
     eval_vote_candidates: int = 4  # answers compared by total p(Y | X, Z): the chains' most frequent ones
     cot_shots: int = 3  # worked examples (gold rationales) before each question for cot_prompting
+    reward_shots: int = 3  # worked examples the reward model reads before X (as the reference); 0 = bare X
 
     def validate(self) -> None:
         for name in ("train_size", "test_size", "eval_questions", "eval_chains", "eval_batch_questions",
@@ -65,6 +70,7 @@ class ArithmeticConfig:
         check_range("task.min_len", self.min_len, low=0)
         check_range("task.max_len", self.max_len, low=1)
         check_range("task.cot_shots", self.cot_shots, low=0)
+        check_range("task.reward_shots", self.reward_shots, low=0)
         if not self.methods() or any(m not in ("gfn", "cot_prompting") for m in self.methods()):
             raise GfnlmError(f"task.eval_methods {self.eval_methods!r}: choose from gfn, cot_prompting.")
         if self.eval_temperature <= 0:
@@ -126,10 +132,10 @@ class ArithmeticTask(Task):
 
     def action_space(self) -> ActionSpace:
         return ActionSpace(self.vocab_size, self.stop, min_len=self.config.min_len, max_len=self.config.max_len,
-                           allowed_tokens=self.allowed + self.stop)
+                           allowed_tokens=self.allowed + self.stop, stop_after_insert=self.config.stop_after_tool)
 
     def target(self, policy: Policy) -> Target:
-        return PromptAnswerLikelihood(policy, self.answers)
+        return PromptAnswerLikelihood(policy, self.answers, context_prefix=self.few_shot_prefix(self.config.reward_shots))
 
     def insert_hook(self):
         return ToolHook([Calculator()], self.tokenizer)
@@ -146,6 +152,19 @@ class ArithmeticTask(Task):
             mask += [True] * len(written) + [False] * len(inserted)
         return tuple(tokens), tuple(mask)
 
+    def supervised_examples(self) -> list[SupervisedExample]:
+        """The gold rationales as supervised data: question -> chain + stop; the calculator's results are
+        context, not imitated (the SFT baseline)."""
+        examples = []
+        for tp, problem in zip(self.train_set, self.data.gold):
+            tokens, mask = self.rationale_tokens(problem)
+            examples.append(SupervisedExample(tp.ids, tokens + tuple(self.stop), mask + (True,) * len(self.stop)))
+        return examples
+
+    def correct(self, key: str, tokens: list[int]) -> float:
+        """1.0 when the chain's final result is the training question's answer (the RL baseline's reward)."""
+        return float(final_answer(self.tokenizer.decode(tokens)) == self.problem_of[key].answer)
+
     def seed_trajectories(self):
         return [(tp.key, *self.rationale_tokens(p)) for tp, p in zip(self.train_set, self.data.gold)]
 
@@ -154,25 +173,45 @@ class ArithmeticTask(Task):
         return {"chain_correct": right / max(len(texts), 1)}
 
     # ----------------------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def answer_log_probs(self, policy: Policy, prompt: TaskPrompt, problem: Problem, chains: list[list[int]],
-                         candidates: list[int]) -> torch.Tensor:
-        """(K, C) log p_LM(Y_c | X, Z_k) under the base model, in one batched pass."""
-        contexts = [tuple(prompt.ids) + tuple(z) for z in chains for _ in candidates]
-        answers = [self.answer_ids(problem, y) for _ in chains for y in candidates]
-        with policy.base() as model:
-            scores = continuation_log_probs(model, contexts, answers)
-        return scores.view(len(chains), len(candidates))
-
-    def few_shot_prefix(self) -> tuple[int, ...]:
-        """Worked examples (gold chains and answers) for the chain-of-thought prompting baseline."""
+    def few_shot_prefix(self, shots: int) -> tuple[int, ...]:
+        """Worked examples (gold chains and answers), for the reward's context and for chain-of-thought prompting."""
         text = "".join(f"{p.query} {p.rationale}{self.config.answer_template.format(answer=p.answer)}\n\n"
-                       for p in self.data.gold[: self.config.cot_shots])
+                       for p in self.data.gold[:shots])
         return tuple(self.tokenizer.encode(text, add_special_tokens=False)) if text else ()
 
-    def method_accuracy(self, policy: Policy, method: str, config) -> tuple[dict, list]:
-        """Accuracy on every test split. "gfn": the policy on the bare question; "cot_prompting": the base
-        model after a few worked examples. Both sample K chains with the calculator and vote."""
+    @torch.no_grad()
+    def vote(self, policy: Policy, prompts: list[TaskPrompt], problems: list[Problem],
+             chains: list[list[list[int]]]) -> list[tuple[list, int | None, int | None]]:
+        """Per question: the chains' final results, the majority answer, and the answer with the highest
+        total p_LM(Y | X, Z) over the chains among the ``eval_vote_candidates`` most frequent results
+        (scored under the reward's model and context, one batched pass for all questions)."""
+        c = self.config
+        finals = [[final_answer(self.tokenizer.decode(z)) for z in q] for q in chains]
+        candidates = [[y for y, _ in Counter(f for f in q if f is not None).most_common(c.eval_vote_candidates)]
+                      for q in finals]
+        pairs = [(i, k, y) for i in range(len(problems)) for k in range(len(chains[i])) for y in candidates[i]]
+        with policy.base() as model:
+            scores = continuation_log_probs(
+                model, [prompts[i].ids + tuple(chains[i][k]) for i, k, _ in pairs],
+                [self.answer_ids(problems[i], y) for i, _, y in pairs],
+                shared_prefix=self.few_shot_prefix(c.reward_shots))
+        out = []
+        for i in range(len(problems)):
+            if not candidates[i]:
+                out.append((finals[i], None, None))
+                continue
+            mine = torch.tensor([n for n, (q, _, _) in enumerate(pairs) if q == i])
+            log_p = scores[mine].view(len(chains[i]), len(candidates[i]))
+            out.append((finals[i], candidates[i][0], candidates[i][int(torch.logsumexp(log_p, 0).argmax())]))
+        return out
+
+    @torch.no_grad()
+    def accuracy(self, policy: Policy, config, few_shot: bool = False, label: str = "policy") -> tuple[dict, list]:
+        """Accuracy on every test split: K chains per question with the calculator, from the policy (adapter
+        on) on the bare question, or with ``few_shot`` from the base model after ``cot_shots`` worked
+        examples. Answers: the majority of the chains' final results, and the candidate (among the most
+        frequent ones) with the highest total p_LM(Y | X, Z) over the chains, under the reward's model and
+        context (the same judge for every method)."""
         import contextlib
 
         from tqdm.auto import tqdm
@@ -182,40 +221,32 @@ class ArithmeticTask(Task):
         c = self.config
         space = self.action_space().to(policy.device)
         hook = self.insert_hook()
-        prefix = self.few_shot_prefix() if method == "cot_prompting" else ()
+        prefix = self.few_shot_prefix(c.cot_shots) if few_shot else ()
         generator = torch.Generator(device=policy.device).manual_seed(config.seed)
         results, examples = {}, []
         for split, problems in self.data.tests.items():
             problems = problems[: c.eval_questions]
             counts = Counter()
-            for start in tqdm(range(0, len(problems), c.eval_batch_questions), desc=f"{method} {split}",
+            for start in tqdm(range(0, len(problems), c.eval_batch_questions), desc=f"{label} {split}",
                               disable=not config.progress, dynamic_ncols=True):
                 batch = problems[start: start + c.eval_batch_questions]
-                prompts = [TaskPrompt(p.query, prefix + self.prompt(p, "").ids, f"{split}-{start + i}")
-                           for i, p in enumerate(batch)]
+                prompts = [self.prompt(p, f"{split}-{start + i}") for i, p in enumerate(batch)]
                 index = torch.arange(len(batch)).repeat_interleave(c.eval_chains)
-                with policy.base() if method == "cot_prompting" else contextlib.nullcontext(policy.model) as model:
+                with policy.base() if few_shot else contextlib.nullcontext(policy.model) as model:
                     traj = sample_trajectories(model, space, [p.ids for p in prompts], [p.key for p in prompts],
                                                index, temperature=c.eval_temperature, generator=generator,
-                                               insert_hook=hook)
-                for i, (tp, problem) in enumerate(zip(prompts, batch)):
-                    chains = [traj.row(b) for b in range(i * c.eval_chains, (i + 1) * c.eval_chains)]
-                    finals = [final_answer(self.tokenizer.decode(z)) for z in chains]
-                    # the most frequent final answers are the candidates scored by p(Y | X, Z) (cost K x C)
-                    tally = Counter(f for f in finals if f is not None)
-                    candidates = [y for y, _ in tally.most_common(c.eval_vote_candidates)]
+                                               insert_hook=hook, shared_prefix=prefix)
+                chains = [[traj.row(b) for b in range(i * c.eval_chains, (i + 1) * c.eval_chains)]
+                          for i in range(len(batch))]
+                for problem, chain_set, (finals, majority, by_likelihood) in zip(
+                        batch, chains, self.vote(policy, prompts, batch, chains)):
                     counts["questions"] += 1
                     counts["chains_correct"] += sum(f == problem.answer for f in finals)
-                    if not candidates:
-                        continue
-                    majority = candidates[0]
-                    log_p = self.answer_log_probs(policy, tp, problem, chains, candidates)
-                    by_likelihood = candidates[int(torch.logsumexp(log_p, 0).argmax())]
-                    counts["majority"] += majority == problem.answer
-                    counts["likelihood"] += by_likelihood == problem.answer
+                    counts["majority"] += majority is not None and majority == problem.answer
+                    counts["likelihood"] += by_likelihood is not None and by_likelihood == problem.answer
                     if len(examples) < 6:
-                        examples.append({"method": method, "split": split, "question": problem.query,
-                                         "answer": problem.answer, "chain": self.tokenizer.decode(chains[0]),
+                        examples.append({"method": label, "split": split, "question": problem.query,
+                                         "answer": problem.answer, "chain": self.tokenizer.decode(chain_set[0]),
                                          "majority": majority, "by_likelihood": by_likelihood})
             n = max(counts["questions"], 1)
             results[split] = {"questions": counts["questions"], "accuracy_majority": counts["majority"] / n,
@@ -227,7 +258,7 @@ class ArithmeticTask(Task):
         c = self.config
         results, examples = {}, []
         for method in c.methods():
-            results[method], shown = self.method_accuracy(policy, method, config)
+            results[method], shown = self.accuracy(policy, config, few_shot=method == "cot_prompting", label=method)
             examples += shown
         (Path(run_dir) / "eval_arithmetic.json").write_text(json.dumps({"results": results, "examples": examples},
                                                                        indent=1))
