@@ -113,3 +113,18 @@ def test_init_adapter_starts_from_a_trained_adapter(capsys, tmp_path, tiny_model
     assert "no adapter there" in error_of(capsys, ["train", "rng", "--init_adapter", str(tmp_path / "none")])
     with pytest.raises(gfnlm.errors.GfnlmError, match="does not fit"):
         prepare_model(resolve("rng", None, {"model": str(tiny_model_dir), "lora_r": 8, "init_adapter": str(run)}))
+
+
+def test_temperature_conditional_run_samples_at_a_chosen_temperature(capsys, tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    common = ["--model", str(tiny_model_dir), "--trajectories_per_prompt", "4", "--progress", "false", "--lora_r", "4",
+              "--task.prompt", "numbers: 4, 7,", "--task.high", "20"]
+    assert "needs log_z: batch" in error_of(capsys, ["train", "rng", "--conditional_temperatures", "0.5:1.0", *common])
+    assert main(["train", "rng", "--output_dir", str(run), "--steps", "2", "--conditional_temperatures", "0.5:1.0",
+                 "--log_z", "batch", *common]) == 0
+    assert "Temperature-conditional policy" in (run / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["sample", "--run", str(run), "--n", "3", "--target-temperature", "0.7"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert "give --target-temperature" in error_of(capsys, ["sample", "--run", str(run)])
+    assert "outside the trained" in error_of(capsys, ["sample", "--run", str(run), "--target-temperature", "2"])

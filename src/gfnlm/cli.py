@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p_sample = sub.add_parser("sample", help="sample from a trained policy")
     p_sample.add_argument("--run", required=True, help="run folder")
     p_sample.add_argument("--n", type=int, default=10)
-    p_sample.add_argument("--temperature", type=float, default=1.0)
+    p_sample.add_argument("--temperature", type=float, default=1.0, help="token-level sampling temperature")
+    p_sample.add_argument("--target-temperature", type=float,
+                          help="for a temperature-conditional run: the reward temperature T to sample for")
     p_sample.add_argument("--prompt", help="prompt text (default: the task's first training prompt)")
     p_sample.add_argument("--base", action="store_true", help="sample the base model instead (adapter off)")
     p_sample.add_argument("--seed", type=int, default=0)
@@ -95,6 +97,7 @@ def _sample(args) -> int:
         raise GfnlmError("With --correct: --particles at least 1, --ess-threshold in [0, 1], and no --temperature "
                          "(the target's temperature is the run's reward_temp_end).")
     spec = load_run(args.run)
+    conditioning = _conditioning(args, spec)
     processes = start(spec.config.device)
     policy = load_trained_policy(spec, Path(args.run), processes)
     tokenizer = policy.tokenizer
@@ -103,6 +106,8 @@ def _sample(args) -> int:
         if not args.prompt.strip():
             raise GfnlmError("--prompt is empty.")
         prompt = tuple(tokenizer.encode(args.prompt, add_special_tokens=False))
+    if conditioning is not None:
+        prompt = conditioning.policy_prompt(prompt, args.target_temperature)
     space = spec.task.action_space().to(policy.device)
     # Several processes each draw their share of the n outputs from their own seed; rank 0 prints all.
     generator = torch.Generator(device=policy.device).manual_seed(stream_seed(args.seed, processes.rank))
@@ -121,6 +126,26 @@ def _sample(args) -> int:
             print(repr(tokenizer.decode(row)))
     processes.close()
     return 0
+
+
+def _conditioning(args, spec):
+    """The temperature tag of a temperature-conditional run (None otherwise), checked before any loading."""
+    from gfnlm.conditioning import TemperatureConditioning
+
+    conditional = spec.config.conditional_temperatures
+    if args.target_temperature is not None and not conditional:
+        raise GfnlmError("--target-temperature needs a run trained with conditional_temperatures.")
+    if not conditional or args.base:
+        return None
+    conditioning = TemperatureConditioning(conditional, lambda t: spec.task.temperature_tag()(t))
+    if args.target_temperature is None:
+        raise GfnlmError(f"This policy is temperature-conditional ({conditional}); give --target-temperature.")
+    if not conditioning.covers(args.target_temperature):
+        raise GfnlmError(f"--target-temperature {args.target_temperature:g} is outside the trained temperatures "
+                         f"{conditioning.describe()}.")
+    if args.correct:
+        raise GfnlmError("--correct with a temperature-conditional policy is not supported yet.")
+    return conditioning
 
 
 def _sample_corrected(args, spec, policy, space, prompt, generator, n, processes) -> int:

@@ -64,6 +64,10 @@ class TrainConfig:
     # reward
     reward_temp_start: float = field(default=1.0, metadata={"help": "reward temperature at step 0"})
     reward_temp_end: float = field(default=1.0, metadata={"help": "reward temperature after the horizon"})
+    conditional_temperatures: str = field(default="", metadata={
+        "help": "train one policy for many reward temperatures: 'lo:hi' (a range) or 'a,b' (values); each "
+                "micro-batch draws T and the policy reads it in its prompt (replaces the reward_temp schedule; "
+                "needs log_z: batch)"})
     reward_temp_horizon: int = field(default=0, metadata={"help": "steps of the linear temperature schedule"})
     log_reward_floor: float = field(default=-500.0, metadata={"help": "log-rewards are clamped to at least this"})
     # behaviour policy
@@ -114,6 +118,12 @@ class TrainConfig:
             check_4bit_support(self.device)
         if self.init_adapter:
             adapter_file(self.init_adapter)
+        if self.conditional_temperatures:
+            from gfnlm.conditioning import parse_temperatures
+
+            parse_temperatures(self.conditional_temperatures)
+            if self.log_z != "batch":
+                raise GfnlmError("conditional_temperatures needs log_z: batch (a learned log Z(X) cannot depend on T).")
         if self.tempered_min > self.tempered_max:
             raise GfnlmError("tempered_min must not exceed tempered_max.")
         if self.log_reward_floor >= 0:

@@ -175,7 +175,11 @@ def _write_report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | N
     curves = plot_training_curves(run_dir, spec.task.training_metric_names)
     if curves:
         plots.append(curves)
-    if c.evaluate:
+    if c.evaluate and c.conditional_temperatures:
+        lines += ["", "## Evaluation", "", f"Temperature-conditional policy ({c.conditional_temperatures}): the task "
+                  "evaluations run one fixed temperature and are skipped; sample with `gfnlm sample --run ... "
+                  "--target-temperature T`."]
+    elif c.evaluate:
         started = time.perf_counter()
         result = spec.task.evaluate(policy, run_dir, c)
         lines += ["", "## Evaluation", "", result.markdown, "", f"Evaluation wall time: {time.perf_counter() - started:.0f} s"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ from transformers import get_scheduler
 
 from gfnlm.buffer import BufferItem, ReplayBuffer
 from gfnlm.checkpoint import CheckpointStore
+from gfnlm.conditioning import TemperatureConditioning
 from gfnlm.config import TrainConfig
 from gfnlm.distributed import Processes
 from gfnlm.errors import GfnlmError
@@ -109,6 +111,8 @@ class Trainer:
         self.space = task.action_space().to(self.device)
         self.target = task.target(policy)
         self.insert_hook = task.insert_hook()
+        self.conditioning = (TemperatureConditioning(config.conditional_temperatures, task.temperature_tag())
+                             if config.conditional_temperatures else None)
         self.log_z = LogPartition(len(self.prompts)).to(self.device)
         self.learner = Learner(policy.model, self.log_z, self.space, config)
         self.loss_pass = self.processes.prepare(self.learner)  # DDP under a launcher, else the learner
@@ -156,14 +160,18 @@ class Trainer:
         return c.reward_temp_start + (c.reward_temp_end - c.reward_temp_start) * frac
 
     # ----------------------------------------------------------------------------------------- batches
-    def behaviour_batch(self, stream: Stream | None = None) -> tuple[Trajectories, torch.Tensor, str]:
+    def behaviour_batch(self, stream: Stream | None = None,
+                        condition_on: float | None = None) -> tuple[Trajectories, torch.Tensor, str]:
         """Trajectories drawn by ``stream`` (default: the first), their untempered per-prefix log-rewards,
-        and which behaviour made them."""
+        and which behaviour made them. With ``condition_on`` (a temperature-conditional policy) the
+        trajectories carry the policy's prompts, tagged with that temperature; rewards read bare X."""
         c = self.config
         stream = stream or self.streams[0]
         rng, generator, buffer = stream.rng, stream.generator, stream.buffer
         chosen = [self.prompts[rng.randrange(len(self.prompts))] for _ in range(c.prompts_per_batch)]
         prompt_ids = [p.ids for p in chosen]
+        if condition_on is not None:
+            bare, prompt_ids = prompt_ids, [self.conditioning.policy_prompt(p, condition_on) for p in prompt_ids]
         keys = [p.key for p in chosen]
         prompt_index = [g for g in range(len(chosen)) for _ in range(c.trajectories_per_prompt)]
         u = rng.random()
@@ -180,7 +188,8 @@ class Trainer:
         traj = sample_trajectories(self.policy.model, self.space, prompt_ids, keys,
                                    torch.tensor(prompt_index), temperature=temperature, epsilon=c.epsilon,
                                    generator=generator, insert_hook=self.insert_hook)
-        rewards = self.target.log_rewards(traj).float().clamp(min=c.log_reward_floor)
+        scored = traj if condition_on is None else dataclasses.replace(traj, prompts=[tuple(p) for p in bare])
+        rewards = self.target.log_rewards(scored).float().clamp(min=c.log_reward_floor)
         return traj, rewards, "tempered" if tempered else "on_policy"
 
     @torch.no_grad()
@@ -225,7 +234,10 @@ class Trainer:
         per_stream = c.grad_accum // len(self.streams)  # each stream's micro-batches in turn, as N processes
         for k in range(c.grad_accum):
             stream = self.streams[k // per_stream]
-            traj, rewards, mode = self.behaviour_batch(stream)
+            if self.conditioning is not None:  # this micro-batch's target temperature, read by the policy
+                temperature = self.conditioning.draw(stream.rng)
+                stats["reward_temperature"].append(temperature)
+            traj, rewards, mode = self.behaviour_batch(stream, temperature if self.conditioning else None)
             counts[mode] += 1
             prompt_ids = torch.tensor([self.key_index[traj.row_key(b)] for b in range(traj.batch_size)],
                                       device=self.device)
