@@ -89,7 +89,9 @@ def main() -> int:
         accuracy, examples = task.accuracy(policy, c, few_shot=method == "cot_prompting", label=method)
         results[method] = {"accuracy": accuracy, "train_seconds": seconds, "eval_seconds": time.perf_counter() - t,
                            "reward_calls": reward_calls, "examples": examples[:3], **extra}
-        print(f"{method}: " + ", ".join(f"{s} {accuracy[s]['accuracy_likelihood']:.3f}" for s in SPLITS), flush=True)
+        (OUT / "arithmetic-partial.json").write_text(json.dumps(results, indent=1))  # a crash keeps what is done
+        print(f"{method}: " + ", ".join(f"{s} {accuracy[s]['accuracy_likelihood']:.3f} / "
+                                        f"{accuracy[s]['accuracy_majority']:.3f}" for s in SPLITS), flush=True)
 
     if "cot_prompting" in methods:
         evaluate("cot_prompting", 0.0, 0)
