@@ -124,6 +124,15 @@ def test_continuation_log_probs_match_single_passes():
             lp = full_log_probs(model, list(c) + list(y))
             want = sum(float(lp[len(c) + j - 1, y[j]]) for j in range(len(y)))
             assert float(got[k]) == pytest.approx(want, abs=1e-4)
+    # Continuations that all begin with the same tokens (run once per context): the same numbers.
+    lead = (8, 4, 2)
+    led = continuation_log_probs(model, contexts, [lead + y for y in answers], batch_size=4)
+    with torch.no_grad():
+        for k, (c, y) in enumerate(zip(contexts, answers)):
+            seq = list(c) + list(lead + y)
+            lp = full_log_probs(model, seq)
+            want = sum(float(lp[j - 1, seq[j]]) for j in range(len(c), len(seq)))
+            assert float(led[k]) == pytest.approx(want, abs=1e-4)
 
 
 def test_products_and_powers_of_targets():

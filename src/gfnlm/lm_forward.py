@@ -25,11 +25,15 @@ class PromptCache:
     valid: torch.Tensor  # (G, P) True on real prompt tokens
     lengths: torch.Tensor  # (G,)
     last_logits: torch.Tensor  # (G, V) next-token logits after the whole prompt (state s_0)
+    tail_logits: torch.Tensor  # (G, k, V) next-token logits after each of the prompts' last k tokens
 
 
-def encode_prompts(model, prompts: Sequence[Sequence[int]], shared_prefix: Sequence[int] = ()) -> PromptCache:
+def encode_prompts(model, prompts: Sequence[Sequence[int]], shared_prefix: Sequence[int] = (),
+                   tail: int = 1) -> PromptCache:
     """Keys/values of each prompt. ``shared_prefix`` (e.g. few-shot examples) is read before every prompt
-    but run only once: its cache is copied onto the prompts, which continue it after their left padding."""
+    but run only once: its cache is copied onto the prompts, which continue it after their left padding.
+    ``tail``: how many of the last positions keep their logits (prompts are left-padded, so these are
+    every prompt's last ``tail`` tokens)."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     device = next(model.parameters()).device
@@ -50,12 +54,12 @@ def encode_prompts(model, prompts: Sequence[Sequence[int]], shared_prefix: Seque
         positions = positions + len(shared_prefix)
         mask = torch.cat([head.valid[:, None, :].expand(len(prompts), width, -1), mask], dim=-1)
         valid = torch.cat([head.valid.expand(len(prompts), -1), valid], dim=1)
-    # Only the last position's logits are needed: the vocabulary projection of every prompt token
+    # Only the last positions' logits are needed: the vocabulary projection of every prompt token
     # would cost more than the prompt's transformer layers on a small model.
     out = model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, use_cache=True,
-                cache=cache, logits_to_keep=1)
+                cache=cache, logits_to_keep=tail)
     layers = [(layer.keys, layer.values) for layer in out.cache.layers]
-    return PromptCache(layers, valid, valid.sum(-1), out.logits[:, -1])
+    return PromptCache(layers, valid, valid.sum(-1), out.logits[:, -1], out.logits)
 
 
 def gather_rows(prompt_cache: PromptCache, rows: torch.Tensor) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
@@ -122,31 +126,66 @@ def state_logits(model, prompt_cache: PromptCache, prompt_index: torch.Tensor, t
     return states, copies
 
 
+def forward_some_rows(model, cache: DynamicCache, key_valid: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor,
+                      positions: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """``forward_new_tokens`` for the batch rows ``rows`` only (e.g. the few that received tool output this
+    step), so the others do not pay for padding. The full cache gains the new columns; in the other rows
+    they are zeros, which the caller marks as invalid keys. Returns logits (len(rows), Q, V)."""
+    part = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
+                                        for layer in cache.layers])
+    logits = forward_new_tokens(model, part, key_valid.index_select(0, rows), tokens, positions, visible)
+    for layer, new in zip(cache.layers, part.layers):
+        for name in ("keys", "values"):
+            old, grown = getattr(layer, name), getattr(new, name)
+            columns = old.new_zeros(old.shape[0], old.shape[1], grown.shape[2] - old.shape[2], old.shape[3])
+            columns[rows] = grown[:, :, old.shape[2]:]
+            setattr(layer, name, torch.cat([old, columns], dim=2))
+    return logits
+
+
 @torch.no_grad()
 def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                            batch_size: int = 16, shared_prefix: Sequence[int] = ()) -> torch.Tensor:
     """log p(continuation_k | shared_prefix, context_k) for many pairs. Each distinct context is run once
     (e.g. one chain scored with several candidate answers) and its key/value cache is shared by the
-    pairs that continue it; ``batch_size`` distinct contexts are run together."""
+    pairs that continue it; ``batch_size`` distinct contexts are run together. The leading tokens that
+    every continuation shares (e.g. "The answer is") are run once per context, not once per pair."""
     device = next(model.parameters()).device
+    lead = common_prefix(continuations)
     distinct: dict[tuple[int, ...], int] = {}
     which = [distinct.setdefault(tuple(c), len(distinct)) for c in contexts]
     unique = list(distinct)
     out = torch.zeros(len(contexts))
     for start in range(0, len(unique), batch_size):
         rows = [r for r, i in enumerate(which) if start <= i < start + batch_size]
-        width = max(len(continuations[r]) for r in rows)
-        if width == 0:
-            continue
-        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        real = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
-        for b, r in enumerate(rows):
-            y = list(continuations[r])
-            tokens[b, : len(y)] = torch.tensor(y, dtype=torch.long, device=device)
-            real[b, : len(y)] = True
-        cache = encode_prompts(model, unique[start: start + batch_size], shared_prefix)
         index = torch.tensor([which[r] - start for r in rows], device=device)
-        states, _ = state_logits(model, cache, index, tokens)  # padding after y never changes y's logits
-        log_probs = torch.log_softmax(states[:, :-1].float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
-        out[rows] = (log_probs * real).sum(-1).cpu()
+        cache = encode_prompts(model, [c + lead for c in unique[start: start + batch_size]], shared_prefix,
+                               tail=len(lead) + 1)
+        lead_ids = torch.tensor(lead, dtype=torch.long, device=device)
+        lead_lp = torch.log_softmax(cache.tail_logits[:, :-1].float(), -1)[:, torch.arange(len(lead)), lead_ids]
+        out[rows] = lead_lp.sum(-1).index_select(0, index).cpu()
+        # Rows run in groups of equal length: one long continuation does not pad all the others.
+        by_length: dict[int, list[int]] = {}
+        for b, r in enumerate(rows):
+            by_length.setdefault(len(continuations[r]) - len(lead), []).append(b)
+        for width, members in by_length.items():
+            if width == 0:
+                continue
+            tokens = torch.tensor([list(continuations[rows[b]][len(lead):]) for b in members], device=device)
+            states, _ = state_logits(model, cache, index[members], tokens)
+            log_probs = torch.log_softmax(states[:, :-1].float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+            out[[rows[b] for b in members]] += log_probs.sum(-1).cpu()
     return out
+
+
+def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The longest run of leading tokens that every sequence shares."""
+    if not sequences:
+        return ()
+    lead = tuple(sequences[0])
+    for seq in sequences[1:]:
+        n = 0
+        while n < min(len(lead), len(seq)) and lead[n] == seq[n]:
+            n += 1
+        lead = lead[:n]
+    return lead

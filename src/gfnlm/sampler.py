@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gfnlm.action_space import ActionSpace
-from gfnlm.lm_forward import encode_prompts, forward_new_tokens, gather_rows
+from gfnlm.lm_forward import encode_prompts, forward_new_tokens, forward_some_rows, gather_rows
 from gfnlm.trajectories import Trajectories
 
 # insert_hook(row, stream) -> tokens to splice after the policy's latest token (or an empty list).
@@ -97,22 +97,33 @@ def sample_trajectories(
             chunks.append(chunk)
         if bool(done.all()):
             break
-        # Feed each unfinished row its new token(s); finished rows get padding that nothing attends to.
-        width = max(len(c) for c, d in zip(chunks, done.tolist()) if not d)
-        feed = torch.zeros(batch, width, dtype=torch.long, device=device)
-        feed_valid = torch.zeros(batch, width, dtype=torch.bool, device=device)
-        for b, chunk in enumerate(chunks):
-            if not done[b]:
-                feed[b, : len(chunk)] = torch.tensor(chunk, device=device)
-                feed_valid[b, : len(chunk)] = True
-        positions = next_position[:, None] + torch.arange(width, device=device)[None]
-        visible = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None] & feed_valid[:, None, :]
-        out = forward_new_tokens(model, cache, key_valid, feed, positions, visible)
-        key_valid = torch.cat([key_valid, feed_valid], dim=1)
-        count = feed_valid.sum(1)
-        next_position = next_position + count
-        last = (count - 1).clamp(min=0)
-        logits = out[torch.arange(batch, device=device), last]
+        # Feed every unfinished row its policy token (finished rows get padding that nothing attends to);
+        # the rows that also received tool output feed it in a second pass of their own, so one long
+        # insertion does not pad the whole batch.
+        active = ~done
+        feed = torch.tensor([c[0] if c else 0 for c in chunks], dtype=torch.long, device=device)[:, None]
+        out = forward_new_tokens(model, cache, key_valid, feed, next_position[:, None], active[:, None, None])
+        key_valid = torch.cat([key_valid, active[:, None]], dim=1)
+        next_position = next_position + active.long()
+        logits = out[:, 0]
+        extra = [b for b, (c, d) in enumerate(zip(chunks, done.tolist())) if not d and len(c) > 1]
+        if extra:
+            rows = torch.tensor(extra, device=device)
+            width = max(len(chunks[b]) - 1 for b in extra)
+            feed = torch.zeros(len(extra), width, dtype=torch.long, device=device)
+            feed_valid = torch.zeros(len(extra), width, dtype=torch.bool, device=device)
+            for i, b in enumerate(extra):
+                feed[i, : len(chunks[b]) - 1] = torch.tensor(chunks[b][1:], device=device)
+                feed_valid[i, : len(chunks[b]) - 1] = True
+            positions = next_position[rows, None] + torch.arange(width, device=device)[None]
+            visible = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None] & feed_valid[:, None, :]
+            out = forward_some_rows(model, cache, key_valid, rows, feed, positions, visible)
+            column_valid = torch.zeros(batch, width, dtype=torch.bool, device=device)
+            column_valid[rows] = feed_valid
+            key_valid = torch.cat([key_valid, column_valid], dim=1)
+            count = feed_valid.sum(1)
+            next_position[rows] += count
+            logits[rows] = out[torch.arange(len(extra), device=device), count - 1]
 
     rows = [s[: len(s) - m] for s in streams]
     masks = [p[: len(p) - m] for p in from_policy]
