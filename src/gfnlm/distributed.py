@@ -9,6 +9,7 @@ collective returns its input, so a single process runs exactly as it would witho
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import os
 
@@ -81,12 +82,16 @@ class Processes:
             self.accelerator.wait_for_everyone()
 
     def close(self) -> None:
-        """Leave the process group (no barrier: rank 0 may still be evaluating alone)."""
+        """Leave the process group together: destroying it while another rank is still working (rank 0
+        evaluates alone) can hang gloo at exit. The group's timeout (LEAVE_TIMEOUT) covers a long evaluation."""
         if self.distributed and torch.distributed.is_initialized():
+            self.barrier()
             torch.distributed.destroy_process_group()
 
 
 _current: Processes | None = None
+# How long a rank may wait at a collective, e.g. the others for rank 0's evaluation before they leave.
+LEAVE_TIMEOUT = datetime.timedelta(hours=6)
 
 
 def launched_processes() -> int:
@@ -114,10 +119,11 @@ def start(device: str = "auto") -> Processes:
     if device == "cuda" and not torch.cuda.is_available():
         raise GfnlmError("device 'cuda' was requested but CUDA is not available; use device: auto or cpu.")
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     # Without cpu=True Accelerate treats processes on a machine without GPUs as one process.
     cpu = device == "cpu" or not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu)
+    accelerator = Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=LEAVE_TIMEOUT)])
     kind = accelerator.distributed_type.name
     if kind not in SUPPORTED:
         raise GfnlmError(f"Accelerate is configured for {kind}; gfnlm trains with DDP (plain multi-GPU or "
