@@ -4,14 +4,17 @@ GFlowNet fine-tuning on simple (3 operands), hard (4 operands) and OOD (5 operan
 All methods use the same model, the same 50 training questions and the same 10 gold rationales:
   cot_prompting  the base model after `cot_shots` worked examples (no training);
   sft            TRL SFTTrainer, LoRA, on the 10 gold rationales (calculator results are context only);
-  rl             RLOO (REINFORCE with a leave-one-out baseline) from the SFT adapter, reward 1 for a
-                 correct final answer, as many scored trajectories as the GFlowNet run;
-  gfn            GFlowNet fine-tuning (configs/arithmetic-cpu.yaml) from the SFT adapter.
+  gfn            GFlowNet fine-tuning (configs/arithmetic-cpu.yaml) from the SFT adapter;
+  grpo           TRL's GRPOTrainer (LoRA) from the SFT adapter, rollouts from the project's sampler with
+                 the calculator, reward 1 for a correct final answer, as many scored trajectories as the
+                 GFlowNet run;
+  rloo           (not run by default) REINFORCE with a leave-one-out baseline, written here, same reward
+                 and budget as grpo.
 Every method samples K chains per question with the calculator at the same temperature; answers by
 majority and by total p_LM(Y | X, Z) (the reward's model and context). Prints and saves the table
 (benchmarks/out/arithmetic.json, arithmetic.md) and a bar chart (arithmetic_accuracy.png).
 
-  python benchmarks/arithmetic.py [--steps 100] [--questions 200] [--chains 5]
+  python benchmarks/arithmetic.py [--steps 300] [--questions 200] [--chains 5] [--methods ...]
 """
 
 from __future__ import annotations
@@ -64,12 +67,16 @@ def main() -> int:
     parser.add_argument("--questions", type=int, default=200, help="test questions per split")
     parser.add_argument("--chains", type=int, default=5, help="chains per test question")
     parser.add_argument("--sft_epochs", type=float, default=30.0)
-    parser.add_argument("--methods", default="cot_prompting,sft,rl,gfn")
+    parser.add_argument("--methods", default="cot_prompting,sft,gfn,grpo", help="of cot_prompting,sft,gfn,grpo,rloo")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - {"cot_prompting", "sft", "gfn", "grpo", "rloo"})
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}")
     started = time.perf_counter()
 
+    from gfnlm.grpo import GrpoSettings, train_grpo
     from gfnlm.policy_gradient import PolicyGradientSettings, train_rloo
     from gfnlm.runs import prepare_model, resolve, train
     from gfnlm.supervised import SupervisedSettings, supervised_finetune
@@ -95,15 +102,14 @@ def main() -> int:
 
     if "cot_prompting" in methods:
         evaluate("cot_prompting", 0.0, 0)
-    if {"sft", "rl", "gfn"} & set(methods):
+    if {"sft", "gfn", "grpo", "rloo"} & set(methods):
         stats = supervised_finetune(policy, task.supervised_examples(),
                                     SupervisedSettings(epochs=args.sft_epochs, lr=5e-4, batch_size=5, seed=c.seed))
         policy.save_adapter(sft_file)
         if "sft" in methods:
             evaluate("sft", stats["seconds"], 0, final_loss=stats["loss"])
-    gfn_calls = None
+    run_dir = OUT / "arithmetic-gfn"
     if "gfn" in methods:
-        run_dir = OUT / "arithmetic-gfn"
         shutil.rmtree(run_dir, ignore_errors=True)
         gfn_spec = resolve("arithmetic", args.config, {**overrides, "output_dir": str(run_dir), "evaluate": "false",
                                                        "init_adapter": str(sft_file)})
@@ -112,17 +118,23 @@ def main() -> int:
         seconds = time.perf_counter() - t
         policy.load_adapter(run_dir / "checkpoints" / sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))[-1]
                             / "adapter.safetensors")
-        gfn_calls = reward_calls_of_gfn_run(run_dir, c.trajectories_per_prompt * c.prompts_per_batch,
-                                            len(task.seed_trajectories()))
-        evaluate("gfn", seconds, gfn_calls, steps=c.steps)
-    if "rl" in methods:
+        evaluate("gfn", seconds, reward_calls_of_gfn_run(run_dir, c.trajectories_per_prompt * c.prompts_per_batch,
+                                                         len(task.seed_trajectories())), steps=c.steps)
+    # The RL baselines score as many trajectories as the GFlowNet run did (this one's, or the last saved one).
+    budget = (reward_calls_of_gfn_run(run_dir, c.trajectories_per_prompt * c.prompts_per_batch,
+                                      len(task.seed_trajectories()))
+              if (run_dir / "metrics.jsonl").exists() else c.steps * c.trajectories_per_prompt)
+    rl_steps = max(1, budget // c.trajectories_per_prompt)
+    for method in [m for m in ("grpo", "rloo") if m in methods]:
         policy.load_adapter(sft_file)
-        calls = gfn_calls if gfn_calls is not None else c.steps * c.trajectories_per_prompt
-        settings = PolicyGradientSettings(steps=max(1, calls // c.trajectories_per_prompt),
-                                          trajectories_per_prompt=c.trajectories_per_prompt, lr=c.lr, seed=c.seed)
         t = time.perf_counter()
-        rows = train_rloo(policy, task, task.correct, settings)
-        evaluate("rl", time.perf_counter() - t, sum(r["reward_calls"] for r in rows), steps=settings.steps,
+        if method == "grpo":
+            rows = train_grpo(policy, task, task.correct, GrpoSettings(
+                steps=rl_steps, trajectories_per_prompt=c.trajectories_per_prompt, lr=c.lr, seed=c.seed))
+        else:
+            rows = train_rloo(policy, task, task.correct, PolicyGradientSettings(
+                steps=rl_steps, trajectories_per_prompt=c.trajectories_per_prompt, lr=c.lr, seed=c.seed))
+        evaluate(method, time.perf_counter() - t, sum(r["reward_calls"] for r in rows), steps=rl_steps,
                  final_train_reward=sum(r["reward"] for r in rows[-10:]) / min(10, len(rows)))
 
     lines = [f"| method | simple in-dist | hard in-dist | OOD | train s | eval s | reward calls |", "|---|---|---|---|---|---|---|"]

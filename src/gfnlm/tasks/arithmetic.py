@@ -142,9 +142,13 @@ class ArithmeticTask(Task):
 
     def rationale_tokens(self, problem: Problem) -> tuple[tuple[int, ...], tuple[bool, ...]]:
         """The gold chain as the sampler would have produced it: policy text, then calculator output."""
+        return self.chain_tokens(problem.rationale)
+
+    def chain_tokens(self, chain: str) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+        """A chain "3 + 5 = 8 , 8 - 6 = 2" as the sampler would have produced it, with its policy mask."""
         tokens: list[int] = []
         mask: list[bool] = []
-        for k, step in enumerate(problem.rationale.split(" , ")):
+        for k, step in enumerate(chain.split(" , ")):
             expression, result = step.split(" = ")
             written = self.tokenizer.encode((" " if k == 0 else " , ") + expression + " =", add_special_tokens=False)
             inserted = self.tokenizer.encode(f" {result}", add_special_tokens=False)
