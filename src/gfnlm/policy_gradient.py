@@ -1,6 +1,7 @@
-"""A reinforcement-learning baseline: REINFORCE with a leave-one-out baseline (RLOO) on a task reward,
-with the project's sampler, so tools run inside rollouts exactly as for GFlowNet fine-tuning (TRL's
-GRPO/RLOO trainers generate with ``model.generate`` and cannot splice tool output mid-sequence).
+"""A reinforcement-learning baseline written here: REINFORCE with a leave-one-out baseline (RLOO) on a
+task reward, with the project's sampler, so tools run inside rollouts exactly as for GFlowNet
+fine-tuning. ``grpo.py`` is the same kind of baseline run by TRL; this one has no library in between,
+which makes it easy to test exactly and to change.
 
 Each step draws one training prompt and k trajectories for it; the advantage of trajectory i is
 r_i - mean_{j != i} r_j; the loss is -mean(advantage * log q(trajectory)), where log q sums the
