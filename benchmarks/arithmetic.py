@@ -118,12 +118,12 @@ def main() -> int:
         seconds = time.perf_counter() - t
         policy.load_adapter(run_dir / "checkpoints" / sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))[-1]
                             / "adapter.safetensors")
-        evaluate("gfn", seconds, reward_calls_of_gfn_run(run_dir, c.trajectories_per_prompt * c.prompts_per_batch,
-                                                         len(task.seed_trajectories())), steps=c.steps)
     # The RL baselines score as many trajectories as the GFlowNet run did (this one's, or the last saved one).
     budget = (reward_calls_of_gfn_run(run_dir, c.trajectories_per_prompt * c.prompts_per_batch,
                                       len(task.seed_trajectories()))
               if (run_dir / "metrics.jsonl").exists() else c.steps * c.trajectories_per_prompt)
+    if "gfn" in methods:
+        evaluate("gfn", seconds, budget, steps=c.steps)
     rl_steps = max(1, budget // c.trajectories_per_prompt)
     for method in [m for m in ("grpo", "rloo") if m in methods]:
         policy.load_adapter(sft_file)

@@ -15,15 +15,15 @@ import math
 import os
 from pathlib import Path
 
+from gfnlm.arithmetic_data import Problem
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 QUESTIONS = ((7, 6, 4), "++"), ((5, 1, 8), "-+"), ((0, 9, 7), "--"), ((8, 9, 1), "-+"), ((2, 5, 3, 4), "+-+")
 
 
-def chains_of(problem) -> dict[str, str]:
+def chains_of(problem: Problem) -> dict[str, str]:
     """The correct left-to-right chain, the one that stops a call early, the one that repeats the last operand."""
-    from gfnlm.arithmetic_data import Problem
-
     steps = problem.rationale.split(" , ")
     repeat = Problem((problem.answer, problem.operands[-1]), problem.operators[-1:])
     return {"correct": " , ".join(steps), "one call early": " , ".join(steps[:-1]),
@@ -35,7 +35,6 @@ def main() -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "arithmetic-cpu.yaml"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gfnlm.arithmetic_data import Problem
     from gfnlm.lm_forward import continuation_log_probs
     from gfnlm.runs import prepare_model, resolve
 

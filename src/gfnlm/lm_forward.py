@@ -152,6 +152,7 @@ def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuatio
     every continuation shares (e.g. "The answer is") are run once per context, not once per pair."""
     device = next(model.parameters()).device
     lead = common_prefix(continuations)
+    lead_ids = torch.tensor(lead, dtype=torch.long, device=device)
     distinct: dict[tuple[int, ...], int] = {}
     which = [distinct.setdefault(tuple(c), len(distinct)) for c in contexts]
     unique = list(distinct)
@@ -161,7 +162,6 @@ def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuatio
         index = torch.tensor([which[r] - start for r in rows], device=device)
         cache = encode_prompts(model, [c + lead for c in unique[start: start + batch_size]], shared_prefix,
                                tail=len(lead) + 1)
-        lead_ids = torch.tensor(lead, dtype=torch.long, device=device)
         lead_lp = torch.log_softmax(cache.tail_logits[:, :-1].float(), -1)[:, torch.arange(len(lead)), lead_ids]
         out[rows] = lead_lp.sum(-1).index_select(0, index).cpu()
         # Rows run in groups of equal length: one long continuation does not pad all the others.
