@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from gfnlm.errors import GfnlmError
 
+POLICY_ADAPTER = "default"  # peft's name of the first adapter: the policy q
+
 
 @dataclass
 class LoraSettings:
@@ -68,20 +70,43 @@ class Policy:
         with self.model.disable_adapter():
             yield self.model
 
-    def adapter_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+    def add_adapter(self, name: str, seed: int = 0) -> None:
+        """A second LoRA adapter on the same base weights (same rank and targets), e.g. a likelihood model
+        p(Y | X, Z) beside the policy. It starts as the base model (LoRA B = 0) and is frozen until trained
+        inside ``with policy.adapter(name, train=True)``."""
+        if name in self.model.peft_config:
+            raise GfnlmError(f"The model already has an adapter named {name!r}.")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model.add_adapter(name, self.model.peft_config[POLICY_ADAPTER])
+        self.model.set_adapter(POLICY_ADAPTER)  # the policy's adapter stays the trainable, active one
 
-    def save_adapter(self, path: Path) -> None:
-        save_file(self.adapter_state(), str(path))
+    @contextmanager
+    def adapter(self, name: str, train: bool = False):
+        """Run (and with ``train`` train: only its weights require gradients) another adapter inside this
+        block; the policy's adapter is active and trainable again afterwards."""
+        self.model.set_adapter(name, inference_mode=not train)
+        try:
+            yield self.model
+        finally:
+            self.model.set_adapter(POLICY_ADAPTER)
+            self.model.eval()
 
-    def load_adapter(self, path: Path) -> None:
+    def adapter_state(self, name: str = POLICY_ADAPTER) -> dict[str, torch.Tensor]:
+        state = get_peft_model_state_dict(self.model, adapter_name=name)
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def save_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
+        save_file(self.adapter_state(name), str(path))
+
+    def load_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
         state = load_file(str(path), device=str(self.device))
         try:
-            result = set_peft_model_state_dict(self.model, state)
+            result = set_peft_model_state_dict(self.model, state, adapter_name=name)
         except RuntimeError as exc:  # shape mismatch: another rank or model
             raise GfnlmError(f"The adapter {path} does not fit this model (a different LoRA rank or model?).") from exc
         unexpected = getattr(result, "unexpected_keys", None) or []
-        missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
+        missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k and f".{name}." in k]
         if unexpected or missing:
             example = (unexpected or missing)[0]
             raise GfnlmError(f"The adapter {path} does not fit this model (e.g. {example}; other LoRA targets?).")

@@ -120,7 +120,7 @@ def train(spec: RunSpec, resume: bool = False) -> Path:
                                                               sort_keys=False))
         policy = prepare_model(spec, processes)
         trainer = Trainer(c, spec.task, policy, run_dir, processes)
-        trainer.train(resume=resume)
+        spec.task.fit(trainer, resume=resume)
         if processes.is_main:
             policy.model.save_pretrained(run_dir / "adapter")  # a plain peft adapter folder for other tools
         train_seconds = time.perf_counter() - started

@@ -217,6 +217,19 @@ class Trainer:
             buffer.add(traj.row_key(b), BufferItem(tuple(traj.row(b)), tuple(traj.row_policy_mask(b)),
                                                    tuple(stored[b, : n + 1].tolist()), texts[b]))
 
+    @torch.no_grad()
+    def rescore_buffers(self) -> None:
+        """Score every buffered trajectory again under the current target (e.g. after EM's M-step changed
+        the likelihood), keeping the best ``buffer_capacity`` per prompt under the new rewards."""
+        by_key = {p.key: p for p in self.prompts}
+        for stream in self.streams:
+            old, stream.buffer = stream.buffer, self.new_buffer()
+            for key, items in old.items.items():
+                traj = Trajectories.from_rows([by_key[key].ids], [key], [0] * len(items), [list(it.tokens) for it in items],
+                                              [list(it.policy_mask) for it in items], device=self.device)
+                rewards = self.target.log_rewards(traj).float().clamp(min=self.config.log_reward_floor)
+                self._remember(stream.buffer, traj, rewards, score_policy(self.policy.model, self.space, traj).terminable)
+
     def decode(self, traj: Trajectories) -> list[str]:
         tok = self.policy.tokenizer
         return [tok.decode(traj.row(b)) if tok is not None else " ".join(map(str, traj.row(b)))
@@ -301,16 +314,19 @@ class Trainer:
                 sum(p[3] for p in parts))
 
     # ----------------------------------------------------------------------------------------- loop
-    def train(self, resume: bool = False) -> list[dict]:
+    def train(self, resume: bool = False, until: int | None = None) -> list[dict]:
+        """Train to ``config.steps`` (or to step ``until``: a later call continues from there, as EM's
+        rounds do). ``resume`` first restores the run folder's latest checkpoint."""
         c = self.config
         main = self.processes.is_main
+        until = c.steps if until is None else min(until, c.steps)
         resumed_from = self.restore() if resume else None
         if resume and resumed_from is None and main:
             print(f"No checkpoint in {self.store.root}; starting from step 0.", flush=True)
-        if resumed_from is None:
+        if self.step == 0:
             self.seed_buffer()
         columns = METRIC_COLUMNS + list(self.task.training_metric_names)
-        log = MetricsLog(self.run_dir, columns, resume_step=self.step if resumed_from else None,
+        log = MetricsLog(self.run_dir, columns, resume_step=self.step if self.step else None,
                          tensorboard=c.tensorboard) if main else None
         rows = []
         previous = signal.getsignal(signal.SIGINT)
@@ -319,7 +335,7 @@ class Trainer:
                    dynamic_ncols=True)
         shown: dict[str, str] = {}
         try:
-            while self.step < c.steps:
+            while self.step < until:
                 row = self.train_step()
                 rows.append(row)
                 if log is not None:
@@ -327,7 +343,7 @@ class Trainer:
                 bar.update(1)
                 shown.update({k: f"{row[k]:.3g}" for k in ("loss", "log_reward") if k in row})  # replay has no logR
                 bar.set_postfix(shown)
-                if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                if self.step % c.checkpoint_every == 0 or self.step == until:
                     self.save()
                 if self.processes.any(self._stop_requested):  # every process stops after the same step
                     if self.step % c.checkpoint_every:

@@ -46,8 +46,13 @@ class LMLikelihood(Target):
 
     def _score_with(self, traj: Trajectories, terminator: list[int]) -> torch.Tensor:
         with self.policy.base() as model:
-            cache = encode_prompts(model, traj.prompts, self.context_prefix)
-            states, copies = state_logits(model, cache, traj.prompt_index, traj.tokens, terminator)
+            prefix, stop = self._prefix_and_stop(model, traj, terminator)
+        return prefix + stop
+
+    def _prefix_and_stop(self, model, traj: Trajectories, terminator: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L+1) log p(z_1..z_i | X) and log p(terminator | X z_1..z_i) of every prefix under ``model``."""
+        cache = encode_prompts(model, traj.prompts, self.context_prefix)
+        states, copies = state_logits(model, cache, traj.prompt_index, traj.tokens, terminator)
         log_probs = self._log_softmax(states)
         tokens = traj.tokens
         token_lp = log_probs[:, :-1].gather(-1, tokens[..., None]).squeeze(-1)
@@ -56,7 +61,7 @@ class LMLikelihood(Target):
         stop = log_probs[..., terminator[0]]
         for j in range(1, len(terminator)):
             stop = stop + self._log_softmax(copies[:, :, j - 1])[..., terminator[j]]
-        return prefix + stop
+        return prefix, stop
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

@@ -3,11 +3,13 @@
 from gfnlm.errors import GfnlmError
 from gfnlm.tasks.arithmetic import ArithmeticTask
 from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
+from gfnlm.tasks.classification import ClassificationTask, SubjectivityTask
 from gfnlm.tasks.continuation import ContinuationTask
 from gfnlm.tasks.rng import RngTask
 
 TASKS: dict[str, type[Task]] = {
-    RngTask.name: RngTask, ContinuationTask.name: ContinuationTask, ArithmeticTask.name: ArithmeticTask}
+    RngTask.name: RngTask, ContinuationTask.name: ContinuationTask, ArithmeticTask.name: ArithmeticTask,
+    ClassificationTask.name: ClassificationTask, SubjectivityTask.name: SubjectivityTask}
 
 
 def task_class(name: str) -> type[Task]:

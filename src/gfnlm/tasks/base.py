@@ -72,6 +72,11 @@ class Task(ABC):
         """(prompt key, tokens, policy mask) rows put into the replay buffer before training."""
         return []
 
+    def fit(self, trainer, resume: bool = False) -> None:
+        """Train the policy (``trainer``: a gfnlm.trainer.Trainer); tasks with more than one phase (EM)
+        run them here."""
+        trainer.train(resume=resume)
+
     def training_metrics(self, traj: Trajectories, texts: list[str]) -> dict:
         """Task metrics of freshly sampled completions, logged each step."""
         return {}

@@ -1,0 +1,131 @@
+"""Subjectivity classification from 10, 20 and 50 labelled sentences on the embedded model: zero-shot,
+few-shot in-context learning, supervised LoRA, GFlowNet E-step only and GFlowNet + M-step (EM with a
+latent rationale), on the same test sentences of the SUBJ data (../shared/data/reference/subj or --data).
+
+Per training-set size N, one `gfnlm train subjectivity` run (configs/subjectivity-cpu.yaml) trains the
+E-step, runs the M-step and evaluates every method; times per method:
+  zero_shot / few_shot   scoring only;
+  supervised             TRL SFT of a fresh adapter + scoring;
+  gfn_e_step             E-step training + sampling K rationales + scoring under the base model;
+  gfn_em                 E-step + M-step + sampling + scoring under the likelihood adapter.
+Prints and saves benchmarks/out/subjectivity.json, subjectivity.md and subjectivity_accuracy.png.
+
+  python benchmarks/subjectivity.py [--sizes 10,20,50] [--test 500] [--steps 150] [--rationales 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"
+DATA = ROOT.parent / "shared" / "data" / "reference" / "subj"
+METHODS = ("zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em")
+NAMES = {"zero_shot": "zero-shot", "few_shot": "few-shot ICL (all N)", "supervised": "supervised LoRA",
+         "gfn_e_step": "GFlowNet E-step only", "gfn_em": "GFlowNet + M-step"}
+
+
+def method_seconds(run_dir: Path, evaluation: dict) -> dict[str, float]:
+    e_step = sum(json.loads(line)["seconds"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    m_step = sum(json.loads(line)["m_step_seconds"] for line in (run_dir / "em.jsonl").read_text().splitlines())
+    out = {m: r["seconds"] for m, r in evaluation.items() if "seconds" in r}
+    out["gfn_e_step"] = out.get("gfn_e_step", 0.0) + e_step
+    out["gfn_em"] = out.get("gfn_em", 0.0) + e_step + m_step
+    return out
+
+
+def plot(results: dict, path: Path, test: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(int(n) for n in results)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        ax.plot(sizes, [results[str(n)]["accuracy"][method] for n in sizes], marker="o", label=NAMES[method])
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.set_xlabel("training examples N")
+    ax.set_ylabel(f"accuracy on {test} SUBJ test sentences")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=8)
+    ax.set_title("Subjectivity, SmolLM2-135M-Instruct (CPU)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "subjectivity-cpu.yaml"))
+    parser.add_argument("--data", default=str(DATA), help="folder with train.10/20/50.jsonl and test.jsonl")
+    parser.add_argument("--sizes", default="10,20,50")
+    parser.add_argument("--test", type=int, default=500, help="test sentences (the first of test.jsonl)")
+    parser.add_argument("--steps", type=int, default=None, help="E-step steps (default: the preset's)")
+    parser.add_argument("--rationales", type=int, default=10, help="K rationales per test sentence")
+    parser.add_argument("--set", nargs="*", default=[], help="extra overrides, e.g. task.m_epochs=5")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    data = Path(args.data)
+    sizes = [int(n) for n in args.sizes.split(",")]
+    missing = [p for p in [data / "test.jsonl"] + [data / f"train.{n}.jsonl" for n in sizes] if not p.is_file()]
+    if missing:
+        parser.error(f"missing data file(s): {', '.join(map(str, missing))}")
+
+    from gfnlm.config import parse_overrides
+    from gfnlm.runs import resolve, train
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    extra = parse_overrides([f"--{kv.split('=', 1)[0]}={kv.split('=', 1)[1]}" for kv in args.set])
+    for n in sizes:
+        run_dir = OUT / f"subjectivity-n{n}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        task = {"data": str(data / f"train.{n}.jsonl"), "test_data": str(data / "test.jsonl"),
+                "eval_size": str(args.test), "eval_rationales": str(args.rationales), **extra.pop("task", {})}
+        overrides = {**extra, "output_dir": str(run_dir), "task": task}
+        if args.steps is not None:
+            overrides["steps"] = str(args.steps)
+        t = time.perf_counter()
+        train(resolve("subjectivity", args.config, overrides))
+        evaluation = json.loads((run_dir / "eval_classification.json").read_text())
+        em = [json.loads(line) for line in (run_dir / "em.jsonl").read_text().splitlines()]
+        results[str(n)] = {
+            "accuracy": {m: evaluation["results"][m]["accuracy"] for m in METHODS},
+            "accuracy_majority": {m: evaluation["results"][m].get("accuracy_majority") for m in METHODS},
+            "accuracy_greedy": {m: evaluation["results"][m].get("accuracy_greedy") for m in METHODS},
+            "seconds": method_seconds(run_dir, evaluation["results"]), "em": em,
+            "test_sentences": evaluation["test_sentences"], "run_seconds": time.perf_counter() - t,
+            "examples": evaluation["examples"][:4]}
+        (OUT / "subjectivity.json").write_text(json.dumps(results, indent=1))  # a crash keeps the sizes done
+        print(f"N={n}: " + ", ".join(f"{m} {results[str(n)]['accuracy'][m]:.3f}" for m in METHODS), flush=True)
+
+    header = "| method | " + " | ".join(f"N={n}: accuracy (majority, greedy) | s" for n in sizes) + " |"
+    lines = [header, "|---|" + "---|---|" * len(sizes)]
+    for m in METHODS:
+        cells = []
+        for n in sizes:
+            r = results[str(n)]
+            more = [r[k][m] for k in ("accuracy_majority", "accuracy_greedy") if r[k][m] is not None]
+            cells.append(f"{r['accuracy'][m]:.3f}" + (f" ({', '.join(f'{v:.3f}' for v in more)})" if more else "")
+                         + f" | {r['seconds'][m]:.0f}")
+        lines.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    total = time.perf_counter() - started
+    (OUT / "subjectivity.md").write_text(f"{table}\n\nTotal {total:.0f} s.\n")
+    print(table)
+    print(f"plot: {plot(results, OUT / 'subjectivity_accuracy.png', args.test)}")
+    print(f"total {total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""EM for a latent rationale Z: the E-step is GFlowNet fine-tuning of q(Z | X) (the trainer); the M-step
+fine-tunes a second LoRA adapter, the likelihood p(Y | X, Z), on rationales drawn from q.
+
+The run's steps are split evenly over ``em_rounds``. After each round's E-step: draw ``m_rationales``
+Z ~ q per training example, train the likelihood adapter on (X, Z) -> Y_true (TRL SFT, label tokens in
+the loss), save it atomically as likelihood-round-R.safetensors, make the E-step target use it, re-score
+the replay buffers under it and checkpoint. On resume a round whose adapter file exists is loaded, not
+retrained (re-scoring is a pure function of the adapters, so it is simply repeated).
+
+Every round appends to em.jsonl the mean log p(Y_true | X, Z) of the training examples (normalized over
+the labels, Z ~ q) before and after its M-step: EM should raise it round after round.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from gfnlm.checkpoint import write_atomic
+from gfnlm.errors import GfnlmError
+from gfnlm.evaluation.classification import sample_rationales
+from gfnlm.policy import Policy
+from gfnlm.supervised import SupervisedSettings, supervised_finetune
+
+LIKELIHOOD_ADAPTER = "likelihood"
+
+
+def likelihood_file(run_dir: Path, round_number: int) -> Path:
+    return Path(run_dir) / f"likelihood-round-{round_number}.safetensors"
+
+
+def load_latest_likelihood(policy: Policy, run_dir: Path) -> bool:
+    """Load the run's last M-step adapter as the likelihood; False when no M-step has finished."""
+    saved = sorted(Path(run_dir).glob("likelihood-round-*.safetensors"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    if not saved:
+        return False
+    if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
+        policy.add_adapter(LIKELIHOOD_ADAPTER)
+    policy.load_adapter(saved[-1], LIKELIHOOD_ADAPTER)
+    return True
+
+
+def run_em(trainer, task, resume: bool = False) -> None:
+    c = task.config
+    policy, run_dir = trainer.policy, trainer.run_dir
+    if trainer.processes.distributed:
+        raise GfnlmError("EM tasks (classify, subjectivity) run in one process: the M-step is not split over "
+                         "processes. Launch without torchrun / accelerate.")
+    if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
+        policy.add_adapter(LIKELIHOOD_ADAPTER, seed=c.seed)
+    for r in range(1, c.em_rounds + 1):
+        end = trainer.config.steps * r // c.em_rounds
+        trainer.train(resume=resume and r == 1, until=end)
+        path = likelihood_file(run_dir, r)
+        if path.is_file():
+            policy.load_adapter(path, LIKELIHOOD_ADAPTER)
+        else:
+            m_step(trainer, task, r, path)
+        trainer.target.likelihood_adapter = LIKELIHOOD_ADAPTER
+        if trainer.step == end:  # resumed past this round: the restored checkpoint is already later
+            trainer.rescore_buffers()
+            trainer.save()
+
+
+def m_step(trainer, task, round_number: int, path: Path) -> dict:
+    c = task.config
+    policy = trainer.policy
+    started = time.perf_counter()
+    generator = torch.Generator(device=policy.device).manual_seed(c.seed * 1000 + round_number)
+    space = task.action_space().to(policy.device)
+    prompts = [tp.ids for tp in task.train_set]
+    rationales = sample_rationales(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
+    before = label_log_likelihood(policy, task, rationales)
+    with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
+        fitted = supervised_finetune(policy, task.likelihood_examples(rationales), SupervisedSettings(
+            epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=c.seed + round_number,
+            progress=trainer.config.progress))
+    record = {"round": round_number, "step": trainer.step, "label_log_likelihood_before": before,
+              "label_log_likelihood_after": label_log_likelihood(policy, task, rationales),
+              "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
+              "m_step_seconds": time.perf_counter() - started,
+              "examples": [task.tokenizer.decode(z) for z in rationales[0][:4]]}
+    write_atomic(path, lambda tmp: policy.save_adapter(tmp, LIKELIHOOD_ADAPTER))
+    with open(Path(trainer.run_dir) / "em.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(f"EM round {round_number}: log p(Y_true | X, Z) of the training labels {record['label_log_likelihood_before']:.3f}"
+          f" -> {record['label_log_likelihood_after']:.3f} after the M-step", flush=True)
+    return record
+
+
+@torch.no_grad()
+def label_log_likelihood(policy: Policy, task, rationales: list[list[list[int]]]) -> float:
+    """Mean over training examples and their rationales of log p(Y_true | X, Z), normalized over labels,
+    under the likelihood adapter."""
+    prompts = [tp.ids for tp in task.train_set]
+    lp = torch.log_softmax(task.rationale_scores(policy, prompts, rationales, LIKELIHOOD_ADAPTER), dim=-1)
+    true = torch.tensor([task.label_of[tp.key] for tp in task.train_set])
+    return float(lp[torch.arange(len(prompts)), :, true].mean())

@@ -1,0 +1,50 @@
+"""Predicting labels: direct scoring of each label's answer, and posterior-predictive voting over
+sampled rationales.
+
+Label probabilities are p(Y_y | context) normalized over the labels, where Y_y is the label's whole
+answer text (multi-token labels are scored exactly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from gfnlm.action_space import ActionSpace
+from gfnlm.lm_forward import continuation_log_probs
+from gfnlm.sampler import sample_trajectories
+
+
+@torch.no_grad()
+def label_log_probs(model, contexts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
+                    shared_prefix: Sequence[int] = ()) -> torch.Tensor:
+    """(N, labels): log p(answer_y | shared_prefix, context_n) for every context and label."""
+    pairs = [(tuple(c), tuple(a)) for c in contexts for a in answers]
+    scores = continuation_log_probs(model, [c for c, _ in pairs], [a for _, a in pairs], shared_prefix=shared_prefix)
+    return scores.view(len(contexts), len(answers))
+
+
+@torch.no_grad()
+def sample_rationales(model, space: ActionSpace, prompts: Sequence[Sequence[int]], per_prompt: int,
+                      temperature: float, generator: torch.Generator, batch_prompts: int = 16) -> list[list[list[int]]]:
+    """``per_prompt`` rationales (token lists, stop excluded) for each prompt."""
+    out: list[list[list[int]]] = []
+    for start in range(0, len(prompts), batch_prompts):
+        chunk = [tuple(p) for p in prompts[start: start + batch_prompts]]
+        index = torch.arange(len(chunk)).repeat_interleave(per_prompt)
+        traj = sample_trajectories(model, space, chunk, [str(start + g) for g in range(len(chunk))], index,
+                                   temperature=temperature, generator=generator)
+        out += [[traj.row(b) for b in range(g * per_prompt, (g + 1) * per_prompt)] for g in range(len(chunk))]
+    return out
+
+
+def vote(label_lp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Posterior-predictive predictions from (N, K, labels) log p(Y_y | X, Z_k): ``majority`` (each
+    rationale votes for its most likely label; ties go to the higher mean probability) and ``mean_prob``
+    (argmax of the label probabilities averaged over the K rationales)."""
+    probs = torch.softmax(label_lp.float(), dim=-1)
+    mean = probs.mean(dim=1)
+    votes = torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).sum(dim=1).float()
+    majority = (votes + 0.5 * mean).argmax(-1)  # mean < 1, so it only breaks ties between vote counts
+    return {"majority": majority, "mean_prob": mean.argmax(-1)}

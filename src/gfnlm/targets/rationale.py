@@ -1,0 +1,50 @@
+"""The E-step target of classification with a latent rationale Z (EM's posterior over Z).
+
+log R(z_1..z_i stop | X) = log p_LM(z_1..z_i | X) + log p(Y_true | X z_1..z_i) - penalty * [wrong]
+
+p_LM is the base model (adapter off). p(Y | X, Z) is the likelihood: the base model too until EM's first
+M-step, then the likelihood adapter (``likelihood_adapter``). Y_y is the whole answer text of label y
+(", so it is objective."), scored for every prefix in one packed pass per label. ``wrong`` is 1 where
+another label's answer is strictly more likely than the true one after z_1..z_i: a rationale that argues
+for the wrong label is penalized (a fixed log-reward offset, tempered with the rest of the reward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from gfnlm.policy import Policy
+from gfnlm.targets.lm_likelihood import LMLikelihood
+from gfnlm.trajectories import Trajectories
+
+
+class RationaleLabelReward(LMLikelihood):
+    def __init__(self, policy: Policy, answers: Sequence[Sequence[int]], label_of: dict[str, int],
+                 penalty: float = 50.0, chunk_size: int = 64):
+        if len(answers) < 2 or any(len(a) == 0 for a in answers):
+            raise ValueError("give a non-empty answer for each of at least two labels")
+        super().__init__(policy, [int(answers[0][0])], chunk_size=chunk_size)
+        self.answers = [[int(t) for t in a] for a in answers]
+        self.label_of = dict(label_of)
+        self.penalty = float(penalty)
+        self.likelihood_adapter: str | None = None  # set by EM once the M-step has trained it
+
+    def label_log_probs(self, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p_LM(z_1..z_i | X) (B, L+1) and log p(Y_y | X z_1..z_i) (B, L+1, labels) of every prefix."""
+        with self.policy.base() as model:
+            prefix, first = self._prefix_and_stop(model, traj, self.answers[0])
+            if self.likelihood_adapter is None:
+                stops = [first] + [self._prefix_and_stop(model, traj, a)[1] for a in self.answers[1:]]
+        if self.likelihood_adapter is not None:
+            with self.policy.adapter(self.likelihood_adapter) as model:
+                stops = [self._prefix_and_stop(model, traj, a)[1] for a in self.answers]
+        return prefix, torch.stack(stops, dim=-1)
+
+    def _score(self, traj: Trajectories) -> torch.Tensor:
+        prefix, stops = self.label_log_probs(traj)
+        true = torch.tensor([self.label_of[traj.row_key(b)] for b in range(traj.batch_size)], device=stops.device)
+        true_stop = stops.gather(-1, true[:, None, None].expand(-1, stops.shape[1], 1)).squeeze(-1)
+        wrong = stops.max(dim=-1).values > true_stop
+        return prefix + true_stop - self.penalty * wrong.float()

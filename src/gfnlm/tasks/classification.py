@@ -1,0 +1,355 @@
+"""Text classification with a latent rationale, trained by EM (tasks ``classify`` and ``subjectivity``).
+
+X = 'Classify this movie review as objective or subjective: "<text>" This review is', Z = a short
+rationale (1-5 word tokens, e.g. " full of opinions"), Y = ", so it is subjective.". The policy q(Z | X)
+reads X only; each training X carries its label, so on the training set q is q(Z | X, Y), and on new
+sentences it proposes rationales for every label. The policy stops by writing Y's first token (",").
+
+E-step: GFlowNet fine-tuning of q towards p_LM(Z | X) p(Y_true | X, Z) with a penalty when Z makes
+another label more likely (targets/rationale.py); the buffer starts with "wishful" rationales: the base
+model's continuations of X + " <true label> because it is" (``seed_rationales`` per example).
+M-step: a second LoRA adapter learns p(Y | X, Z) on rationales drawn from q (em.py).
+Prediction: for a test sentence, K rationales from q, every label scored under p(Y | X, Z); majority
+vote, mean probability, and the label of the greedy rationale. Baselines on the same model: zero-shot
+and few-shot (all N training examples in the prompt) scoring of " <label>." after X, and supervised
+LoRA fine-tuning on X -> " <label>." (TRL), all on the same test sentences.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from gfnlm.action_space import ActionSpace
+from gfnlm.classification_data import load_labelled_jsonl, parse_labels
+from gfnlm.config import check_range
+from gfnlm.errors import GfnlmError
+from gfnlm.evaluation.classification import label_log_probs, sample_rationales, vote
+from gfnlm.lm_forward import common_prefix, continuation_log_probs
+from gfnlm.policy import Policy
+from gfnlm.supervised import SupervisedExample
+from gfnlm.targets.rationale import RationaleLabelReward
+from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
+
+METHODS = ("zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em")
+WORD_TOKEN = re.compile(r" ?[A-Za-z]*")  # a word piece, with or without its leading space
+SUPERVISED_ADAPTER = "supervised"
+GREEDY_TEMPERATURE = 1e-4  # sampling this cold is argmax decoding (up to exact ties), in one batched pass
+
+
+def builtin_file(name: str) -> str:
+    return str(resources.files("gfnlm.data").joinpath(name))
+
+
+@dataclass
+class ClassificationConfig:
+    data: str = ""  # training JSON lines {"text", "label"}
+    test_data: str = ""  # test JSON lines
+    labels: str = "objective,subjective"  # label names; integer labels index this list
+    prompt_template: str = 'Classify this movie review as {labels}: "{text}" This review is'
+    answer_template: str = ", so it is {label}."  # Y after the rationale; its first token is the policy's stop
+    direct_template: str = " {label}."  # the answer right after X (zero-shot, few-shot, supervised)
+    seed: int = 0  # wishful seeds, few-shot order, M-step draws
+    min_len: int = 1
+    max_len: int = 5
+    words_only: bool = True  # rationales use word tokens only (no punctuation, digits, newlines)
+    wrong_label_penalty: float = 50.0
+    seed_rationales: int = 20  # wishful rationales per training example put in the buffer (0 = none)
+    seed_hint: str = " {label} because it is"
+    em_rounds: int = 1  # E-step / M-step rounds; the run's steps are split evenly over them
+    m_rationales: int = 8  # rationales drawn from q per training example for the M-step
+    m_epochs: float = 3.0
+    m_lr: float = 2e-4
+    m_batch_size: int = 8
+    supervised_epochs: float = 20.0
+    supervised_lr: float = 5e-4
+    eval_size: int = 200  # first this-many test sentences
+    eval_rationales: int = 10  # K rationales per test sentence
+    eval_temperature: float = 1.0
+    eval_batch: int = 16  # test sentences sampled together
+    eval_methods: str = ",".join(METHODS)
+
+    def validate(self) -> None:
+        parse_labels(self.labels)
+        for name in ("max_len", "em_rounds", "m_rationales", "m_batch_size", "eval_size", "eval_rationales",
+                     "eval_batch"):
+            check_range(f"task.{name}", getattr(self, name), low=1)
+        for name in ("min_len", "seed_rationales", "wrong_label_penalty"):
+            check_range(f"task.{name}", getattr(self, name), low=0)
+        for name in ("m_epochs", "m_lr", "supervised_epochs", "supervised_lr", "eval_temperature"):
+            check_range(f"task.{name}", getattr(self, name), low=0, low_open=True)
+        if self.min_len > self.max_len:
+            raise GfnlmError("task.min_len must not exceed task.max_len.")
+        for name, fields in (("prompt_template", ("{text}",)), ("answer_template", ("{label}",)),
+                             ("direct_template", ("{label}",)), ("seed_hint", ("{label}",))):
+            if not all(f in getattr(self, name) for f in fields):
+                raise GfnlmError(f"task.{name} must contain {' and '.join(fields)}.")
+        unknown = [m for m in self.methods() if m not in METHODS]
+        if not self.methods() or unknown:
+            raise GfnlmError(f"task.eval_methods {self.eval_methods!r}: choose from {', '.join(METHODS)}.")
+
+    def methods(self) -> list[str]:
+        return [m.strip() for m in self.eval_methods.split(",") if m.strip()]
+
+
+class ClassificationTask(Task):
+    name = "classify"
+    Config = ClassificationConfig
+    training_metric_names = ("rationale_right",)
+    default_data = ("", "")  # (training file, test file) when the config names none
+
+    def check_inputs(self) -> None:
+        c = self.config
+        self.labels = parse_labels(c.labels)
+        train_file, test_file = c.data or self.default_data[0], c.test_data or self.default_data[1]
+        if not train_file:
+            raise GfnlmError(f"Task {self.name} needs its training data: --task.data FILE.jsonl (and --task.test_data).")
+        self.train_rows = load_labelled_jsonl(train_file, self.labels)
+        self.test_rows = load_labelled_jsonl(test_file, self.labels)[: c.eval_size] if test_file else []
+
+    # ----------------------------------------------------------------------------------------- setup
+    def setup(self, tokenizer, vocab_size: int) -> None:
+        self.check_inputs()
+        c = self.config
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.answers = [self.encode(c.answer_template.format(label=y)) for y in self.labels]
+        self.direct_answers = [self.encode(c.direct_template.format(label=y)) for y in self.labels]
+        if len({a[0] for a in self.answers}) != 1:
+            raise GfnlmError(f"task.answer_template {c.answer_template!r} must start with the same token for every "
+                             "label: that token is the policy's stop.")
+        self.stop = [self.answers[0][0]]
+        self.train_set = [self.prompt(row.text, f"train-{i}") for i, row in enumerate(self.train_rows)]
+        self.label_of = {tp.key: row.label for tp, row in zip(self.train_set, self.train_rows)}
+        self.test_set = [self.prompt(row.text, f"test-{i}") for i, row in enumerate(self.test_rows)]
+        allowed = None
+        if c.words_only:
+            pieces = tokenizer.batch_decode([[t] for t in range(min(vocab_size, len(tokenizer)))])
+            special = set(tokenizer.all_special_ids)
+            allowed = [t for t, text in enumerate(pieces) if text and t not in special and WORD_TOKEN.fullmatch(text)]
+        self.allowed = allowed
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def prompt_text(self, text: str) -> str:
+        names = self.labels
+        joined = names[0] + " or " + names[1] if len(names) == 2 else ", ".join(names[:-1]) + " or " + names[-1]
+        return self.config.prompt_template.format(labels=joined, text=text)
+
+    def prompt(self, text: str, key: str) -> TaskPrompt:
+        full = self.prompt_text(text)
+        return TaskPrompt(full, tuple(self.encode(full)), key)
+
+    def train_prompts(self) -> list[TaskPrompt]:
+        return list(self.train_set)
+
+    def all_prompts(self) -> list[TaskPrompt]:
+        return self.train_set + self.test_set
+
+    def action_space(self) -> ActionSpace:
+        c = self.config
+        allowed = None if self.allowed is None else self.allowed + self.stop
+        return ActionSpace(self.vocab_size, self.stop, min_len=c.min_len, max_len=c.max_len, allowed_tokens=allowed)
+
+    def target(self, policy: Policy) -> RationaleLabelReward:
+        self.policy = policy  # the wishful seeds are drawn from its base model
+        self.reward = RationaleLabelReward(policy, self.answers, self.label_of, self.config.wrong_label_penalty)
+        return self.reward
+
+    def fit(self, trainer, resume: bool = False) -> None:
+        from gfnlm.em import run_em
+
+        run_em(trainer, self, resume)
+
+    @torch.no_grad()
+    def seed_trajectories(self):
+        """Wishful rationales: the base model continues X + " <true label> because it is" (the hint), and
+        what it writes, up to the stop, becomes a rationale Z for X (scored without the hint)."""
+        c = self.config
+        if not c.seed_rationales:
+            return []
+        hints = [tuple(self.encode(tp.text + c.seed_hint.format(label=self.labels[self.label_of[tp.key]])))
+                 for tp in self.train_set]
+        generator = torch.Generator(device=self.policy.device).manual_seed(c.seed)
+        space = self.action_space().to(self.policy.device)
+        with self.policy.base() as model:
+            drawn = sample_rationales(model, space, hints, c.seed_rationales, 1.0, generator, c.eval_batch)
+        seeds = []
+        for tp, rationales in zip(self.train_set, drawn):
+            for z in dict.fromkeys(tuple(z) for z in rationales if z):
+                seeds.append((tp.key, z, (True,) * len(z)))
+        return seeds
+
+    def training_metrics(self, traj, texts: list[str]) -> dict:
+        """Fraction of fresh rationales after which the true label's answer is the most likely one."""
+        with torch.no_grad():
+            _, stops = self.reward.label_log_probs(traj)
+        end = stops[torch.arange(traj.batch_size, device=stops.device), traj.lengths]
+        true = torch.tensor([self.label_of[traj.row_key(b)] for b in range(traj.batch_size)], device=end.device)
+        return {"rationale_right": float((end.argmax(-1) == true).float().mean())}
+
+    # ----------------------------------------------------------------------------------------- EM data
+    def likelihood_examples(self, rationales: list[list[list[int]]]) -> list[SupervisedExample]:
+        """(X, Z) -> Y_true for the M-step; only the label's own tokens (after the answer's common
+        start ", so it is") are in the loss."""
+        lead = len(common_prefix(self.answers))
+        out = []
+        for tp, zs in zip(self.train_set, rationales):
+            answer = self.answers[self.label_of[tp.key]]
+            for z in zs:
+                out.append(SupervisedExample(tp.ids + tuple(z), answer, [i >= lead for i in range(len(answer))]))
+        return out
+
+    def direct_examples(self) -> list[SupervisedExample]:
+        """X -> " <label>." for the supervised baseline (the label's own tokens in the loss)."""
+        lead = len(common_prefix(self.direct_answers))
+        return [SupervisedExample(tp.ids, a, [i >= lead for i in range(len(a))])
+                for tp in self.train_set for a in [self.direct_answers[self.label_of[tp.key]]]]
+
+    def few_shot_prefix(self) -> tuple[int, ...]:
+        """All training examples, answered directly, in one seeded shuffled order (run once, cached)."""
+        rows = list(zip(self.train_set, self.train_rows))
+        random.Random(self.config.seed).shuffle(rows)
+        text = "".join(tp.text + self.config.direct_template.format(label=self.labels[row.label]) + "\n\n"
+                       for tp, row in rows)
+        return tuple(self.encode(text))
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        from gfnlm.em import LIKELIHOOD_ADAPTER, load_latest_likelihood
+
+        c = self.config
+        if not self.test_set:
+            return EvalResult({}, [], "No test data (task.test_data); nothing evaluated.")
+        truth = torch.tensor([row.label for row in self.test_rows])
+        prompts = [tp.ids for tp in self.test_set]
+        results: dict[str, dict] = {}
+        methods = c.methods()
+        for method in [m for m in methods if m in ("zero_shot", "few_shot", "supervised")]:
+            started = time.perf_counter()
+            if method == "supervised":
+                lp = self.supervised_scores(policy, prompts, config)
+            else:
+                with policy.base() as model:
+                    lp = label_log_probs(model, prompts, self.direct_answers,
+                                         self.few_shot_prefix() if method == "few_shot" else ())
+            results[method] = {"accuracy": accuracy(lp.argmax(-1), truth), "seconds": time.perf_counter() - started}
+        rationale_methods = [m for m in methods if m in ("gfn_e_step", "gfn_em")]
+        if "gfn_em" in rationale_methods and not load_latest_likelihood(policy, Path(run_dir)):
+            rationale_methods.remove("gfn_em")
+            results["gfn_em"] = {"skipped": "no M-step adapter in the run folder"}
+        if rationale_methods:
+            started = time.perf_counter()
+            generator = torch.Generator(device=policy.device).manual_seed(c.seed)
+            space = self.action_space().to(policy.device)
+            sampled = sample_rationales(policy.model, space, prompts, c.eval_rationales, c.eval_temperature,
+                                        generator, c.eval_batch)
+            greedy = sample_rationales(policy.model, space, prompts, 1, GREEDY_TEMPERATURE, generator, c.eval_batch)
+            sampling_seconds = time.perf_counter() - started
+            for method in rationale_methods:
+                started = time.perf_counter()
+                adapter = LIKELIHOOD_ADAPTER if method == "gfn_em" else None
+                lp = self.rationale_scores(policy, prompts, sampled, adapter)
+                greedy_lp = self.rationale_scores(policy, prompts, greedy, adapter)[:, 0]
+                votes = vote(lp)
+                results[method] = {"accuracy": accuracy(votes["mean_prob"], truth),
+                                   "accuracy_majority": accuracy(votes["majority"], truth),
+                                   "accuracy_greedy": accuracy(greedy_lp.argmax(-1), truth),
+                                   "seconds": sampling_seconds + time.perf_counter() - started}
+            results["examples"] = [{"text": row.text, "label": self.labels[row.label],
+                                    "rationales": [self.tokenizer.decode(z) for z in zs[:5]],
+                                    "greedy": self.tokenizer.decode(g[0])}
+                                   for row, zs, g in list(zip(self.test_rows, sampled, greedy))[:8]]
+        examples = results.pop("examples", [])
+        (Path(run_dir) / "eval_classification.json").write_text(json.dumps(
+            {"test_sentences": len(prompts), "results": results, "examples": examples}, indent=1))
+        plots = [plot_accuracy(Path(run_dir) / "classification_accuracy.png", results,
+                               f"{self.name}: {len(self.train_rows)} training examples, {len(prompts)} test sentences")]
+        return EvalResult(results, plots, self.markdown(results, examples, len(prompts)))
+
+    def supervised_scores(self, policy: Policy, prompts, config) -> torch.Tensor:
+        """Supervised LoRA baseline: a fresh adapter trained on X -> " <label>." (TRL SFT), then direct scoring."""
+        from gfnlm.supervised import SupervisedSettings, supervised_finetune
+
+        c = self.config
+        if SUPERVISED_ADAPTER not in policy.model.peft_config:
+            policy.add_adapter(SUPERVISED_ADAPTER, seed=c.seed)
+        with policy.adapter(SUPERVISED_ADAPTER, train=True):
+            supervised_finetune(policy, self.direct_examples(), SupervisedSettings(
+                epochs=c.supervised_epochs, lr=c.supervised_lr, batch_size=c.m_batch_size, seed=c.seed,
+                progress=config.progress))
+        with policy.adapter(SUPERVISED_ADAPTER) as model:
+            return label_log_probs(model, prompts, self.direct_answers)
+
+    def rationale_scores(self, policy: Policy, prompts, rationales: list[list[list[int]]],
+                         adapter: str | None) -> torch.Tensor:
+        """(N, K, labels) log p(Z_k Y_y | X) under the base model or the named likelihood adapter: log p(Y_y |
+        X, Z_k) plus a term that does not depend on the label, so normalized over the labels it is
+        p(y | X, Z_k). Each X is run once for all its rationales and labels."""
+        pairs = [(tuple(p), tuple(z) + tuple(a)) for p, zs in zip(prompts, rationales) for z in zs for a in self.answers]
+        with policy.adapter(adapter) if adapter else policy.base() as model:
+            lp = continuation_log_probs(model, [c for c, _ in pairs], [z for _, z in pairs])
+        return lp.view(len(prompts), len(rationales[0]), len(self.answers))
+
+    def markdown(self, results: dict, examples: list, n: int) -> str:
+        c = self.config
+        lines = [f"{n} test sentences, {len(self.train_rows)} training examples. Rationale methods: K = "
+                 f"{c.eval_rationales} rationales from q per sentence at temperature {c.eval_temperature}; "
+                 "accuracy = mean-probability vote (also majority vote and the greedy rationale's label).", "",
+                 "| method | accuracy | majority vote | greedy rationale | seconds |", "|---|---|---|---|---|"]
+        for method, r in results.items():
+            if "skipped" in r:
+                lines.append(f"| {method} | skipped: {r['skipped']} | | | |")
+                continue
+            lines.append(f"| {method} | {r['accuracy']:.3f} | {fmt(r.get('accuracy_majority'))} | "
+                         f"{fmt(r.get('accuracy_greedy'))} | {r['seconds']:.0f} |")
+        lines += ["", "Examples (true label: rationales):", ""]
+        lines += [f"- {e['label']}: \"{e['text'][:70]}\" -> {e['rationales']} (greedy {e['greedy']!r})" for e in examples]
+        return "\n".join(lines)
+
+
+class SubjectivityTask(ClassificationTask):
+    """Classification task preset on movie-review subjectivity, with the project's small example files
+    (give the SUBJ files with --task.data / --task.test_data)."""
+
+    name = "subjectivity"
+    default_data = (builtin_file("subjectivity_train.jsonl"), builtin_file("subjectivity_test.jsonl"))
+
+
+def accuracy(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+    return float((predicted.cpu() == truth).float().mean())
+
+
+def fmt(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def plot_accuracy(path: Path, results: dict, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {m: r for m, r in results.items() if "accuracy" in r}
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(list(shown), [r["accuracy"] for r in shown.values()], color="#4477aa")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=9)
+    for i, r in enumerate(shown.values()):
+        ax.text(i, r["accuracy"] + 0.02, f"{r['accuracy']:.2f}", ha="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["ClassificationConfig", "ClassificationTask", "SubjectivityTask"]
