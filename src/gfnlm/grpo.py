@@ -20,6 +20,7 @@ from gfnlm.errors import GfnlmError
 from gfnlm.policy import Policy
 from gfnlm.policy_gradient import TaskReward
 from gfnlm.sampler import sample_trajectories
+from gfnlm.supervised import TRL_KEEP_MODEL_AS_IS, restores_use_cache
 from gfnlm.tasks.base import Task
 
 
@@ -97,12 +98,13 @@ def train_grpo(policy: Policy, task: Task, reward: TaskReward, settings: GrpoSet
                           num_generations=s.trajectories_per_prompt, beta=s.kl_coef, temperature=1.0,
                           max_grad_norm=s.max_grad_norm, logging_steps=1, save_strategy="no", report_to="none",
                           seed=s.seed, use_cpu=policy.device.type == "cpu", disable_tqdm=not s.progress,
-                          gradient_checkpointing=False, dataloader_num_workers=0)
+                          dataloader_num_workers=0, **TRL_KEEP_MODEL_AS_IS)
         trainer = GRPOTrainer(model=policy.model, reward_funcs=[task_reward], args=args,
                               train_dataset=Dataset.from_dict({"prompt": [p.text for p in prompts]}),
                               processing_class=tokenizer, rollout_func=rollout_function(policy, task, s.seed))
         started = time.perf_counter()
-        trainer.train()
+        with restores_use_cache(policy.model):
+            trainer.train()
         seconds = time.perf_counter() - started
     policy.model.eval()
     per_step = s.trajectories_per_prompt

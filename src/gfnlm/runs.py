@@ -5,6 +5,7 @@ Everything a user can get wrong is checked here before the model is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,13 +35,29 @@ def resolve(task_name: str, config_file: str | None, overrides: dict) -> RunSpec
     if file_task is not None and file_task != task_name:
         raise GfnlmError(f"The config file is for task {file_task!r}, not {task_name!r}.")
     cls = task_class(task_name)
-    config = build(TrainConfig, merge(values, overrides), where="config")
+    config = build(TrainConfig, merge(values, task_options_to_section(overrides, cls.Config)), where="config")
     task_config = build(cls.Config, config.task, where=f"task section of the {task_name} config")
     config.task = to_dict(task_config)
     resolve_model_source(config.model)
     task = cls(task_config)
     task.check_inputs()
     return RunSpec(task_name, config, task)
+
+
+def task_options_to_section(overrides: dict, task_config: type) -> dict:
+    """``--data x`` means ``--task.data x`` when ``data`` is a task option and not a trainer option."""
+    trainer = {f.name for f in dataclasses.fields(TrainConfig)}
+    task = {f.name for f in dataclasses.fields(task_config)} - trainer
+    moved = {k: v for k, v in overrides.items() if k in task}
+    if not moved:
+        return overrides
+    section = overrides.get("task", {})
+    if not isinstance(section, dict):
+        raise GfnlmError("Option --task is a section; set its keys as --task.KEY value.")
+    both = sorted(set(moved) & set(section))
+    if both:
+        raise GfnlmError(f"Option --{both[0]} is given both as --{both[0]} and as --task.{both[0]}; give it once.")
+    return {**{k: v for k, v in overrides.items() if k not in moved}, "task": {**section, **moved}}
 
 
 def load_run(run_dir: str | Path) -> RunSpec:

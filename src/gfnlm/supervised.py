@@ -8,10 +8,26 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gfnlm.errors import GfnlmError
 from gfnlm.policy import Policy
+
+
+# TRL's configs default to bf16 autocast and gradient checkpointing. Both outlive the training call
+# (accelerate wraps the model's forward in autocast; the checkpointing hooks stay and use_cache is turned
+# off), which would change every later score of the shared model; the model's own dtype decides instead.
+TRL_KEEP_MODEL_AS_IS = {"bf16": False, "fp16": False, "gradient_checkpointing": False}
+
+
+@contextmanager
+def restores_use_cache(model):
+    use_cache = model.config.use_cache
+    try:
+        yield
+    finally:
+        model.config.use_cache = use_cache
 
 
 @dataclass
@@ -55,11 +71,12 @@ def supervised_finetune(policy: Policy, examples: Sequence[SupervisedExample],
                          per_device_train_batch_size=settings.batch_size, lr_scheduler_type="constant",
                          logging_steps=1, save_strategy="no", report_to="none", seed=settings.seed,
                          use_cpu=policy.device.type == "cpu", disable_tqdm=not settings.progress,
-                         max_length=None, dataloader_num_workers=0)
+                         max_length=None, dataloader_num_workers=0, **TRL_KEEP_MODEL_AS_IS)
         trainer = SFTTrainer(model=policy.model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer)
         started = time.perf_counter()
-        result = trainer.train()
+        with restores_use_cache(policy.model):
+            result = trainer.train()
     policy.model.eval()
     return {"loss": float(result.training_loss), "steps": int(result.global_step),
             "seconds": time.perf_counter() - started}

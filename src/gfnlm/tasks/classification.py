@@ -110,7 +110,7 @@ class ClassificationTask(Task):
         self.labels = parse_labels(c.labels)
         train_file, test_file = c.data or self.default_data[0], c.test_data or self.default_data[1]
         if not train_file:
-            raise GfnlmError(f"Task {self.name} needs its training data: --task.data FILE.jsonl (and --task.test_data).")
+            raise GfnlmError(f"Task {self.name} needs its training data: --data FILE.jsonl (and --test_data FILE.jsonl to evaluate).")
         self.train_rows = load_labelled_jsonl(train_file, self.labels)
         self.test_rows = load_labelled_jsonl(test_file, self.labels)[: c.eval_size] if test_file else []
 

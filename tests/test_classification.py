@@ -1,0 +1,181 @@
+"""Classification with a latent rationale: the data loader, the E-step reward against naive passes, the
+posterior-predictive vote, and EM end to end on a tiny model (likelihood rises over rounds, exact resume)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gfnlm.classification_data import load_labelled_jsonl, parse_labels
+from gfnlm.cli import main
+from gfnlm.errors import GfnlmError
+from gfnlm.evaluation.classification import vote
+from gfnlm.policy import LoraSettings, Policy
+from gfnlm.targets.rationale import RationaleLabelReward
+from gfnlm.trajectories import Trajectories
+from tests.conftest import tiny_llama
+
+LABELS = ["objective", "subjective"]
+ROWS = [("the film is set in a town.", "objective"), ("a great and lovely film.", "subjective"),
+        ("the plot follows a man.", "objective"), ("i hated it.", "subjective"),
+        ("the story takes place at sea.", "objective"), ("what a boring mess.", "subjective")]
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_loader_reads_names_and_indices(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a  b", "label": 1, "label_text": "subjective"}\n\n{"text": "c", "label": "objective"}\n')
+    rows = load_labelled_jsonl(path, LABELS)
+    assert [(r.text, r.label) for r in rows] == [("a b", 1), ("c", 0)]
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"text": "a", "label": 0}\nnot json\n', "line 2: not a JSON object"),
+    ('[1, 2]\n', "line 1: expected an object"),
+    ('{"label": 0}\n', "line 1: \"text\" must be a non-empty string"),
+    ('{"text": "  ", "label": 0}\n', "line 1: \"text\" must be"),
+    ('{"text": "a", "label": 2}\n', "line 1: label index 2 is out of range"),
+    ('{"text": "a", "label": "neutral"}\n', "line 1: label 'neutral' is not one of objective, subjective"),
+    ('{"text": "a", "label": true}\n', "line 1: \"label\" must be a label name"),
+    ('{"text": "a"}\n', "line 1: \"label\" must be a label name"),
+    ('\n\n', "holds no rows"),
+])
+def test_loader_names_the_line_and_the_problem(tmp_path, content, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(content)
+    with pytest.raises(GfnlmError, match=message):
+        load_labelled_jsonl(path, LABELS)
+
+
+def test_loader_refuses_missing_and_non_utf8_files(tmp_path):
+    with pytest.raises(GfnlmError, match="does not exist"):
+        load_labelled_jsonl(tmp_path / "none.jsonl", LABELS)
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "\xff", "label": 0}\n')
+    with pytest.raises(GfnlmError, match="not UTF-8"):
+        load_labelled_jsonl(tmp_path / "bad.jsonl", LABELS)
+    for bad in ("objective", "a,a", "a,,b"):
+        with pytest.raises(GfnlmError):
+            parse_labels(bad)
+
+
+# ------------------------------------------------------------------------------------------------ reward
+@torch.no_grad()
+def full_log_probs(model, ids):
+    return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+
+
+def sequence_log_prob(model, context, continuation):
+    lp = full_log_probs(model, list(context) + list(continuation))
+    return sum(float(lp[len(context) + k - 1, t]) for k, t in enumerate(continuation))
+
+
+@pytest.mark.parametrize("trained_likelihood", [False, True])
+def test_rationale_reward_of_every_prefix_matches_naive_passes(trained_likelihood):
+    """log p_base(z_1..z_i | X) + log p_lik(Y_true | X z_1..z_i) - penalty [another label is more likely],
+    for every prefix, against one full forward per (prefix, label)."""
+    vocab = 9
+    policy = Policy(tiny_llama(vocab, seed=3), None, LoraSettings(r=4, alpha=8))
+    policy.add_adapter("likelihood")
+    if trained_likelihood:  # a likelihood that differs from the base model
+        with torch.no_grad():
+            for name, p in policy.model.named_parameters():
+                if ".likelihood." in name:
+                    p.copy_(torch.randn_like(p) * 0.5)
+    answers = [[8, 3, 2], [8, 3, 5, 1]]
+    prompts = [(1, 2, 3), (4, 6)]
+    label_of = {"a": 0, "b": 1}
+    target = RationaleLabelReward(policy, answers, label_of, penalty=7.0, chunk_size=2)
+    if trained_likelihood:
+        target.likelihood_adapter = "likelihood"
+    traj = Trajectories.from_rows(prompts, ["a", "b"], [0, 1, 1, 0], [[5, 6, 7], [2], [], [4, 4, 1, 6]])
+    rewards = target.log_rewards(traj)
+    penalized = 0
+    for b in range(traj.batch_size):
+        prompt, row, true = list(traj.row_prompt(b)), traj.row(b), label_of[traj.row_key(b)]
+        for i in range(len(row) + 1):
+            with policy.base() as model:
+                prefix = sequence_log_prob(model, prompt, row[:i])
+            with policy.adapter("likelihood") if trained_likelihood else policy.base() as model:
+                stops = [sequence_log_prob(model, prompt + row[:i], a) for a in answers]
+            wrong = max(stops) > stops[true]
+            penalized += wrong
+            assert float(rewards[b, i]) == pytest.approx(prefix + stops[true] - 7.0 * wrong, abs=1e-4)
+    assert 0 < penalized  # the penalty branch is exercised
+    assert all(p.requires_grad for n, p in policy.model.named_parameters() if ".default." in n)
+    assert not any(p.requires_grad for n, p in policy.model.named_parameters() if ".likelihood." in n)
+
+
+def test_vote_matches_counting_by_hand():
+    generator = torch.Generator().manual_seed(0)
+    lp = torch.randn(50, 5, 3, generator=generator) * 2
+    lp[0] = torch.tensor([[0.0, -9, -9], [0.0, -9, -9], [-9, 0.0, -9], [-9, 0.0, -9], [-9, -9, 0.0]])  # a tie
+    lp[0, 2, 1] = 1.0  # ... broken by the mean probability
+    got = vote(lp)
+    for n in range(50):
+        probs = torch.softmax(lp[n], -1)
+        counts = [int((probs.argmax(-1) == y).sum()) for y in range(3)]
+        best = max(counts)
+        tied = [y for y in range(3) if counts[y] == best]
+        assert int(got["majority"][n]) == max(tied, key=lambda y: float(probs[:, y].mean()))
+        assert int(got["mean_prob"][n]) == int(probs.mean(0).argmax())
+    assert int(got["majority"][0]) == 1
+
+
+# ------------------------------------------------------------------------------------------------ EM
+def em_args(tmp_path, tiny_model_dir, run, rounds, steps, extra=()):
+    train = write_rows(tmp_path / "train.jsonl", ROWS)
+    test = write_rows(tmp_path / "test.jsonl", ROWS[::-1])
+    return ["train", "classify", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", str(steps),
+            "--trajectories_per_prompt", "4", "--prompts_per_batch", "2", "--progress", "false", "--lora_r", "4",
+            "--lr", "1e-3", "--log_z", "batch", "--replay_prob", "0.5",
+            "--data", str(train), "--test_data", str(test), "--task.prompt_template", "Review: {text} This is",
+            "--task.em_rounds", str(rounds), "--task.seed_rationales", "3", "--task.m_rationales", "4",
+            "--task.m_epochs", "4", "--task.m_lr", "3e-3", "--task.eval_rationales", "3",
+            "--task.supervised_epochs", "2", *extra]
+
+
+def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=3, steps=6)) == 0
+    rounds = [json.loads(line) for line in (run / "em.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3] and [r["step"] for r in rounds] == [2, 4, 6]
+    for r in rounds:  # each M-step raises log p(Y_true | X, Z) of its rationales
+        assert r["label_log_likelihood_after"] > r["label_log_likelihood_before"]
+    assert rounds[-1]["label_log_likelihood_after"] > rounds[0]["label_log_likelihood_before"] + 0.1
+    results = json.loads((run / "eval_classification.json").read_text())["results"]
+    assert set(results) == {"zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em"}
+    for r in results.values():
+        assert 0 <= r["accuracy"] <= 1
+    assert (run / "classification_accuracy.png").stat().st_size > 0
+
+
+def test_em_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    extra = ["--evaluate", "false", "--checkpoint_every", "50"]
+    assert main(em_args(tmp_path, tiny_model_dir, full, rounds=2, steps=4, extra=extra)) == 0
+    shutil.copytree(full, cut)  # as if the run died right after round 1's checkpoint
+    shutil.rmtree(cut / "checkpoints" / "step-0000004")
+    (cut / "likelihood-round-2.safetensors").unlink()
+    assert main(em_args(tmp_path, tiny_model_dir, cut, rounds=2, steps=4, extra=extra) + ["--resume"]) == 0
+    for name in ("likelihood-round-2.safetensors", "checkpoints/step-0000004/adapter.safetensors"):
+        a, b = load_file(full / name), load_file(cut / name)
+        assert a.keys() == b.keys()
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_classify_needs_data_and_valid_templates(tmp_path, tiny_model_dir, capsys):
+    base = ["train", "classify", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "r")]
+    assert main(base) == 2
+    assert "needs its training data" in capsys.readouterr().err
+    data = write_rows(tmp_path / "train.jsonl", ROWS)
+    assert main(base + ["--data", str(data), "--task.answer_template", "so it is"]) == 2
+    assert "answer_template must contain {label}" in capsys.readouterr().err
+    assert main(base + ["--data", str(data), "--task.data", str(data)]) == 2
+    assert "given both as --data and as --task.data" in capsys.readouterr().err
