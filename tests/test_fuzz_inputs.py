@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gfnlm.buffer import ReplayBuffer
+from gfnlm.classification_data import load_labelled_jsonl
 from gfnlm.config import TrainConfig, build, merge, parse_overrides, read_yaml
 from gfnlm.errors import GfnlmError
 from gfnlm.prompts import read_prompt_file
@@ -78,3 +79,22 @@ def test_replay_buffer_files_of_random_bytes(tmp_path, data):
     path = tmp_path / "buffer.jsonl"
     path.write_bytes(data)
     rejected_cleanly(lambda: ReplayBuffer(10).load(path))
+
+
+labelled_row = st.fixed_dictionaries({}, optional={"text": values, "label": st.one_of(values, st.sampled_from(
+    ["objective", "subjective", 0, 1, 2, -1, " objective "])), "label_text": values})
+
+
+@given(st.lists(st.one_of(labelled_row.map(json.dumps), st.text(max_size=40), st.just("{" * 5000)), max_size=4))
+def test_labelled_data_files_with_malformed_rows(tmp_path, lines):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    if not rejected_cleanly(lambda: load_labelled_jsonl(path, ["objective", "subjective"])):
+        assert all(r.text and r.label in (0, 1) for r in load_labelled_jsonl(path, ["objective", "subjective"]))
+
+
+@given(st.binary(max_size=200))
+def test_labelled_data_files_of_random_bytes(tmp_path, data):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(data)
+    rejected_cleanly(lambda: load_labelled_jsonl(path, ["a", "b"]))

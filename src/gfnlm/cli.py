@@ -33,9 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train a policy", epilog=_train_help(),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p_train.add_argument("task", help="task name (rng)")
+    p_train.add_argument("task", help="task name: rng, continuation, arithmetic, subjectivity, classify, infilling")
     p_train.add_argument("--config", help="YAML preset, e.g. configs/rng-cpu.yaml")
     p_train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p_prior = sub.add_parser("prior", help="fine-tune the base model on a task's training texts and save it as a "
+                             "prior p_LM for later runs (--model DIR)")
+    p_prior.add_argument("task", help="task name (infilling)")
+    p_prior.add_argument("--out", required=True, help="folder for the fine-tuned model")
+    p_prior.add_argument("--config", help="YAML preset (model, dtype, LoRA and task options)")
+    p_prior.add_argument("--epochs", type=float, default=2.0)
+    p_prior.add_argument("--prior-lr", type=float, default=5e-4)
+    p_prior.add_argument("--batch-size", type=int, default=8)
     p_sample = sub.add_parser("sample", help="sample from a trained policy")
     p_sample.add_argument("--run", required=True, help="run folder")
     p_sample.add_argument("--n", type=int, default=10)
@@ -64,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, rest)
+        if args.command == "prior":
+            return _prior(args, rest)
         if rest:
             raise GfnlmError(f"Unexpected arguments {' '.join(rest)}.")
         if args.command == "sample":
@@ -81,6 +91,21 @@ def _train(args, rest: list[str]) -> int:
 
     spec = resolve(args.task, args.config, parse_overrides(rest))
     train(spec, resume=args.resume)
+    return 0
+
+
+def _prior(args, rest: list[str]) -> int:
+    from gfnlm.config import check_range
+    from gfnlm.prior import finetune_prior
+    from gfnlm.runs import resolve
+    from gfnlm.supervised import SupervisedSettings
+
+    check_range("--epochs", args.epochs, low=0, low_open=True)
+    check_range("--prior-lr", args.prior_lr, low=0, low_open=True)
+    check_range("--batch-size", args.batch_size, low=1)
+    spec = resolve(args.task, args.config, parse_overrides(rest))
+    finetune_prior(spec, args.out, SupervisedSettings(epochs=args.epochs, lr=args.prior_lr, batch_size=args.batch_size,
+                                                      seed=spec.config.seed, progress=spec.config.progress))
     return 0
 
 

@@ -21,7 +21,7 @@ import torch
 
 from gfnlm.checkpoint import write_atomic
 from gfnlm.errors import GfnlmError
-from gfnlm.evaluation.classification import sample_rationales
+from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.policy import Policy
 from gfnlm.supervised import SupervisedSettings, supervised_finetune
 
@@ -72,7 +72,7 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     generator = torch.Generator(device=policy.device).manual_seed(c.seed * 1000 + round_number)
     space = task.action_space().to(policy.device)
     prompts = [tp.ids for tp in task.train_set]
-    rationales = sample_rationales(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
+    rationales = sample_per_prompt(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
     before = label_log_likelihood(policy, task, rationales)
     with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
         fitted = supervised_finetune(policy, task.likelihood_examples(rationales), SupervisedSettings(

@@ -20,7 +20,7 @@ from gfnlm.errors import GfnlmError
 from gfnlm.policy import Policy
 from gfnlm.policy_gradient import TaskReward
 from gfnlm.sampler import sample_trajectories
-from gfnlm.supervised import TRL_KEEP_MODEL_AS_IS, restores_use_cache
+from gfnlm.supervised import TRL_KEEP_MODEL_AS_IS, restores_use_cache, with_pad_token
 from gfnlm.tasks.base import Task
 
 
@@ -82,8 +82,7 @@ def train_grpo(policy: Policy, task: Task, reward: TaskReward, settings: GrpoSet
     tokenizer = policy.tokenizer
     if tokenizer is None:
         raise GfnlmError("GRPO through TRL needs the policy's tokenizer.")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    with_pad_token(tokenizer)
     calls: list[float] = []
 
     def task_reward(prompts, completions, prompt_key, latent, **_) -> list[float]:

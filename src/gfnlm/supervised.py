@@ -30,6 +30,14 @@ def restores_use_cache(model):
         model.config.use_cache = use_cache
 
 
+def with_pad_token(tokenizer):
+    """TRL's collators pad batches; a tokenizer without a pad token pads with its end-of-text token (the
+    padded positions are masked out of attention and loss)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 @dataclass
 class SupervisedExample:
     prompt: Sequence[int]  # context only (no loss)
@@ -63,9 +71,7 @@ def supervised_finetune(policy: Policy, examples: Sequence[SupervisedExample],
                              "per token.")
         labels = [-100] * len(ex.prompt) + [t if keep else -100 for t, keep in zip(ex.target, trained)]
         rows.append({"input_ids": [int(t) for t in (*ex.prompt, *ex.target)], "labels": labels})
-    tokenizer = policy.tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = with_pad_token(policy.tokenizer)
     with tempfile.TemporaryDirectory(prefix="gfnlm-sft-") as scratch:
         args = SFTConfig(output_dir=scratch, num_train_epochs=settings.epochs, learning_rate=settings.lr,
                          per_device_train_batch_size=settings.batch_size, lr_scheduler_type="constant",

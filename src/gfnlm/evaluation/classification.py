@@ -11,9 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gfnlm.action_space import ActionSpace
 from gfnlm.lm_forward import continuation_log_probs
-from gfnlm.sampler import sample_trajectories
 
 
 @torch.no_grad()
@@ -23,20 +21,6 @@ def label_log_probs(model, contexts: Sequence[Sequence[int]], answers: Sequence[
     pairs = [(tuple(c), tuple(a)) for c in contexts for a in answers]
     scores = continuation_log_probs(model, [c for c, _ in pairs], [a for _, a in pairs], shared_prefix=shared_prefix)
     return scores.view(len(contexts), len(answers))
-
-
-@torch.no_grad()
-def sample_rationales(model, space: ActionSpace, prompts: Sequence[Sequence[int]], per_prompt: int,
-                      temperature: float, generator: torch.Generator, batch_prompts: int = 16) -> list[list[list[int]]]:
-    """``per_prompt`` rationales (token lists, stop excluded) for each prompt."""
-    out: list[list[list[int]]] = []
-    for start in range(0, len(prompts), batch_prompts):
-        chunk = [tuple(p) for p in prompts[start: start + batch_prompts]]
-        index = torch.arange(len(chunk)).repeat_interleave(per_prompt)
-        traj = sample_trajectories(model, space, chunk, [str(start + g) for g in range(len(chunk))], index,
-                                   temperature=temperature, generator=generator)
-        out += [[traj.row(b) for b in range(g * per_prompt, (g + 1) * per_prompt)] for g in range(len(chunk))]
-    return out
 
 
 def vote(label_lp: torch.Tensor) -> dict[str, torch.Tensor]:

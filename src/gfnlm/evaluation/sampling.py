@@ -35,6 +35,24 @@ def sample_completions(model, space: ActionSpace, prompt: Sequence[int], n: int,
     return out
 
 
+@torch.no_grad()
+def sample_per_prompt(model, space: ActionSpace, prompts: Sequence[Sequence[int]], per_prompt: int,
+                      temperature: float, generator: torch.Generator, batch_prompts: int = 16,
+                      shared_prefix: Sequence[int] = (), progress: bool = False,
+                      desc: str = "sample") -> list[list[list[int]]]:
+    """``per_prompt`` completions (token lists, terminator removed) of each prompt, ``batch_prompts`` prompts
+    at a time; ``shared_prefix`` (e.g. worked examples) is read before every prompt and run once."""
+    out: list[list[list[int]]] = []
+    for start in tqdm(range(0, len(prompts), batch_prompts), desc=desc, disable=not progress, dynamic_ncols=True,
+                      leave=False):
+        chunk = [tuple(p) for p in prompts[start: start + batch_prompts]]
+        index = torch.arange(len(chunk)).repeat_interleave(per_prompt)
+        traj = sample_trajectories(model, space, chunk, [str(start + g) for g in range(len(chunk))], index,
+                                   temperature=temperature, generator=generator, shared_prefix=shared_prefix)
+        out += [[traj.row(b) for b in range(g * per_prompt, (g + 1) * per_prompt)] for g in range(len(chunk))]
+    return out
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA raises torch.OutOfMemoryError; the CPU allocator raises a RuntimeError that says so."""
     text = str(exc).lower()

@@ -1,7 +1,7 @@
 """Targets: unnormalized posteriors R(Z), given as the log-reward of every terminated prefix."""
 
-from gfnlm.targets.base import Power, Product, Target
+from gfnlm.targets.base import OwnPrompts, Power, Product, Target
 from gfnlm.targets.lm_likelihood import LMLikelihood, PromptAnswerLikelihood
 from gfnlm.targets.rule import RuleTarget
 
-__all__ = ["LMLikelihood", "PromptAnswerLikelihood", "Power", "Product", "RuleTarget", "Target"]
+__all__ = ["LMLikelihood", "OwnPrompts", "PromptAnswerLikelihood", "Power", "Product", "RuleTarget", "Target"]

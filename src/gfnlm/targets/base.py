@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 
 import torch
@@ -54,3 +55,18 @@ class Power(Target):
 
     def log_rewards(self, traj: Trajectories) -> torch.Tensor:
         return self.exponent * self.base.log_rewards(traj)
+
+
+class OwnPrompts(Target):
+    """A target that reads its own prompt for each prompt key instead of the policy's: the policy may see
+    more than the reward conditions on (e.g. the story's ending, which the reward appends after Z)."""
+
+    def __init__(self, base: Target, prompts: dict[str, tuple[int, ...]]):
+        self.base = base
+        self.prompts = dict(prompts)
+
+    def log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        missing = [k for k in traj.prompt_keys if k not in self.prompts]
+        if missing:
+            raise KeyError(f"no reward prompt for {missing[0]!r}")
+        return self.base.log_rewards(dataclasses.replace(traj, prompts=[self.prompts[k] for k in traj.prompt_keys]))

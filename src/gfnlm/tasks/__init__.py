@@ -5,11 +5,13 @@ from gfnlm.tasks.arithmetic import ArithmeticTask
 from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
 from gfnlm.tasks.classification import ClassificationTask, SubjectivityTask
 from gfnlm.tasks.continuation import ContinuationTask
+from gfnlm.tasks.infilling import InfillingTask
 from gfnlm.tasks.rng import RngTask
 
 TASKS: dict[str, type[Task]] = {
     RngTask.name: RngTask, ContinuationTask.name: ContinuationTask, ArithmeticTask.name: ArithmeticTask,
-    ClassificationTask.name: ClassificationTask, SubjectivityTask.name: SubjectivityTask}
+    ClassificationTask.name: ClassificationTask, SubjectivityTask.name: SubjectivityTask,
+    InfillingTask.name: InfillingTask}
 
 
 def task_class(name: str) -> type[Task]:

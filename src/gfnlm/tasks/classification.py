@@ -31,7 +31,8 @@ from gfnlm.action_space import ActionSpace
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.config import check_range
 from gfnlm.errors import GfnlmError
-from gfnlm.evaluation.classification import label_log_probs, sample_rationales, vote
+from gfnlm.evaluation.classification import label_log_probs, vote
+from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.lm_forward import common_prefix, continuation_log_probs
 from gfnlm.policy import Policy
 from gfnlm.supervised import SupervisedExample
@@ -181,7 +182,7 @@ class ClassificationTask(Task):
         generator = torch.Generator(device=self.policy.device).manual_seed(c.seed)
         space = self.action_space().to(self.policy.device)
         with self.policy.base() as model:
-            drawn = sample_rationales(model, space, hints, c.seed_rationales, 1.0, generator, c.eval_batch)
+            drawn = sample_per_prompt(model, space, hints, c.seed_rationales, 1.0, generator, c.eval_batch)
         seeds = []
         for tp, rationales in zip(self.train_set, drawn):
             for z in dict.fromkeys(tuple(z) for z in rationales if z):
@@ -250,9 +251,9 @@ class ClassificationTask(Task):
             started = time.perf_counter()
             generator = torch.Generator(device=policy.device).manual_seed(c.seed)
             space = self.action_space().to(policy.device)
-            sampled = sample_rationales(policy.model, space, prompts, c.eval_rationales, c.eval_temperature,
+            sampled = sample_per_prompt(policy.model, space, prompts, c.eval_rationales, c.eval_temperature,
                                         generator, c.eval_batch)
-            greedy = sample_rationales(policy.model, space, prompts, 1, GREEDY_TEMPERATURE, generator, c.eval_batch)
+            greedy = sample_per_prompt(policy.model, space, prompts, 1, GREEDY_TEMPERATURE, generator, c.eval_batch)
             sampling_seconds = time.perf_counter() - started
             for method in rationale_methods:
                 started = time.perf_counter()

@@ -29,6 +29,20 @@ def builtin_prompts(split: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def banned_sentence_tokens(tokenizer, vocab_size: int, terminator: str, terminator_ids: list[int]) -> list[int]:
+    """Tokens that cannot occur inside a sentence: line breaks, special tokens, and any token that
+    contains the terminator text without being the terminator (so sentences end only at it)."""
+    allowed_terminator = set(terminator_ids) if len(terminator_ids) == 1 else set()
+    banned = set(tokenizer.all_special_ids)
+    pieces = tokenizer.batch_decode([[i] for i in range(min(vocab_size, len(tokenizer)))])
+    for i in range(vocab_size):
+        piece = pieces[i] if i < len(pieces) else ""
+        if not piece or any(c in piece for c in "\n\r\t") or (terminator in piece and i not in allowed_terminator):
+            banned.add(i)
+    banned -= set(terminator_ids)
+    return sorted(banned)
+
+
 @dataclass
 class ContinuationConfig:
     prompt_file: str = ""  # training prompts, one per line ("" = the built-in set's 80 training prompts)
@@ -89,17 +103,7 @@ class ContinuationTask(Task):
         return prompts
 
     def banned_tokens(self, tokenizer, vocab_size: int) -> list[int]:
-        """Tokens that cannot occur inside a sentence: line breaks, special tokens, and any token that
-        contains the terminator text without being the terminator (so sentences end only at it)."""
-        term = self.config.terminator
-        allowed_terminator = set(self.terminator_ids) if len(self.terminator_ids) == 1 else set()
-        banned = set(tokenizer.all_special_ids)
-        for i in range(vocab_size):
-            piece = tokenizer.decode([i]) if i < len(tokenizer) else ""
-            if not piece or any(c in piece for c in "\n\r\t") or (term in piece and i not in allowed_terminator):
-                banned.add(i)
-        banned -= set(self.terminator_ids)
-        return sorted(banned)
+        return banned_sentence_tokens(tokenizer, vocab_size, self.config.terminator, self.terminator_ids)
 
     def train_prompts(self) -> list[TaskPrompt]:
         return list(self.train_set)
