@@ -12,6 +12,7 @@ from gfnlm.config import TrainConfig, build, merge, parse_overrides, read_yaml
 from gfnlm.errors import GfnlmError
 from gfnlm.prompts import read_prompt_file
 from gfnlm.runs import resolve
+from gfnlm.story_data import COLUMNS, load_stories_csv
 from gfnlm.tasks import TASKS
 
 KEYS = [f.name for f in TrainConfig.__dataclass_fields__.values()] + ["lr_", "task", "tsk", ""]
@@ -98,3 +99,19 @@ def test_labelled_data_files_of_random_bytes(tmp_path, data):
     path = tmp_path / "data.jsonl"
     path.write_bytes(data)
     rejected_cleanly(lambda: load_labelled_jsonl(path, ["a", "b"]))
+
+
+@given(st.lists(st.one_of(st.just(",".join(COLUMNS)), st.text(max_size=60),
+                          st.lists(st.text(max_size=8), max_size=8).map(",".join)), max_size=5))
+def test_story_files_with_malformed_rows(tmp_path, lines):
+    path = tmp_path / "stories.csv"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    if not rejected_cleanly(lambda: load_stories_csv(path)):
+        assert all(len(s.sentences) == 5 and all(s.sentences) for s in load_stories_csv(path))
+
+
+@given(st.binary(max_size=200))
+def test_story_files_of_random_bytes(tmp_path, data):
+    path = tmp_path / "stories.csv"
+    path.write_bytes(data)
+    rejected_cleanly(lambda: load_stories_csv(path))
