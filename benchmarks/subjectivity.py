@@ -50,6 +50,7 @@ def plot(results: dict, path: Path, test: int) -> Path:
     for method in METHODS:
         ax.plot(sizes, [results[str(n)]["accuracy"][method] for n in sizes], marker="o", label=NAMES[method])
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("training examples N")
     ax.set_ylabel(f"accuracy on {test} SUBJ test sentences")
