@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gfnlm.errors import GfnlmError
+from gfnlm.prompts import read_user_text
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,7 @@ def parse_labels(spec: str | Sequence[str]) -> list[str]:
 
 
 def load_labelled_jsonl(path: str | Path, labels: Sequence[str]) -> list[LabelledText]:
-    path = Path(path)
-    if not path.is_file():
-        raise GfnlmError(f"Data file {str(path)!r} does not exist.")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise GfnlmError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
+    lines = read_user_text(path, "Data file").splitlines()
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

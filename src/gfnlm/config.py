@@ -167,6 +167,14 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
         raise GfnlmError(f"{name} must be one of {', '.join(map(str, choices))} (got {value!r}).{extra}")
 
 
+def method_list(name: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated list of method names, each one of ``allowed`` (at least one)."""
+    methods = [m.strip() for m in value.split(",") if m.strip()]
+    if not methods or any(m not in allowed for m in methods):
+        raise GfnlmError(f"{name} {value!r}: choose from {', '.join(allowed)}.")
+    return methods
+
+
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
                 low_open: bool = False) -> None:
     if low is not None and (value < low or (low_open and value == low)):

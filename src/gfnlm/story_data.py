@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from gfnlm.errors import GfnlmError
+from gfnlm.prompts import read_user_text
 
 COLUMNS = ("storyid", "storytitle", "sentence1", "sentence2", "sentence3", "sentence4", "sentence5")
 BUILTIN = "stories.csv"  # the project's own 160 stories: the first 110 train, the last 50 test
@@ -47,14 +48,7 @@ def builtin_stories() -> list[Story]:
 
 
 def load_stories_csv(path: str | Path) -> list[Story]:
-    path = Path(path)
-    if not path.is_file():
-        raise GfnlmError(f"Story file {str(path)!r} does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise GfnlmError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
-    return parse_stories(text, str(path))
+    return parse_stories(read_user_text(path, "Story file", encoding="utf-8-sig"), str(path))
 
 
 def parse_stories(text: str, where: str) -> list[Story]:

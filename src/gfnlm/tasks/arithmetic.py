@@ -25,7 +25,7 @@ import torch
 
 from gfnlm.action_space import ActionSpace
 from gfnlm.arithmetic_data import Problem, generate
-from gfnlm.config import check_range
+from gfnlm.config import check_range, method_list
 from gfnlm.errors import GfnlmError
 from gfnlm.lm_forward import continuation_log_probs
 from gfnlm.policy import Policy
@@ -71,8 +71,7 @@ class ArithmeticConfig:
         check_range("task.max_len", self.max_len, low=1)
         check_range("task.cot_shots", self.cot_shots, low=0)
         check_range("task.reward_shots", self.reward_shots, low=0)
-        if not self.methods() or any(m not in ("gfn", "cot_prompting") for m in self.methods()):
-            raise GfnlmError(f"task.eval_methods {self.eval_methods!r}: choose from gfn, cot_prompting.")
+        self.methods()  # an empty list or an unknown method is an error
         if self.eval_temperature <= 0:
             raise GfnlmError("task.eval_temperature must be positive.")
         if "{answer}" not in self.answer_template or not self.answer_template.startswith("\n"):
@@ -82,7 +81,7 @@ class ArithmeticConfig:
             raise GfnlmError(f"task.train_operands {self.train_operands!r}: give counts of at least 2, like '3,4'.")
 
     def methods(self) -> list[str]:
-        return [m.strip() for m in self.eval_methods.split(",") if m.strip()]
+        return method_list("task.eval_methods", self.eval_methods, ("gfn", "cot_prompting"))
 
     def operand_counts(self) -> tuple[int, ...]:
         try:

@@ -29,7 +29,7 @@ import torch
 
 from gfnlm.action_space import ActionSpace
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
-from gfnlm.config import check_range
+from gfnlm.config import check_range, method_list
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.classification import label_log_probs, vote
 from gfnlm.evaluation.sampling import sample_per_prompt
@@ -92,12 +92,10 @@ class ClassificationConfig:
                              ("direct_template", ("{label}",)), ("seed_hint", ("{label}",))):
             if not all(f in getattr(self, name) for f in fields):
                 raise GfnlmError(f"task.{name} must contain {' and '.join(fields)}.")
-        unknown = [m for m in self.methods() if m not in METHODS]
-        if not self.methods() or unknown:
-            raise GfnlmError(f"task.eval_methods {self.eval_methods!r}: choose from {', '.join(METHODS)}.")
+        self.methods()  # an empty list or an unknown method is an error
 
     def methods(self) -> list[str]:
-        return [m.strip() for m in self.eval_methods.split(",") if m.strip()]
+        return method_list("task.eval_methods", self.eval_methods, METHODS)
 
 
 class ClassificationTask(Task):

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from gfnlm.action_space import ActionSpace
-from gfnlm.config import check_range
+from gfnlm.config import check_range, method_list
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.methods import ALL_METHODS
 from gfnlm.policy import Policy
@@ -66,12 +66,10 @@ class ContinuationConfig:
         check_range("task.eval_prompts", self.eval_prompts, low=0)
         if not 0 < self.eval_top_p <= 1:
             raise GfnlmError(f"task.eval_top_p must be in (0, 1], got {self.eval_top_p}.")
-        unknown = [m for m in self.methods() if m not in ALL_METHODS]
-        if unknown or not self.methods():
-            raise GfnlmError(f"task.eval_methods {self.eval_methods!r}: choose from {', '.join(ALL_METHODS)}.")
+        self.methods()  # an empty list or an unknown method is an error
 
     def methods(self) -> list[str]:
-        return [m.strip() for m in self.eval_methods.split(",") if m.strip()]
+        return method_list("task.eval_methods", self.eval_methods, ALL_METHODS)
 
 
 class ContinuationTask(Task):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gfnlm.action_space import ActionSpace
-from gfnlm.config import check_range
+from gfnlm.config import check_range, method_list
 from gfnlm.errors import GfnlmError
 from gfnlm.policy import Policy
 from gfnlm.story_data import Story, builtin_stories, load_stories_csv
@@ -63,12 +63,10 @@ class InfillingConfig:
         for field in ("{beginning}", "{ending}"):
             if field not in self.policy_template:
                 raise GfnlmError(f"task.policy_template must contain {field}.")
-        unknown = [m for m in self.methods() if m not in METHODS]
-        if not self.methods() or unknown:
-            raise GfnlmError(f"task.eval_methods {self.eval_methods!r}: choose from {', '.join(METHODS)}.")
+        self.methods()  # an empty list or an unknown method is an error
 
     def methods(self) -> list[str]:
-        return [m.strip() for m in self.eval_methods.split(",") if m.strip()]
+        return method_list("task.eval_methods", self.eval_methods, METHODS)
 
 
 class InfillingTask(Task):
