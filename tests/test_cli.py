@@ -128,3 +128,12 @@ def test_temperature_conditional_run_samples_at_a_chosen_temperature(capsys, tmp
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
     assert "give --target-temperature" in error_of(capsys, ["sample", "--run", str(run)])
     assert "outside the trained" in error_of(capsys, ["sample", "--run", str(run), "--target-temperature", "2"])
+    for correct in ("is", "smc"):  # the conditional policy as proposal, the target at the chosen T
+        assert main(["sample", "--run", str(run), "--n", "2", "--target-temperature", "0.7", "--correct", correct,
+                     "--particles", "3"]) == 0
+        out = capsys.readouterr().out
+        assert len(out.strip().splitlines()) == 3 and "proposal policy, target T = 0.7:" in out
+    assert main(["sample", "--run", str(run), "--n", "2", "--target-temperature", "0.6", "--correct", "is",
+                 "--base"]) == 0
+    assert "proposal base model, target T = 0.6:" in capsys.readouterr().out
+    assert "give --target-temperature" in error_of(capsys, ["sample", "--run", str(run), "--correct", "is", "--base"])

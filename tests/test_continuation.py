@@ -3,7 +3,7 @@
 import json
 
 from gfnlm.cli import main
-from gfnlm.evaluation.methods import ALL_METHODS
+from gfnlm.evaluation.methods import DEFAULT_METHODS
 from gfnlm.evaluation.tables import read_table
 from gfnlm.tasks.continuation import builtin_prompts
 
@@ -30,7 +30,7 @@ def test_train_eval_and_compare_on_a_tiny_model(capsys, tmp_path, tiny_model_dir
         assert main(args) == 0
         runs.append(run)
         rows = read_table(run / "eval_continuation.csv")
-        assert [r["method"] for r in rows] == list(ALL_METHODS)
+        assert [r["method"] for r in rows] == list(DEFAULT_METHODS)
         by = {r["method"]: r for r in rows}
         assert by["greedy"]["unique"] == 0.25 and by["greedy"]["diversity"] < 1e-5  # 4 copies of one sentence
         for method in ("gfn", "sampling"):
@@ -40,7 +40,7 @@ def test_train_eval_and_compare_on_a_tiny_model(capsys, tmp_path, tiny_model_dir
             assert r["max_loglik"] >= r["mean_loglik"]
         assert (run / "eval_continuation_frontier.png").is_file()
         samples = [json.loads(line) for line in (run / "eval_continuation_samples.jsonl").read_text().splitlines()]
-        assert len(samples) == 2 * len(ALL_METHODS) and all(len(s["completions"]) == 4 for s in samples)
+        assert len(samples) == 2 * len(DEFAULT_METHODS) and all(len(s["completions"]) == 4 for s in samples)
     capsys.readouterr()
     for method in ("is", "smc"):
         assert main(["sample", "--run", str(runs[0]), "--n", "3", "--correct", method, "--particles", "4",
@@ -59,3 +59,32 @@ def test_bad_continuation_options_stop_before_loading(capsys, tmp_path):
     assert "eval_methods" in capsys.readouterr().err
     assert main(["train", "continuation", "--task.min_len", "9", "--task.max_len", "3"]) == 2
     assert "min_len" in capsys.readouterr().err
+
+
+def test_conditional_run_is_evaluated_at_each_temperature_with_corrected_methods(capsys, tmp_path, tiny_model_dir):
+    """A temperature-conditional run gets one harness table per end of its range; the corrected methods
+    (IS / SMC with the policy or the base model as proposal) report their own estimates."""
+    train_file, test_file = tmp_path / "train.txt", tmp_path / "test.txt"
+    train_file.write_text("the cat sat on a mat.\nrain fell all day.\n")
+    test_file.write_text("a dog ran.\n")
+    run = tmp_path / "run"
+    methods = "gfn,sampling,gfn_is,gfn_smc,base_is,base_smc"
+    assert main(["train", "continuation", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "2",
+                 "--trajectories_per_prompt", "4", "--progress", "false", "--lora_r", "4",
+                 "--conditional_temperatures", "0.8:0.9", "--log_z", "batch",
+                 "--task.prompt_file", str(train_file), "--task.test_prompt_file", str(test_file),
+                 "--task.max_len", "5", "--task.eval_samples", "3", "--task.eval_methods", methods,
+                 "--task.eval_particles", "4"]) == 0
+    assert "### T = 0.9" in (run / "report.md").read_text()
+    for temperature in ("0.8", "0.9"):
+        by = {r["method"]: r for r in read_table(run / f"eval_continuation_T{temperature}.csv")}
+        assert list(by) == methods.split(",")
+        for method in ("gfn_is", "gfn_smc", "base_is", "base_smc"):
+            assert 0 < by[method]["ess_fraction"] <= 1 + 1e-9 and by[method]["log_z_est"] is not None
+            assert by[method]["tokens_per_output"] >= by[method]["particles"] >= 1
+        assert by["gfn_is"]["particles"] == 4 and by["gfn_smc"]["kl_q_p"] is None and by["base_is"]["kl_q_p"] >= -1e-6
+        assert by["gfn"]["tokens_per_output"] == by["gfn"]["mean_length"] + 1
+    out = tmp_path / "compare"
+    assert main(["compare", str(run), "--out", str(out)]) == 0
+    labels = [r["method"] for r in read_table(out / "compare.csv")]
+    assert "gfn T=0.8 (run)" in labels and "gfn T=0.9 (run)" in labels and labels.count("gfn_is") == 1

@@ -131,19 +131,23 @@ def _sample(args) -> int:
         if not args.prompt.strip():
             raise GfnlmError("--prompt is empty.")
         prompt = tuple(tokenizer.encode(args.prompt, add_special_tokens=False))
-    if conditioning is not None:
-        prompt = conditioning.policy_prompt(prompt, args.target_temperature)
+    # A conditional policy reads "[T=...] " + X; the target (and the base model) read X.
+    policy_prompt = prompt
+    if conditioning is not None and not args.base:
+        policy_prompt = conditioning.policy_prompt(prompt, args.target_temperature)
     space = spec.task.action_space().to(policy.device)
     # Several processes each draw their share of the n outputs from their own seed; rank 0 prints all.
     generator = torch.Generator(device=policy.device).manual_seed(stream_seed(args.seed, processes.rank))
     n = share(args.n, processes)
     if args.correct:
-        return _sample_corrected(args, spec, policy, space, prompt, generator, n, processes)
+        temperature = args.target_temperature if conditioning is not None else spec.config.reward_temp_end
+        return _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperature, generator, n,
+                                 processes)
     if args.base:
         with policy.base() as model:
             rows = sample_completions(model, space, prompt, n, temperature=args.temperature, generator=generator)
     else:
-        rows = sample_completions(policy.model, space, prompt, n, temperature=args.temperature,
+        rows = sample_completions(policy.model, space, policy_prompt, n, temperature=args.temperature,
                                   generator=generator)
     rows = gather_flat(rows, processes)
     if processes.is_main:
@@ -160,7 +164,7 @@ def _conditioning(args, spec):
     conditional = spec.config.conditional_temperatures
     if args.target_temperature is not None and not conditional:
         raise GfnlmError("--target-temperature needs a run trained with conditional_temperatures.")
-    if not conditional or args.base:
+    if not conditional or (args.base and not args.correct):  # plain base-model samples need no T
         return None
     conditioning = TemperatureConditioning(conditional, lambda t: spec.task.temperature_tag()(t))
     if args.target_temperature is None:
@@ -168,13 +172,13 @@ def _conditioning(args, spec):
     if not conditioning.covers(args.target_temperature):
         raise GfnlmError(f"--target-temperature {args.target_temperature:g} is outside the trained temperatures "
                          f"{conditioning.describe()}.")
-    if args.correct:
-        raise GfnlmError("--correct with a temperature-conditional policy is not supported yet.")
     return conditioning
 
 
-def _sample_corrected(args, spec, policy, space, prompt, generator, n, processes) -> int:
-    """Each output is one draw from an independent IS / SMC run of --particles particles."""
+def _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperature, generator, n,
+                      processes) -> int:
+    """Each output is one draw from an independent IS / SMC run of --particles particles, for the target
+    p_LM(Z | X)^(1/temperature); the proposal is the policy reading ``policy_prompt``, or the base model."""
     import contextlib
     import math
 
@@ -182,16 +186,17 @@ def _sample_corrected(args, spec, policy, space, prompt, generator, n, processes
 
     from gfnlm.correction import importance_sample, smc
 
-    temperature = spec.config.reward_temp_end
     target = spec.task.target(policy)
+    proposal_prompt = prompt if args.base else policy_prompt
     mine = ([], [], [], [], 0)  # a process with no share of the n outputs (n < processes)
     if n:
         with policy.base() if args.base else contextlib.nullcontext(policy.model) as model:
             if args.correct == "is":
-                out = importance_sample(model, space, target, prompt, n, args.particles, temperature, generator)
+                out = importance_sample(model, space, target, prompt, n, args.particles, temperature, generator,
+                                        proposal_prompt)
             else:
                 out = smc(model, space, target, prompt, n, args.particles, temperature, generator,
-                          args.ess_threshold)
+                          args.ess_threshold, proposal_prompt)
         mine = (out.completions, out.log_z.tolist(), out.ess.tolist(), out.resamplings.tolist(), out.generated_tokens)
     parts = processes.gather(mine)
     completions = [row for part in parts for row in part[0]]

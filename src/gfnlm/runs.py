@@ -192,10 +192,10 @@ def _write_report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | N
     curves = plot_training_curves(run_dir, spec.task.training_metric_names)
     if curves:
         plots.append(curves)
-    if c.evaluate and c.conditional_temperatures:
-        lines += ["", "## Evaluation", "", f"Temperature-conditional policy ({c.conditional_temperatures}): the task "
-                  "evaluations run one fixed temperature and are skipped; sample with `gfnlm sample --run ... "
-                  "--target-temperature T`."]
+    if c.evaluate and c.conditional_temperatures and not spec.task.evaluates_conditional_runs:
+        lines += ["", "## Evaluation", "", f"Temperature-conditional policy ({c.conditional_temperatures}): the "
+                  f"{spec.task_name} evaluation runs one fixed temperature and is skipped; sample with `gfnlm sample "
+                  "--run ... --target-temperature T`."]
     elif c.evaluate:
         started = time.perf_counter()
         result = spec.task.evaluate(policy, run_dir, c)

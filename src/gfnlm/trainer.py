@@ -86,7 +86,7 @@ class Learner(torch.nn.Module):
         loss = balance_loss(c.objective, terms, c.subtb_lambda)
         if not torch.isfinite(loss):
             return LossPass(self._zero(), scores.terminable, True, False)
-        return LossPass(loss, scores.terminable, True, True, float(terms.log_z.mean()))
+        return LossPass(loss, scores.terminable, True, True, float(terms.log_z.detach().mean()))
 
     def _zero(self) -> torch.Tensor:
         """0 that reaches every trained parameter: a dropped micro-batch still joins the all-reduce

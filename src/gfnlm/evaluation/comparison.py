@@ -2,6 +2,7 @@
 
 Every run contributes its policy row ("gfn") labelled with the run folder and its temperature, and
 its token-tempered row (which depends on T); the temperature-free baselines come from the first run.
+A temperature-conditional run contributes its rows at each temperature it was evaluated at.
 """
 
 from __future__ import annotations
@@ -17,20 +18,34 @@ from gfnlm.runs import load_run
 PER_RUN = ("gfn", "tempered")
 
 
+def _tables(run_dir: Path, spec) -> list[tuple[float, Path]]:
+    """(T, evaluation table) of a run: one, or one per temperature of a temperature-conditional run."""
+    if spec.config.conditional_temperatures:
+        from gfnlm.conditioning import parse_temperatures
+
+        found = [(t, run_dir / f"eval_{spec.task_name}_T{t:g}.csv")
+                 for t in parse_temperatures(spec.config.conditional_temperatures)[1]]
+    else:
+        found = [(spec.config.reward_temp_end, run_dir / f"eval_{spec.task_name}.csv")]
+    missing = [path.name for _, path in found if not path.is_file()]
+    if missing:
+        raise GfnlmError(f"{run_dir} has no {', '.join(missing)}; run `gfnlm eval {spec.task_name} --run {run_dir}` "
+                         "first.")
+    return found
+
+
 def compare_runs(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
     rows = []
     for index, run_dir in enumerate(run_dirs):
         spec = load_run(run_dir)
-        table = run_dir / f"eval_{spec.task_name}.csv"
-        if not table.is_file():
-            raise GfnlmError(f"{run_dir} has no {table.name}; run `gfnlm eval {spec.task_name} --run {run_dir}` first.")
-        temperature = spec.config.reward_temp_end
-        for row in read_table(table):
-            if row["method"] in PER_RUN:
-                row["method"] = f"{row['method']} T={temperature:g} ({run_dir.name})"
-            elif index > 0:
-                continue
-            rows.append(row)
+        tables = _tables(run_dir, spec)
+        for t_index, (temperature, table) in enumerate(tables):
+            for row in read_table(table):
+                if row["method"] in PER_RUN:
+                    row["method"] = f"{row['method']} T={temperature:g} ({run_dir.name})"
+                elif index > 0 or t_index > 0:
+                    continue
+                rows.append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = write_table(rows, COLUMNS, out_dir / "compare", HEADERS)
     plot = plot_frontier(out_dir / "compare_frontier.png", rows, "diversity", "mean_loglik",

@@ -4,13 +4,19 @@ likelihood, diversity and (where q is known exactly) how well the sampler matche
 Methods: "gfn" (the trained policy) and the decoding baselines of ``decoding.py`` run on the base
 model (adapter off). For "gfn" and plain "sampling" (the policy before training: the base model
 under the same action space) q(Z) is exact, so importance estimates of log Z(X), KL(q || p_T) and
-the ESS are reported; for the other methods they are undefined.
+the ESS are reported; for the other methods they are undefined. The corrected methods ("gfn_is",
+"gfn_smc", "base_is", "base_smc", see ``corrected.py``) spend ``particles`` policy samples' worth of
+generated tokens on each output and report their own log Z and ESS estimates (and KL for IS).
+
+A temperature-conditional policy reads its own prompt: ``policy_prompt`` maps X to it ("[T=0.95] " + X)
+for the policy's sampling and scoring; the target and the base model read X.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from gfnlm.action_space import ActionSpace
+from gfnlm.evaluation.corrected import base_particles, run_corrected
 from gfnlm.evaluation.decoding import decode_baseline
 from gfnlm.evaluation.diversity import distinct_n, embedding_diversity, sentence_encoder, unique_fraction
 from gfnlm.evaluation.importance import importance_estimates
-from gfnlm.evaluation.methods import ALL_METHODS
+from gfnlm.evaluation.methods import ALL_METHODS, CORRECTED
 from gfnlm.evaluation.plots import plot_frontier
 from gfnlm.evaluation.sampling import sample_completions
 from gfnlm.evaluation.tables import write_table
@@ -33,10 +40,11 @@ from gfnlm.tasks.base import TaskPrompt
 from gfnlm.trajectories import Trajectories
 
 COLUMNS = ["method", "mean_loglik", "max_loglik", "diversity", "distinct_1", "distinct_2", "unique",
-           "mean_length", "log_z_est", "kl_q_p", "ess_fraction", "seconds"]
+           "mean_length", "tokens_per_output", "particles", "log_z_est", "kl_q_p", "ess_fraction", "seconds"]
 HEADERS = {"mean_loglik": "mean log p(Z ∣ X)", "max_loglik": "max log p(Z ∣ X)", "diversity": "embedding diversity",
            "distinct_1": "distinct-1", "distinct_2": "distinct-2", "unique": "unique fraction",
-           "mean_length": "tokens", "log_z_est": "log Z(X) (IS)", "kl_q_p": "KL(q ‖ p_T) (IS)",
+           "mean_length": "tokens", "tokens_per_output": "generated tokens / output",
+           "particles": "particles / output", "log_z_est": "log Z(X) estimate", "kl_q_p": "KL(q ‖ p_T) (IS)",
            "ess_fraction": "ESS / N"}
 
 
@@ -63,7 +71,9 @@ def sequence_log_probs(model, space: ActionSpace, prompt: Sequence[int], rows, d
 
 def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts: Sequence[TaskPrompt],
                      methods: Sequence[str], n: int, temperature: float, seed: int, out_dir: Path,
-                     stem: str, title: str, top_p: float = 0.95, progress: bool = True) -> tuple[list[dict], str, Path]:
+                     stem: str, title: str, top_p: float = 0.95, progress: bool = True, particles: int = 8,
+                     policy_prompt: Callable[[Sequence[int]], Sequence[int]] | None = None,
+                     ) -> tuple[list[dict], str, Path]:
     """Run every method on every prompt; write ``stem``.csv/.md/.json, samples and a frontier plot."""
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
@@ -76,26 +86,44 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
     seconds = {m: 0.0 for m in methods}
     samples = []
     for p_index, prompt in enumerate(tqdm(prompts, desc="evaluate", disable=not progress, dynamic_ncols=True)):
+        tagged = tuple(policy_prompt(prompt.ids)) if policy_prompt else prompt.ids
+        plain_rows: dict[str, list[list[int]]] = {}  # "gfn" / "sampling" rows, reused to match token budgets
         for method in methods:
             started = time.perf_counter()
             method_seed = seed * 1000 + p_index
+            extra: dict = {}
+            generated = None
             if method == "gfn":
                 generator = torch.Generator(device=device).manual_seed(method_seed)
-                rows = sample_completions(policy.model, space, prompt.ids, n, generator=generator, progress=False)
+                rows = sample_completions(policy.model, space, tagged, n, generator=generator, progress=False)
+            elif method in CORRECTED:
+                count = particles
+                if method.startswith("base_"):
+                    count = base_particles(particles, *(_mean_tokens(policy, space, ids, which, n, method_seed,
+                                                                    plain_rows)
+                                                        for ids, which in ((tagged, "gfn"), (prompt.ids, "sampling"))))
+                generator = torch.Generator(device=device).manual_seed(method_seed)
+                out = run_corrected(method, policy, space, target, prompt.ids, tagged, n, count, temperature,
+                                    generator)
+                rows, generated, extra = out.rows, out.generated_tokens, {**out.metrics, "particles": count}
             else:
                 with policy.base() as model:
                     rows = decode_baseline(method, model, space, prompt.ids, n, method_seed,
                                            temperature=temperature, top_p=top_p)
             seconds[method] += time.perf_counter() - started
+            if method in ("gfn", "sampling"):
+                plain_rows[method] = rows
             texts = [tok.decode(r) for r in rows]
             loglik = terminal_log_rewards(target, prompt.ids, rows, device)
             metrics = {"mean_loglik": statistics.mean(loglik), "max_loglik": max(loglik),
                        "diversity": embedding_diversity(texts, encoder), "distinct_1": distinct_n(texts, 1),
                        "distinct_2": distinct_n(texts, 2), "unique": unique_fraction(texts),
-                       "mean_length": statistics.mean(len(r) for r in rows)}
+                       "mean_length": statistics.mean(len(r) for r in rows),
+                       "tokens_per_output": (generated if generated is not None
+                                             else sum(len(r) + 1 for r in rows)) / len(rows), **extra}
             if method in ("gfn", "sampling"):
                 if method == "gfn":
-                    log_q = sequence_log_probs(policy.model, space, prompt.ids, rows, device)
+                    log_q = sequence_log_probs(policy.model, space, tagged, rows, device)
                 else:
                     with policy.base() as model:
                         log_q = sequence_log_probs(model, space, prompt.ids, rows, device)
@@ -119,3 +147,19 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
     plot = plot_frontier(out_dir / f"{stem}_frontier.png", rows, "diversity", "mean_loglik",
                          "embedding diversity (1 - mean pairwise cosine)", "mean log p_LM(Z | X)", title)
     return rows, markdown, plot
+
+
+def _mean_tokens(policy: Policy, space: ActionSpace, prompt_ids: Sequence[int], which: str, n: int, seed: int,
+                 plain_rows: dict) -> float:
+    """Generated tokens (with the stop) per plain sample of the policy ("gfn") or the base model ("sampling")
+    on this prompt: the method's own rows when it ran, else ``n`` fresh samples (recorded for reuse)."""
+    if which not in plain_rows:
+        generator = torch.Generator(device=policy.device).manual_seed(seed + 7919)
+        if which == "gfn":
+            plain_rows[which] = sample_completions(policy.model, space, prompt_ids, n, generator=generator,
+                                                   progress=False)
+        else:
+            with policy.base() as model:
+                plain_rows[which] = sample_completions(model, space, prompt_ids, n, generator=generator,
+                                                       progress=False)
+    return statistics.mean(len(r) + 1 for r in plain_rows[which])

@@ -25,13 +25,13 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: dict |
 
 def write_table(rows: Sequence[dict], columns: Sequence[str], stem: Path, headers: dict | None = None) -> str:
     """Write ``stem``.csv and ``stem``.md; return the markdown."""
-    stem = Path(stem)
-    with open(stem.with_suffix(".csv"), "w", newline="", encoding="utf-8") as fh:
+    stem = Path(stem)  # names may hold dots ("eval_T0.95"): append, never replace, a suffix
+    with open(stem.parent / f"{stem.name}.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     text = markdown_table(rows, columns, headers)
-    stem.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    (stem.parent / f"{stem.name}.md").write_text(text + "\n", encoding="utf-8")
     return text
 
 

@@ -34,6 +34,8 @@ class Task(ABC):
     # True when evaluate() splits its sampling over the processes of a launch (gfnlm.distributed.share /
     # gather_flat) and so must run on all of them; otherwise rank 0 evaluates alone.
     splits_evaluation: ClassVar[bool] = False
+    # whether ``evaluate`` handles a temperature-conditional policy (else its report skips the evaluation)
+    evaluates_conditional_runs: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config

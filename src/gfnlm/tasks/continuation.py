@@ -9,15 +9,17 @@ policy can write. T is the run's final reward temperature (``reward_temp_end``);
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from gfnlm.action_space import ActionSpace
+from gfnlm.conditioning import TemperatureConditioning
 from gfnlm.config import check_range, method_list
 from gfnlm.errors import GfnlmError
-from gfnlm.evaluation.methods import ALL_METHODS
+from gfnlm.evaluation.methods import ALL_METHODS, DEFAULT_METHODS
 from gfnlm.policy import Policy
 from gfnlm.prompts import read_prompt_file
 from gfnlm.targets import LMLikelihood, Target
@@ -52,8 +54,9 @@ class ContinuationConfig:
     max_len: int = 20
     eval_samples: int = 16  # N samples per prompt and method
     eval_prompts: int = 0  # evaluate on the first this-many test prompts (0 = all)
-    eval_methods: str = ",".join(ALL_METHODS)
+    eval_methods: str = ",".join(DEFAULT_METHODS)  # also gfn_is, gfn_smc, base_is, base_smc
     eval_top_p: float = 0.95
+    eval_particles: int = 8  # corrected methods: policy particles per output (the base gets equal tokens)
 
     def validate(self) -> None:
         if not self.terminator:
@@ -64,6 +67,7 @@ class ContinuationConfig:
             raise GfnlmError(f"task.min_len ({self.min_len}) exceeds task.max_len ({self.max_len}).")
         check_range("task.eval_samples", self.eval_samples, low=2)
         check_range("task.eval_prompts", self.eval_prompts, low=0)
+        check_range("task.eval_particles", self.eval_particles, low=1)
         if not 0 < self.eval_top_p <= 1:
             raise GfnlmError(f"task.eval_top_p must be in (0, 1], got {self.eval_top_p}.")
         self.methods()  # an empty list or an unknown method is an error
@@ -75,6 +79,7 @@ class ContinuationConfig:
 class ContinuationTask(Task):
     name = "continuation"
     Config = ContinuationConfig
+    evaluates_conditional_runs = True
 
     def check_inputs(self) -> None:
         c = self.config
@@ -118,6 +123,23 @@ class ContinuationTask(Task):
         return LMLikelihood(policy, self.terminator_ids, renormalize_over=space.vocab_bias)
 
     def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        """The harness at the run's temperature; a temperature-conditional run is evaluated at each end of
+        its range (or each of its values), one table per T (``eval_continuation_T0.8``...)."""
+        if not config.conditional_temperatures:
+            return self._evaluate_at(policy, run_dir, config, config.reward_temp_end, None, "eval_continuation")
+        conditioning = TemperatureConditioning(config.conditional_temperatures, self.temperature_tag())
+        results = []
+        for temperature in conditioning.values:
+            tag = functools.partial(conditioning.policy_prompt, temperature=temperature)
+            results.append(self._evaluate_at(policy, run_dir, config, temperature, tag,
+                                             f"eval_continuation_T{temperature:g}"))
+        text = "\n\n".join(f"### T = {t:g} (the policy reads \"[T={t:.2f}] \" before X)\n\n{r.markdown}"
+                            for t, r in zip(conditioning.values, results))
+        return EvalResult({f"T={t:g}": r.metrics for t, r in zip(conditioning.values, results)},
+                          [p for r in results for p in r.plots], text)
+
+    def _evaluate_at(self, policy: Policy, run_dir: Path, config, temperature: float, policy_prompt,
+                     stem: str) -> EvalResult:
         from gfnlm.evaluation.harness import evaluate_methods  # transformers + sentence-transformers: heavy
 
         c = self.config
@@ -125,22 +147,22 @@ class ContinuationTask(Task):
         split = "test" if self.test_set else "train (no test prompts given)"
         if c.eval_prompts:
             prompts = prompts[: c.eval_prompts]
-        temperature = config.reward_temp_end
         rows, markdown, plot = evaluate_methods(
             policy, self.action_space(), self.target(policy), prompts, c.methods(), c.eval_samples, temperature,
-            config.seed, Path(run_dir), "eval_continuation",
+            config.seed, Path(run_dir), stem,
             f"next sentence, T = {temperature:g}: {len(prompts)} {split.split()[0]} prompts x {c.eval_samples} samples",
-            top_p=c.eval_top_p, progress=config.progress)
+            top_p=c.eval_top_p, progress=config.progress, particles=c.eval_particles, policy_prompt=policy_prompt)
         text = "\n".join([
             f"{len(prompts)} {split} prompts, N = {c.eval_samples} samples per prompt and method, target "
             f"p_LM(Z | X)^(1/T) with T = {temperature:g}. Likelihoods are log p_LM(Z . | X) under the base model "
             "(renormalized over the allowed tokens); diversity is over each prompt's N samples, averaged over "
             "prompts. Importance estimates use q's own samples; 'sampling' is the policy before training "
-            "(the base model under the same action space).",
+            "(the base model under the same action space). Corrected methods (gfn_/base_ is/smc) draw each "
+            f"output from {c.eval_particles} policy samples' worth of generated tokens.",
             "", markdown])
         by_method = {r["method"]: r for r in rows}
         if "gfn" in by_method and "sampling" in by_method:
             text += (f"\n\nKL(q ‖ p_T), importance-sampling estimate: before training (base) "
                      f"{by_method['sampling']['kl_q_p']:.3f} -> after training {by_method['gfn']['kl_q_p']:.3f}.")
-        (Path(run_dir) / "eval_continuation_summary.json").write_text(json.dumps(by_method, indent=1))
+        (Path(run_dir) / f"{stem}_summary.json").write_text(json.dumps(by_method, indent=1))
         return EvalResult(by_method, [plot], text)

@@ -1,0 +1,133 @@
+"""One policy for every temperature: a temperature-conditional continuation policy (trained once over a
+range of reward temperatures) against policies trained separately at one temperature each.
+
+Runs (in benchmarks/out/temperature/, each trained with `gfnlm train continuation` and the CPU preset
+unless it is already there):
+- single-T<T>-seed<S>: reward_temp_end T, seeds 0 and 1, for each T in --temperatures;
+- conditional-seed0: --conditional_temperatures <range> --log_z batch, the same number of steps as one
+  single-temperature run.
+Each policy is evaluated by the shared harness ("gfn" only) on the held-out prompts at each T: mean
+log p_LM(Z | X), embedding diversity, and the importance estimates of KL(q || p_T) and ESS / N. The
+conditional policy reads "[T=...] " before X. The check: at each T its (log-likelihood, diversity)
+point lies within the spread (min..max) of the two single-temperature policies.
+
+  python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"
+SEEDS = (0, 1)
+
+
+def train(run_dir: Path, extra: list[str]) -> float:
+    """Train one run unless it finished before; its training wall time (from its report when reused)."""
+    if (run_dir / "adapter").is_dir():
+        found = re.search(r"training wall time: (\d+) s", (run_dir / "report.md").read_text())
+        return float(found.group(1)) if found else float("nan")
+    command = [sys.executable, "-m", "gfnlm.cli", "train", "continuation", "--config",
+               str(ROOT / "configs" / "continuation-cpu.yaml"), "--evaluate", "false", "--output_dir", str(run_dir),
+               *extra]
+    print("$ " + " ".join(command), flush=True)
+    started = time.perf_counter()
+    if subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode != 0:
+        raise SystemExit(f"training {run_dir.name} failed")
+    return time.perf_counter() - started
+
+
+def within(value: float, points: list[float]) -> bool:
+    return min(points) <= value <= max(points)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--temperatures", default="0.8,0.95", help="temperatures compared")
+    parser.add_argument("--range", default="0.8:1.0", help="the conditional policy's training range")
+    args = parser.parse_args()
+    temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    out_dir = OUT / "temperature"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train_seconds = {}
+    runs = {}
+    for t in temperatures:
+        for seed in SEEDS:
+            name = f"single-T{t:g}-seed{seed}"
+            runs[name] = out_dir / name
+            train_seconds[name] = train(runs[name], ["--reward_temp_end", str(t), "--seed", str(seed)])
+    conditional = out_dir / "conditional-seed0"
+    train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
+                                                       "--seed", "0"])
+
+    from gfnlm.conditioning import TemperatureConditioning
+    from gfnlm.evaluation.harness import evaluate_methods
+    from gfnlm.evaluation.plots import plot_frontier
+    from gfnlm.evaluation.tables import markdown_table
+    from gfnlm.runs import load_run, load_trained_policy
+
+    def evaluate(run_dir: Path, temperature: float, conditional_on: str | None) -> dict:
+        spec = load_run(run_dir)
+        policy = load_trained_policy(spec, run_dir)
+        task = spec.task
+        tag = None
+        if conditional_on:
+            conditioning = TemperatureConditioning(conditional_on, task.temperature_tag())
+            tag = functools.partial(conditioning.policy_prompt, temperature=temperature)
+        t0 = time.perf_counter()
+        rows, _, _ = evaluate_methods(policy, task.action_space(), task.target(policy), task.test_set, ["gfn"],
+                                      task.config.eval_samples, temperature, 0, run_dir, f"eval_T{temperature:g}",
+                                      f"{run_dir.name} at T = {temperature:g}", progress=True, policy_prompt=tag)
+        return {**rows[0], "seconds": time.perf_counter() - t0, "steps": spec.config.steps,
+                "prompts": len(task.test_set), "samples": task.config.eval_samples}
+
+    results = []
+    for t in temperatures:
+        for seed in SEEDS:
+            name = f"single-T{t:g}-seed{seed}"
+            print(f"evaluating {name} at T = {t:g}", flush=True)
+            results.append({"T": t, "policy": f"trained at T = {t:g}, seed {seed}", "label": f"T={t:g} single, seed {seed}",
+                            "kind": "single",
+                            **evaluate(runs[name], t, None)})
+        print(f"evaluating the conditional policy at T = {t:g}", flush=True)
+        results.append({"T": t, "policy": f"conditional ({args.range}), seed 0", "label": f"T={t:g} conditional",
+                        "kind": "conditional",
+                        **evaluate(conditional, t, args.range)})
+    claims = {}
+    for t in temperatures:
+        singles = [r for r in results if r["T"] == t and r["kind"] == "single"]
+        cond = next(r for r in results if r["T"] == t and r["kind"] == "conditional")
+        for key in ("mean_loglik", "diversity"):
+            claims[f"T = {t:g}: conditional {key} within the single-T spread"] = within(cond[key],
+                                                                                         [r[key] for r in singles])
+    columns = ["T", "policy", "mean_loglik", "diversity", "mean_length", "kl_q_p", "ess_fraction", "seconds"]
+    headers = {"mean_loglik": "mean log p(Z ∣ X)", "diversity": "embedding diversity", "mean_length": "tokens",
+               "kl_q_p": "KL(q ‖ p_T) (IS)", "ess_fraction": "ESS / N", "seconds": "eval s"}
+    table = markdown_table(results, columns, headers)
+    plot = plot_frontier(OUT / "temperature_frontier.png",
+                         [{**r, "method": r["label"]} for r in results],
+                         "diversity", "mean_loglik", "embedding diversity (1 - mean pairwise cosine)",
+                         "mean log p_LM(Z | X)", f"one conditional policy ({args.range}) vs single-temperature policies")
+    summary = {"temperatures": temperatures, "range": args.range, "results": results, "claims": claims,
+               "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
+    (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))
+    print("\n" + table)
+    for claim, ok in claims.items():
+        print(f"  [{'yes' if ok else 'no '}] {claim}")
+    print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items()))
+    print(f"Total {summary['total_seconds']:.0f} s. Plot: {plot}\nSaved {OUT / 'temperature.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
