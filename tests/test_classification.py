@@ -10,12 +10,15 @@ from safetensors.torch import load_file
 
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.cli import main
+from gfnlm.em import held_out_examples
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.classification import vote
 from gfnlm.policy import LoraSettings, Policy
+from gfnlm.sampler import sample_trajectories
 from gfnlm.targets.rationale import RationaleLabelReward
+from gfnlm.tasks.classification import ClassificationConfig, ClassificationTask, label_word_tokens
 from gfnlm.trajectories import Trajectories
-from tests.conftest import tiny_llama
+from tests.conftest import char_tokenizer, tiny_llama
 
 LABELS = ["objective", "subjective"]
 ROWS = [("the film is set in a town.", "objective"), ("a great and lovely film.", "subjective"),
@@ -126,6 +129,30 @@ def test_vote_matches_counting_by_hand():
         assert int(got["majority"][n]) == max(tied, key=lambda y: float(probs[:, y].mean()))
         assert int(got["mean_prob"][n]) == int(probs.mean(0).argmax())
     assert int(got["majority"][0]) == 1
+
+
+@pytest.mark.parametrize("ban", [True, False])
+def test_rationales_cannot_write_a_label_name(tmp_path, ban):
+    """With ban_label_words no token of "objective" / "Subjective" / ... can appear in a rationale (a
+    character tokenizer makes this strict: none of their characters); without it they do appear."""
+    tok = char_tokenizer()
+    task = ClassificationTask(ClassificationConfig(data=str(write_rows(tmp_path / "d.jsonl", ROWS)),
+                                                   ban_label_words=ban, max_len=5))
+    task.setup(tok, len(tok))
+    label_tokens = label_word_tokens(tok, LABELS)
+    assert set(tok.encode(" Subjective")) <= label_tokens
+    space = task.action_space()
+    model = tiny_llama(len(tok), seed=1, init=0.02)  # nearly uniform over what the space allows
+    traj = sample_trajectories(model, space, [task.train_set[0].ids], ["k"], torch.zeros(200, dtype=torch.long),
+                               generator=torch.Generator().manual_seed(0))
+    written = {t for b in range(traj.batch_size) for t in traj.row(b)}
+    assert bool(written & label_tokens) != ban
+
+
+def test_held_out_examples_are_a_seeded_share_never_all():
+    assert held_out_examples(10, 0.2, 0) == held_out_examples(10, 0.2, 0) and len(held_out_examples(10, 0.2, 0)) == 2
+    assert len(held_out_examples(3, 0.2, 0)) == 1 and len(held_out_examples(2, 0.9, 0)) == 1
+    assert held_out_examples(10, 0.0, 0) == set() and held_out_examples(1, 0.5, 0) == set()
 
 
 # ------------------------------------------------------------------------------------------------ EM

@@ -45,3 +45,20 @@ def test_bad_examples_are_refused_before_training():
         supervised_finetune(policy, [])
     with pytest.raises(GfnlmError, match="one flag per token"):
         supervised_finetune(policy, [SupervisedExample([1], [2, 3], [False, False])])
+
+
+def test_early_stopping_restores_the_epoch_with_the_best_held_out_loss():
+    tok = char_tokenizer()
+    policy = Policy(tiny_llama(len(tok), seed=3), tok, LoraSettings(r=8, alpha=16))
+    prompt = tok.encode("Q:")
+    held_target = tok.encode("ba\n")  # conflicts with what is trained: its loss must rise at some point
+    stats = supervised_finetune(policy, [SupervisedExample(prompt, tok.encode("ab\n"))],
+                                SupervisedSettings(epochs=40, lr=1e-2, batch_size=1, progress=False),
+                                validation=[SupervisedExample(prompt, held_target)], patience=3)
+    losses = stats["validation_losses"]
+    best = losses.index(min(losses)) + 1
+    assert stats["best_epoch"] == best and len(losses) == best + 3 < 40  # stopped 3 epochs after the best
+    assert losses[-1] > min(losses)
+    restored = -sum(target_log_probs(policy, prompt, held_target)) / len(held_target)
+    assert abs(restored - min(losses)) < 1e-4  # the adapter is back at its best epoch
+    assert not policy.model.training

@@ -7,6 +7,10 @@ the loss), save it atomically as likelihood-round-R.safetensors, make the E-step
 the replay buffers under it and checkpoint. On resume a round whose adapter file exists is loaded, not
 retrained (re-scoring is a pure function of the adapters, so it is simply repeated).
 
+The M-step is early-stopped: a seeded share of the training examples (``m_validation``) is held out of
+its data, and the adapter of the epoch with the lowest loss on their labels is kept (``m_patience``
+epochs without improvement end it); their labels still guide the E-step.
+
 Every round appends to em.jsonl the mean log p(Y_true | X, Z) of the training examples (normalized over
 the labels, Z ~ q) before and after its M-step: EM should raise it round after round.
 """
@@ -14,6 +18,7 @@ the labels, Z ~ q) before and after its M-step: EM should raise it round after r
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -74,13 +79,19 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     prompts = [tp.ids for tp in task.train_set]
     rationales = sample_per_prompt(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
     before = label_log_likelihood(policy, task, rationales)
+    held = held_out_examples(len(prompts), c.m_validation, c.seed)
+    fit_on = [[] if i in held else zs for i, zs in enumerate(rationales)]
+    check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
     with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
-        fitted = supervised_finetune(policy, task.likelihood_examples(rationales), SupervisedSettings(
+        fitted = supervised_finetune(policy, task.likelihood_examples(fit_on), SupervisedSettings(
             epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=c.seed + round_number,
-            progress=trainer.config.progress))
+            progress=trainer.config.progress), validation=task.likelihood_examples(check_on),
+            patience=c.m_patience)
     record = {"round": round_number, "step": trainer.step, "label_log_likelihood_before": before,
               "label_log_likelihood_after": label_log_likelihood(policy, task, rationales),
               "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
+              "held_out_examples": sorted(held), "best_epoch": fitted.get("best_epoch"),
+              "held_out_losses": fitted.get("validation_losses"),
               "m_step_seconds": time.perf_counter() - started,
               "examples": [task.tokenizer.decode(z) for z in rationales[0][:4]]}
     write_atomic(path, lambda tmp: policy.save_adapter(tmp, LIKELIHOOD_ADAPTER))
@@ -89,6 +100,15 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     print(f"EM round {round_number}: log p(Y_true | X, Z) of the training labels {record['label_log_likelihood_before']:.3f}"
           f" -> {record['label_log_likelihood_after']:.3f} after the M-step", flush=True)
     return record
+
+
+def held_out_examples(count: int, share: float, seed: int) -> set[int]:
+    """The training examples (indices) whose labels early-stop the M-step: a seeded ``share`` of them, at
+    least one when share > 0, never all."""
+    if share <= 0 or count < 2:
+        return set()
+    k = min(count - 1, max(1, round(count * share)))
+    return set(random.Random(seed).sample(range(count), k))
 
 
 @torch.no_grad()

@@ -100,7 +100,11 @@ class Policy:
         save_file(self.adapter_state(name), str(path))
 
     def load_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
-        state = load_file(str(path), device=str(self.device))
+        self.set_adapter_state(load_file(str(path), device=str(self.device)), name, str(path))
+
+    def set_adapter_state(self, state: dict[str, torch.Tensor], name: str = POLICY_ADAPTER,
+                          path: str = "given state") -> None:
+        state = {k: v.to(self.device) for k, v in state.items()}
         try:
             result = set_peft_model_state_dict(self.model, state, adapter_name=name)
         except RuntimeError as exc:  # shape mismatch: another rank or model

@@ -54,15 +54,7 @@ class SupervisedSettings:
     progress: bool = True
 
 
-def supervised_finetune(policy: Policy, examples: Sequence[SupervisedExample],
-                        settings: SupervisedSettings = SupervisedSettings()) -> dict:
-    """Train the adapter on ``examples`` (cross-entropy of the trained target tokens); returns the final
-    training loss, the number of optimizer steps and the seconds taken. The policy stays in eval mode."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    if not examples:
-        raise GfnlmError("Supervised fine-tuning needs at least one example.")
+def _rows(examples: Sequence[SupervisedExample]) -> list[dict]:
     rows = []
     for n, ex in enumerate(examples):
         trained = list(ex.trained) if ex.trained is not None else [True] * len(ex.target)
@@ -71,18 +63,71 @@ def supervised_finetune(policy: Policy, examples: Sequence[SupervisedExample],
                              "per token.")
         labels = [-100] * len(ex.prompt) + [t if keep else -100 for t, keep in zip(ex.target, trained)]
         rows.append({"input_ids": [int(t) for t in (*ex.prompt, *ex.target)], "labels": labels})
+    return rows
+
+
+def supervised_finetune(policy: Policy, examples: Sequence[SupervisedExample],
+                        settings: SupervisedSettings = SupervisedSettings(),
+                        validation: Sequence[SupervisedExample] = (), patience: int = 2) -> dict:
+    """Train the active adapter on ``examples`` (cross-entropy of the trained target tokens); returns the
+    final training loss, the number of optimizer steps and the seconds taken. The policy stays in eval mode.
+
+    With ``validation`` examples the loss on them is measured after every epoch; training stops after
+    ``patience`` epochs without improvement and the adapter is restored to its best epoch (early stopping;
+    also returned: ``best_epoch`` and ``validation_losses``)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if not examples:
+        raise GfnlmError("Supervised fine-tuning needs at least one example.")
+    rows = _rows(examples)
+    keeper = _best_epoch_keeper(policy, patience) if validation else None
     tokenizer = with_pad_token(policy.tokenizer)
     with tempfile.TemporaryDirectory(prefix="gfnlm-sft-") as scratch:
         args = SFTConfig(output_dir=scratch, num_train_epochs=settings.epochs, learning_rate=settings.lr,
                          per_device_train_batch_size=settings.batch_size, lr_scheduler_type="constant",
                          logging_steps=1, save_strategy="no", report_to="none", seed=settings.seed,
                          use_cpu=policy.device.type == "cpu", disable_tqdm=not settings.progress,
-                         max_length=None, dataloader_num_workers=0, **TRL_KEEP_MODEL_AS_IS)
+                         max_length=None, dataloader_num_workers=0, eval_strategy="epoch" if keeper else "no",
+                         per_device_eval_batch_size=settings.batch_size, **TRL_KEEP_MODEL_AS_IS)
         trainer = SFTTrainer(model=policy.model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer)
+                             eval_dataset=Dataset.from_list(_rows(validation)) if keeper else None,
+                             processing_class=tokenizer, callbacks=[keeper] if keeper else None)
         started = time.perf_counter()
         with restores_use_cache(policy.model):
             result = trainer.train()
     policy.model.eval()
-    return {"loss": float(result.training_loss), "steps": int(result.global_step),
-            "seconds": time.perf_counter() - started}
+    out = {"loss": float(result.training_loss), "steps": int(result.global_step),
+           "seconds": time.perf_counter() - started}
+    if keeper:
+        out.update(keeper.restore())
+    return out
+
+
+def _best_epoch_keeper(policy: Policy, patience: int):
+    """A trainer callback that keeps a copy of the active adapter at its lowest validation loss, stops
+    training after ``patience`` evaluations without improvement, and puts the best copy back (restore())."""
+    from transformers import TrainerCallback  # heavy: imported when a validation set is given
+
+    class BestEpoch(TrainerCallback):
+        def __init__(self):
+            self.losses: list[float] = []
+            self.best_state = None
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            loss = float(metrics["eval_loss"])
+            self.losses.append(loss)
+            if loss <= min(self.losses):
+                name = policy.model.active_adapter
+                self.best_state = {k: v.clone() for k, v in policy.adapter_state(name).items()}
+            elif len(self.losses) - 1 - self.losses.index(min(self.losses)) >= patience:
+                control.should_training_stop = True
+            return control
+
+        def restore(self) -> dict:
+            if self.best_state is not None:
+                policy.set_adapter_state(self.best_state, policy.model.active_adapter)
+            best = self.losses.index(min(self.losses)) if self.losses else None
+            return {"best_epoch": None if best is None else best + 1, "validation_losses": self.losses}
+
+    return BestEpoch()

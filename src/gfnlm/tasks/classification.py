@@ -49,6 +49,17 @@ def builtin_file(name: str) -> str:
     return str(resources.files("gfnlm.data").joinpath(name))
 
 
+def label_word_tokens(tokenizer, labels: list[str]) -> set[int]:
+    """Every token of every label's name as it may be written inside a rationale: with or without a
+    leading space, lower-case or capitalized ("objective" -> " objective", "object" + "ive", ...)."""
+    tokens = set()
+    for label in labels:
+        for form in {label, label.lower(), label.capitalize()}:
+            for text in (form, " " + form):
+                tokens.update(tokenizer.encode(text, add_special_tokens=False))
+    return tokens
+
+
 @dataclass
 class ClassificationConfig:
     data: str = ""  # training JSON lines {"text", "label"}
@@ -61,6 +72,7 @@ class ClassificationConfig:
     min_len: int = 1
     max_len: int = 5
     words_only: bool = True  # rationales use word tokens only (no punctuation, digits, newlines)
+    ban_label_words: bool = True  # rationales cannot write a label's name (nor its tokens): they must describe X
     wrong_label_penalty: float = 50.0
     seed_rationales: int = 20  # wishful rationales per training example put in the buffer (0 = none)
     seed_hint: str = " {label} because it is"
@@ -69,6 +81,8 @@ class ClassificationConfig:
     m_epochs: float = 3.0
     m_lr: float = 2e-4
     m_batch_size: int = 8
+    m_validation: float = 0.2  # share of the training examples held out to early-stop the M-step (0 = none)
+    m_patience: int = 2  # M-step epochs without a better held-out loss before it stops
     supervised_epochs: float = 20.0
     supervised_lr: float = 5e-4
     eval_size: int = 200  # first this-many test sentences
@@ -79,8 +93,8 @@ class ClassificationConfig:
 
     def validate(self) -> None:
         parse_labels(self.labels)
-        for name in ("max_len", "em_rounds", "m_rationales", "m_batch_size", "eval_size", "eval_rationales",
-                     "eval_batch"):
+        for name in ("max_len", "em_rounds", "m_rationales", "m_batch_size", "m_patience", "eval_size",
+                     "eval_rationales", "eval_batch"):
             check_range(f"task.{name}", getattr(self, name), low=1)
         for name in ("min_len", "seed_rationales", "wrong_label_penalty"):
             check_range(f"task.{name}", getattr(self, name), low=0)
@@ -88,6 +102,8 @@ class ClassificationConfig:
             check_range(f"task.{name}", getattr(self, name), low=0, low_open=True)
         if self.min_len > self.max_len:
             raise GfnlmError("task.min_len must not exceed task.max_len.")
+        if not 0 <= self.m_validation < 1:
+            raise GfnlmError(f"task.m_validation must be in [0, 1), got {self.m_validation}.")
         for name, fields in (("prompt_template", ("{text}",)), ("answer_template", ("{label}",)),
                              ("direct_template", ("{label}",)), ("seed_hint", ("{label}",))):
             if not all(f in getattr(self, name) for f in fields):
@@ -133,6 +149,9 @@ class ClassificationTask(Task):
             pieces = tokenizer.batch_decode([[t] for t in range(min(vocab_size, len(tokenizer)))])
             special = set(tokenizer.all_special_ids)
             allowed = [t for t, text in enumerate(pieces) if text and t not in special and WORD_TOKEN.fullmatch(text)]
+        self.label_tokens = label_word_tokens(tokenizer, self.labels) if c.ban_label_words else set()
+        if allowed is not None:
+            allowed = [t for t in allowed if t not in self.label_tokens]
         self.allowed = allowed
 
     def encode(self, text: str) -> list[int]:
@@ -156,7 +175,9 @@ class ClassificationTask(Task):
     def action_space(self) -> ActionSpace:
         c = self.config
         allowed = None if self.allowed is None else self.allowed + self.stop
-        return ActionSpace(self.vocab_size, self.stop, min_len=c.min_len, max_len=c.max_len, allowed_tokens=allowed)
+        banned = sorted(self.label_tokens - set(self.stop))
+        return ActionSpace(self.vocab_size, self.stop, min_len=c.min_len, max_len=c.max_len, allowed_tokens=allowed,
+                           banned_tokens=banned or None)
 
     def target(self, policy: Policy) -> RationaleLabelReward:
         self.policy = policy  # the wishful seeds are drawn from its base model
