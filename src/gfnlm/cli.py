@@ -120,7 +120,7 @@ def _sample(args) -> int:
         raise GfnlmError("--n must be at least 1 and --temperature positive.")
     if args.correct and (args.particles < 1 or args.temperature != 1.0 or not 0 <= args.ess_threshold <= 1):
         raise GfnlmError("With --correct: --particles at least 1, --ess-threshold in [0, 1], and no --temperature "
-                         "(the target's temperature is the run's reward_temp_end).")
+                         "(the target's temperature is the run's reward_temp_end, or --target-temperature).")
     spec = load_run(args.run)
     conditioning = _conditioning(args, spec)
     processes = start(spec.config.device)
