@@ -99,6 +99,7 @@ def test_rationale_reward_of_every_prefix_matches_naive_passes(trained_likelihoo
         target.likelihood_adapter = "likelihood"
     traj = Trajectories.from_rows(prompts, ["a", "b"], [0, 1, 1, 0], [[5, 6, 7], [2], [], [4, 4, 1, 6]])
     rewards = target.log_rewards(traj)
+    assert target.last_label_scores[0] is traj  # label_scores(traj) below reads what the reward call kept
     penalized = 0
     for b in range(traj.batch_size):
         prompt, row, true = list(traj.row_prompt(b)), traj.row(b), label_of[traj.row_key(b)]
@@ -107,10 +108,15 @@ def test_rationale_reward_of_every_prefix_matches_naive_passes(trained_likelihoo
                 prefix = sequence_log_prob(model, prompt, row[:i])
             with policy.adapter("likelihood") if trained_likelihood else policy.base() as model:
                 stops = [sequence_log_prob(model, prompt + row[:i], a) for a in answers]
+            # the label scores kept from the reward call (chunks of 2 rows, padded) are the naive ones too
+            kept = target.label_scores(traj)[b, i].tolist()
+            assert kept == pytest.approx(stops, abs=1e-4)
             wrong = max(stops) > stops[true]
             penalized += wrong
             assert float(rewards[b, i]) == pytest.approx(prefix + stops[true] - 7.0 * wrong, abs=1e-4)
     assert 0 < penalized  # the penalty branch is exercised
+    other = Trajectories.from_rows(prompts, ["a", "b"], [0, 1], [[5, 6, 7], [2]])  # not the batch last scored
+    assert torch.allclose(target.label_scores(other), target.label_log_probs(other)[1])
     assert all(p.requires_grad for n, p in policy.model.named_parameters() if ".default." in n)
     assert not any(p.requires_grad for n, p in policy.model.named_parameters() if ".likelihood." in n)
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -150,16 +149,18 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
 
 
 def _mean_tokens(policy: Policy, space: ActionSpace, prompt_ids: Sequence[int], which: str, n: int, seed: int,
-                 plain_rows: dict) -> float:
+                 plain_rows: dict, pilot: int = 16) -> float:
     """Generated tokens (with the stop) per plain sample of the policy ("gfn") or the base model ("sampling")
-    on this prompt: the method's own rows when it ran, else ``n`` fresh samples (recorded for reuse)."""
-    if which not in plain_rows:
+    on this prompt: from the method's own rows when it ran with at least ``pilot`` samples, else from
+    max(n, pilot) fresh samples (recorded for reuse)."""
+    if len(plain_rows.get(which, ())) < pilot:
         generator = torch.Generator(device=policy.device).manual_seed(seed + 7919)
+        count = max(n, pilot)
         if which == "gfn":
-            plain_rows[which] = sample_completions(policy.model, space, prompt_ids, n, generator=generator,
+            plain_rows[which] = sample_completions(policy.model, space, prompt_ids, count, generator=generator,
                                                    progress=False)
         else:
             with policy.base() as model:
-                plain_rows[which] = sample_completions(model, space, prompt_ids, n, generator=generator,
+                plain_rows[which] = sample_completions(model, space, prompt_ids, count, generator=generator,
                                                        progress=False)
     return statistics.mean(len(r) + 1 for r in plain_rows[which])

@@ -30,6 +30,8 @@ class RationaleLabelReward(LMLikelihood):
         self.label_of = dict(label_of)
         self.penalty = float(penalty)
         self.likelihood_adapter: str | None = None  # set by EM once the M-step has trained it
+        self._label_parts: list[torch.Tensor] | None = None  # each chunk's label scores, during log_rewards
+        self.last_label_scores: tuple[Trajectories, torch.Tensor] | None = None
 
     def label_log_probs(self, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor]:
         """log p_LM(z_1..z_i | X) (B, L+1) and log p(Y_y | X z_1..z_i) (B, L+1, labels) of every prefix."""
@@ -42,8 +44,28 @@ class RationaleLabelReward(LMLikelihood):
                 stops = [self._prefix_and_stop(model, traj, a)[1] for a in self.answers]
         return prefix, torch.stack(stops, dim=-1)
 
+    def log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        self._label_parts = []
+        try:
+            rewards = super().log_rewards(traj)  # scores chunks of rows; _score keeps each chunk's label scores
+            width = traj.max_length + 1
+            self.last_label_scores = (traj, torch.cat([torch.nn.functional.pad(s, (0, 0, 0, width - s.shape[1]))
+                                                       for s in self._label_parts]))
+        finally:
+            self._label_parts = None
+        return rewards
+
+    def label_scores(self, traj: Trajectories) -> torch.Tensor:
+        """log p(Y_y | X z_1..z_i) (B, L+1, labels): from the last reward call when it scored this very
+        batch (the training metric of fresh batches costs no second pass), else computed."""
+        if self.last_label_scores is not None and self.last_label_scores[0] is traj:
+            return self.last_label_scores[1]
+        return self.label_log_probs(traj)[1]
+
     def _score(self, traj: Trajectories) -> torch.Tensor:
         prefix, stops = self.label_log_probs(traj)
+        if self._label_parts is not None:
+            self._label_parts.append(stops)
         true = torch.tensor([self.label_of[traj.row_key(b)] for b in range(traj.batch_size)], device=stops.device)
         true_stop = stops.gather(-1, true[:, None, None].expand(-1, stops.shape[1], 1)).squeeze(-1)
         wrong = stops.max(dim=-1).values > true_stop

@@ -211,7 +211,7 @@ class ClassificationTask(Task):
     def training_metrics(self, traj, texts: list[str]) -> dict:
         """Fraction of fresh rationales after which the true label's answer is the most likely one."""
         with torch.no_grad():
-            _, stops = self.reward.label_log_probs(traj)
+            stops = self.reward.label_scores(traj)
         end = stops[torch.arange(traj.batch_size, device=stops.device), traj.lengths]
         true = torch.tensor([self.label_of[traj.row_key(b)] for b in range(traj.batch_size)], device=end.device)
         return {"rationale_right": float((end.argmax(-1) == true).float().mean())}
