@@ -34,11 +34,17 @@ class LMLikelihood(Target):
 
     @torch.no_grad()
     def log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        return self._in_chunks(traj, self._score)
+
+    def _in_chunks(self, traj: Trajectories, score) -> torch.Tensor:
+        """``score`` of every chunk of ``chunk_size`` rows, each padded with zeros along the prefix axis
+        (dim 1) to the batch's L+1, concatenated along the rows."""
         parts = []
         for start in range(0, traj.batch_size, self.chunk_size):
             rows = torch.arange(start, min(start + self.chunk_size, traj.batch_size), device=traj.tokens.device)
-            part = self._score(traj.select(rows))
-            parts.append(torch.nn.functional.pad(part, (0, traj.max_length + 1 - part.shape[1])))
+            part = score(traj.select(rows))
+            pad = [0, 0] * (part.dim() - 2) + [0, traj.max_length + 1 - part.shape[1]]
+            parts.append(torch.nn.functional.pad(part, pad))
         return torch.cat(parts, dim=0)
 
     def _score(self, traj: Trajectories) -> torch.Tensor:

@@ -30,7 +30,6 @@ class RationaleLabelReward(LMLikelihood):
         self.label_of = dict(label_of)
         self.penalty = float(penalty)
         self.likelihood_adapter: str | None = None  # set by EM once the M-step has trained it
-        self._label_parts: list[torch.Tensor] | None = None  # each chunk's label scores, during log_rewards
         self.last_label_scores: tuple[Trajectories, torch.Tensor] | None = None
 
     def label_log_probs(self, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,16 +43,21 @@ class RationaleLabelReward(LMLikelihood):
                 stops = [self._prefix_and_stop(model, traj, a)[1] for a in self.answers]
         return prefix, torch.stack(stops, dim=-1)
 
+    def _prefix_and_labels(self, traj: Trajectories) -> torch.Tensor:
+        """(B, L+1, 1 + labels): the prefix log-likelihood, then every label's score, so that one chunked
+        pass gives the reward and the label scores kept for ``label_scores``."""
+        prefix, stops = self.label_log_probs(traj)
+        return torch.cat([prefix[..., None], stops], dim=-1)
+
+    @torch.no_grad()
     def log_rewards(self, traj: Trajectories) -> torch.Tensor:
-        self._label_parts = []
-        try:
-            rewards = super().log_rewards(traj)  # scores chunks of rows; _score keeps each chunk's label scores
-            width = traj.max_length + 1
-            self.last_label_scores = (traj, torch.cat([torch.nn.functional.pad(s, (0, 0, 0, width - s.shape[1]))
-                                                       for s in self._label_parts]))
-        finally:
-            self._label_parts = None
-        return rewards
+        both = self._in_chunks(traj, self._prefix_and_labels)
+        prefix, stops = both[..., 0], both[..., 1:]
+        self.last_label_scores = (traj, stops)
+        true = torch.tensor([self.label_of[traj.row_key(b)] for b in range(traj.batch_size)], device=stops.device)
+        true_stop = stops.gather(-1, true[:, None, None].expand(-1, stops.shape[1], 1)).squeeze(-1)
+        wrong = stops.max(dim=-1).values > true_stop
+        return prefix + true_stop - self.penalty * wrong.float()
 
     def label_scores(self, traj: Trajectories) -> torch.Tensor:
         """log p(Y_y | X z_1..z_i) (B, L+1, labels): from the last reward call when it scored this very
@@ -61,12 +65,3 @@ class RationaleLabelReward(LMLikelihood):
         if self.last_label_scores is not None and self.last_label_scores[0] is traj:
             return self.last_label_scores[1]
         return self.label_log_probs(traj)[1]
-
-    def _score(self, traj: Trajectories) -> torch.Tensor:
-        prefix, stops = self.label_log_probs(traj)
-        if self._label_parts is not None:
-            self._label_parts.append(stops)
-        true = torch.tensor([self.label_of[traj.row_key(b)] for b in range(traj.batch_size)], device=stops.device)
-        true_stop = stops.gather(-1, true[:, None, None].expand(-1, stops.shape[1], 1)).squeeze(-1)
-        wrong = stops.max(dim=-1).values > true_stop
-        return prefix + true_stop - self.penalty * wrong.float()
