@@ -66,7 +66,8 @@ def importance_sample(model, space: ActionSpace, target: Target, prompt: Sequenc
                       temperature: float = 1.0, generator: torch.Generator | None = None,
                       proposal_prompt: Sequence[int] | None = None) -> Corrected:
     device = next(model.parameters()).device
-    traj = sample_trajectories(model, space, [tuple(prompt if proposal_prompt is None else proposal_prompt)], ["x"],
+    proposal_prompt = prompt if proposal_prompt is None else proposal_prompt
+    traj = sample_trajectories(model, space, [tuple(proposal_prompt)], ["x"],
                                torch.zeros(groups * particles, dtype=torch.long), generator=generator)
     scores = score_policy(model, space, traj)
     index = torch.arange(traj.batch_size, device=device)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gfnlm.conditioning import parse_temperatures
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.harness import COLUMNS, HEADERS
 from gfnlm.evaluation.plots import plot_frontier
-from gfnlm.evaluation.tables import read_table, write_table
+from gfnlm.evaluation.tables import evaluation_stem, read_table, write_table
 from gfnlm.runs import load_run
 
 PER_RUN = ("gfn", "tempered")
@@ -21,12 +22,10 @@ PER_RUN = ("gfn", "tempered")
 def _tables(run_dir: Path, spec) -> list[tuple[float, Path]]:
     """(T, evaluation table) of a run: one, or one per temperature of a temperature-conditional run."""
     if spec.config.conditional_temperatures:
-        from gfnlm.conditioning import parse_temperatures
-
-        found = [(t, run_dir / f"eval_{spec.task_name}_T{t:g}.csv")
+        found = [(t, run_dir / f"{evaluation_stem(spec.task_name, t)}.csv")
                  for t in parse_temperatures(spec.config.conditional_temperatures)[1]]
     else:
-        found = [(spec.config.reward_temp_end, run_dir / f"eval_{spec.task_name}.csv")]
+        found = [(spec.config.reward_temp_end, run_dir / f"{evaluation_stem(spec.task_name)}.csv")]
     missing = [path.name for _, path in found if not path.is_file()]
     if missing:
         raise GfnlmError(f"{run_dir} has no {', '.join(missing)}; run `gfnlm eval {spec.task_name} --run {run_dir}` "

@@ -24,7 +24,6 @@ from gfnlm.targets import Target
 @dataclass
 class CorrectedOutputs:
     rows: list[list[int]]  # one output per group
-    particles: int  # particles per group
     generated_tokens: int
     metrics: dict  # log_z_est, ess_fraction, and kl_q_p for importance sampling
 
@@ -52,5 +51,5 @@ def run_corrected(method: str, policy: Policy, space: ActionSpace, target: Targe
                "ess_fraction": float(out.ess.mean())}
     if kind == "is":  # KL(q || p_T) = log Z - E_q[log w], from every particle of the proposal
         metrics["kl_q_p"] = float((out.log_z - out.log_weights.mean(-1)).mean())
-    return CorrectedOutputs(out.completions, particles, out.generated_tokens, metrics)
+    return CorrectedOutputs(out.completions, out.generated_tokens, metrics)
 

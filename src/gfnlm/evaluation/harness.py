@@ -14,6 +14,7 @@ for the policy's sampling and scoring; the target and the base model read X.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -155,12 +156,7 @@ def _mean_tokens(policy: Policy, space: ActionSpace, prompt_ids: Sequence[int], 
     max(n, pilot) fresh samples (recorded for reuse)."""
     if len(plain_rows.get(which, ())) < pilot:
         generator = torch.Generator(device=policy.device).manual_seed(seed + 7919)
-        count = max(n, pilot)
-        if which == "gfn":
-            plain_rows[which] = sample_completions(policy.model, space, prompt_ids, count, generator=generator,
+        with contextlib.nullcontext(policy.model) if which == "gfn" else policy.base() as model:
+            plain_rows[which] = sample_completions(model, space, prompt_ids, max(n, pilot), generator=generator,
                                                    progress=False)
-        else:
-            with policy.base() as model:
-                plain_rows[which] = sample_completions(model, space, prompt_ids, count, generator=generator,
-                                                       progress=False)
     return statistics.mean(len(r) + 1 for r in plain_rows[which])

@@ -8,6 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def evaluation_stem(task_name: str, temperature: float | None = None) -> str:
+    """A run's evaluation table: eval_<task>, or eval_<task>_T<T> for each temperature of a
+    temperature-conditional run (written by the task, read by `gfnlm compare`)."""
+    return f"eval_{task_name}" if temperature is None else f"eval_{task_name}_T{temperature:g}"
+
+
 def format_value(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"

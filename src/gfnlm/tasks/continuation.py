@@ -20,6 +20,7 @@ from gfnlm.conditioning import TemperatureConditioning
 from gfnlm.config import check_range, method_list
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.methods import ALL_METHODS, DEFAULT_METHODS
+from gfnlm.evaluation.tables import evaluation_stem
 from gfnlm.policy import Policy
 from gfnlm.prompts import read_prompt_file
 from gfnlm.targets import LMLikelihood, Target
@@ -126,13 +127,14 @@ class ContinuationTask(Task):
         """The harness at the run's temperature; a temperature-conditional run is evaluated at each end of
         its range (or each of its values), one table per T (``eval_continuation_T0.8``...)."""
         if not config.conditional_temperatures:
-            return self._evaluate_at(policy, run_dir, config, config.reward_temp_end, None, "eval_continuation")
+            return self._evaluate_at(policy, run_dir, config, config.reward_temp_end, None,
+                                     evaluation_stem(self.name))
         conditioning = TemperatureConditioning(config.conditional_temperatures, self.temperature_tag())
         results = []
         for temperature in conditioning.values:
             tag = functools.partial(conditioning.policy_prompt, temperature=temperature)
             results.append(self._evaluate_at(policy, run_dir, config, temperature, tag,
-                                             f"eval_continuation_T{temperature:g}"))
+                                             evaluation_stem(self.name, temperature)))
         text = "\n\n".join(f"### T = {t:g} (the policy reads \"[T={t:.2f}] \" before X)\n\n{r.markdown}"
                             for t, r in zip(conditioning.values, results))
         return EvalResult({f"T={t:g}": r.metrics for t, r in zip(conditioning.values, results)},
