@@ -76,13 +76,13 @@ def main() -> int:
     from gfnlm.evaluation.tables import markdown_table
     from gfnlm.runs import load_run, load_trained_policy
 
-    def evaluate(run_dir: Path, temperature: float, conditional_on: str | None) -> dict:
+    def evaluate(run_dir: Path, temperature: float) -> dict:
         spec = load_run(run_dir)
         policy = load_trained_policy(spec, run_dir)
         task = spec.task
         tag = None
-        if conditional_on:
-            conditioning = TemperatureConditioning(conditional_on, task.temperature_tag())
+        if spec.config.conditional_temperatures:  # the tag of the range the run was trained with
+            conditioning = TemperatureConditioning(spec.config.conditional_temperatures, task.temperature_tag())
             tag = functools.partial(conditioning.policy_prompt, temperature=temperature)
         t0 = time.perf_counter()
         rows, _, _ = evaluate_methods(policy, task.action_space(), task.target(policy), task.test_set, ["gfn"],
@@ -98,11 +98,11 @@ def main() -> int:
             print(f"evaluating {name} at T = {t:g}", flush=True)
             results.append({"T": t, "policy": f"trained at T = {t:g}, seed {seed}", "label": f"T={t:g} single, seed {seed}",
                             "kind": "single",
-                            **evaluate(runs[name], t, None)})
+                            **evaluate(runs[name], t)})
         print(f"evaluating the conditional policy at T = {t:g}", flush=True)
         results.append({"T": t, "policy": f"conditional ({args.range}), seed 0", "label": f"T={t:g} conditional",
                         "kind": "conditional",
-                        **evaluate(conditional, t, args.range)})
+                        **evaluate(conditional, t)})
     claims = {}
     for t in temperatures:
         singles = [r for r in results if r["T"] == t and r["kind"] == "single"]
