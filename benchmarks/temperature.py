@@ -4,20 +4,21 @@ range of reward temperatures) against policies trained separately at one tempera
 Runs (in benchmarks/out/temperature/, each trained with `gfnlm train continuation` and the CPU preset
 unless it is already there):
 - single-T<T>-seed<S>: reward_temp_end T, seeds 0 and 1, for each T in --temperatures;
-- conditional-seed0: --conditional_temperatures <range> --log_z batch, the same number of steps as one
-  single-temperature run.
+- conditional-<input>-<steps>steps-seed0: --conditional_temperatures <range> --log_z batch, reading T as a
+  learned embedding (--input embedding, the default) or a prompt tag (--input text), with as many steps as
+  the single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated by the shared harness ("gfn" only) on the held-out prompts at each T: mean
 log p_LM(Z | X), embedding diversity, and the importance estimates of KL(q || p_T) and ESS / N. The
-conditional policy reads "[T=...] " before X. The check: at each T its (log-likelihood, diversity)
+conditional policy reads each T. The check: at each T its (log-likelihood, diversity)
 point lies within the spread (min..max) of the two single-temperature policies.
 
-  python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0]
+  python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
+                                   [--conditional-steps N]
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import re
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -54,6 +57,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--temperatures", default="0.8,0.95", help="temperatures compared")
     parser.add_argument("--range", default="0.8:1.0", help="the conditional policy's training range")
+    parser.add_argument("--input", default="embedding", choices=["embedding", "text"], help="how it reads T")
+    parser.add_argument("--conditional-steps", type=int, default=None,
+                        help="its training steps (default: 2 x the preset's, the compute of two single-T runs)")
     args = parser.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
     out_dir = OUT / "temperature"
@@ -66,9 +72,14 @@ def main() -> int:
             name = f"single-T{t:g}-seed{seed}"
             runs[name] = out_dir / name
             train_seconds[name] = train(runs[name], ["--reward_temp_end", str(t), "--seed", str(seed)])
-    conditional = out_dir / "conditional-seed0"
+    preset = yaml.safe_load((ROOT / "configs" / "continuation-cpu.yaml").read_text())
+    steps = args.conditional_steps or 2 * preset["steps"]
+    conditional = out_dir / f"conditional-{args.input}-{steps}steps-seed0"
     train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
+                                                       "--temperature_input", args.input, "--steps", str(steps),
                                                        "--seed", "0"])
+
+    import contextlib
 
     from gfnlm.conditioning import TemperatureConditioning
     from gfnlm.evaluation.harness import evaluate_methods
@@ -80,14 +91,15 @@ def main() -> int:
         spec = load_run(run_dir)
         policy = load_trained_policy(spec, run_dir)
         task = spec.task
-        tag = None
-        if spec.config.conditional_temperatures:  # the tag of the range the run was trained with
-            conditioning = TemperatureConditioning(spec.config.conditional_temperatures, task.temperature_tag())
-            tag = functools.partial(conditioning.policy_prompt, temperature=temperature)
+        reading = contextlib.nullcontext(None)
+        if spec.config.conditional_temperatures:  # read T as the run was trained to (its own range and input)
+            reading = TemperatureConditioning.for_run(spec.config, task).at(policy, temperature)
         t0 = time.perf_counter()
-        rows, _, _ = evaluate_methods(policy, task.action_space(), task.target(policy), task.test_set, ["gfn"],
-                                      task.config.eval_samples, temperature, 0, run_dir, f"eval_T{temperature:g}",
-                                      f"{run_dir.name} at T = {temperature:g}", progress=True, policy_prompt=tag)
+        with reading as policy_prompt:
+            rows, _, _ = evaluate_methods(policy, task.action_space(), task.target(policy), task.test_set, ["gfn"],
+                                          task.config.eval_samples, temperature, 0, run_dir,
+                                          f"eval_T{temperature:g}", f"{run_dir.name} at T = {temperature:g}",
+                                          progress=True, policy_prompt=policy_prompt)
         return {**rows[0], "seconds": time.perf_counter() - t0, "steps": spec.config.steps,
                 "prompts": len(task.test_set), "samples": task.config.eval_samples}
 
@@ -100,7 +112,8 @@ def main() -> int:
                             "kind": "single",
                             **evaluate(runs[name], t)})
         print(f"evaluating the conditional policy at T = {t:g}", flush=True)
-        results.append({"T": t, "policy": f"conditional ({args.range}), seed 0", "label": f"T={t:g} conditional",
+        results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}, {steps} steps), seed 0",
+                        "label": f"T={t:g} conditional",
                         "kind": "conditional",
                         **evaluate(conditional, t)})
     claims = {}
@@ -118,7 +131,8 @@ def main() -> int:
                          [{**r, "method": r["label"]} for r in results],
                          "diversity", "mean_loglik", "embedding diversity (1 - mean pairwise cosine)",
                          "mean log p_LM(Z | X)", f"one conditional policy ({args.range}) vs single-temperature policies")
-    summary = {"temperatures": temperatures, "range": args.range, "results": results, "claims": claims,
+    summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
+               "results": results, "claims": claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
     (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))
     print("\n" + table)

@@ -7,6 +7,7 @@ import pytest
 import gfnlm.errors
 import gfnlm.lm
 from gfnlm.cli import main
+from gfnlm.lm import fast_dtype
 
 
 @pytest.fixture
@@ -137,3 +138,12 @@ def test_temperature_conditional_run_samples_at_a_chosen_temperature(capsys, tmp
                  "--base"]) == 0
     assert "proposal base model, target T = 0.6:" in capsys.readouterr().out
     assert "give --target-temperature" in error_of(capsys, ["sample", "--run", str(run), "--correct", "is", "--base"])
+    text = tmp_path / "text"  # the policy reads T as a prompt tag instead of its learned embedding
+    assert main(["train", "rng", "--output_dir", str(text), "--steps", "2", "--conditional_temperatures", "0.5:1.0",
+                 "--log_z", "batch", "--temperature_input", "text", "--dtype", "auto", *common]) == 0
+    assert f"({fast_dtype('cpu')})" in (text / "report.md").read_text()  # the dtype auto chose, by name
+    capsys.readouterr()
+    assert main(["sample", "--run", str(text), "--n", "2", "--target-temperature", "0.9"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert "temperature_input" in error_of(capsys, ["train", "rng", "--conditional_temperatures", "0.5:1.0",
+                                                    "--log_z", "batch", "--temperature_input", "prompt", *common])

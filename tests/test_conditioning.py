@@ -1,6 +1,10 @@
-"""One temperature-conditional policy reaches the exact tempered target at every trained temperature."""
+"""One temperature-conditional policy reaches the exact tempered target at every trained temperature, reading
+T as a prompt tag or as a learned embedding; the embedding is seen by the policy alone."""
+
+import random
 
 import pytest
+import torch
 
 from gfnlm.conditioning import TemperatureConditioning, parse_temperatures
 from gfnlm.config import TrainConfig
@@ -33,21 +37,92 @@ def test_parse_and_check_temperatures():
         TrainConfig(conditional_temperatures="0.5,1.0").validate()
 
 
-def test_one_policy_learns_the_target_at_each_temperature(tmp_path):
+@pytest.mark.parametrize("reads", ["text", "embedding"])
+def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads):
     task = ConditionalTask()
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=8, alpha=16))
+    if reads == "embedding":
+        policy.add_temperature_embedding(0.5, 1.0)
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=800,
+                         temperature_input=reads,
                          trajectories_per_prompt=32, lr=1e-2, warmup_steps=0, lr_schedule="cosine", replay_prob=0.25,
                          tempered_prob=0.25, epsilon=0.05, buffer_capacity=64, buffer_tolerance=0.0,
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
     config.validate()
     rows = Trainer(config, task, policy, tmp_path).train()
     assert {round(r["reward_temperature"], 2) for r in rows} >= {0.5, 1.0}
+    conditioning = TemperatureConditioning.for_run(config, task)
     learned = {}
-    for t, tag in TAGS.items():
-        learned[t] = normalize(policy_distribution(policy.model, task.space, tag + PROMPT))
+    for t in TAGS:
+        with conditioning.at(policy, t) as policy_prompt:
+            learned[t] = normalize(policy_distribution(policy.model, task.space, policy_prompt(PROMPT)))
         target = target_distribution(list(learned[t]), task.log_reward, t)
         assert total_variation(learned[t], target) < 0.06, t
     # the tag matters: the two learned distributions are as far apart as the two targets
     targets = [target_distribution(list(learned[t]), task.log_reward, t) for t in TAGS]
     assert total_variation(learned[0.5], learned[1.0]) > 0.5 * total_variation(*targets)
+
+
+def logits(policy, ids=((2, 1, 0, 2),)):
+    with torch.no_grad():
+        return policy.model(input_ids=torch.tensor(ids)).logits
+
+
+def test_temperature_embedding_is_read_by_the_policy_alone(tmp_path):
+    policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    embedding = policy.add_temperature_embedding(0.5, 1.0)
+    conditioning = TemperatureConditioning("0.5:1.0", lambda t: (), reads="embedding")
+    assert embedding.position(0.5) == pytest.approx(1.0) and embedding.position(1.0) == pytest.approx(-1.0)
+    assert embedding.position(0.75) == pytest.approx(-1 / 3)  # linear in 1/T
+    plain = logits(policy)
+    with conditioning.at(policy, 0.5):
+        assert torch.equal(logits(policy), plain)  # e(T) = 0 at the start: the policy starts as the base model
+    with torch.no_grad():
+        embedding.weight.normal_()
+        for module in policy.model.modules():  # a non-zero LoRA too, so the adapter itself changes the output
+            if hasattr(module, "lora_B"):
+                module.lora_B["default"].weight.normal_(std=0.1)
+    plain = logits(policy)
+    with policy.base():
+        base = logits(policy)
+    policy.add_adapter("other")
+    with policy.adapter("other"):
+        other = logits(policy)
+    by_temperature = {}
+    for t in (0.5, 0.75, 1.0):
+        with conditioning.at(policy, t):
+            by_temperature[t] = logits(policy)
+            with policy.base():  # the reward model never reads T
+                assert torch.equal(logits(policy), base)
+            with policy.adapter("other"):
+                assert torch.equal(logits(policy), other)
+        assert not torch.allclose(by_temperature[t], plain)
+    assert torch.equal(logits(policy), plain)  # unset after the block
+    assert not torch.allclose(by_temperature[0.5], by_temperature[1.0])
+    assert any(p is embedding.weight for p in policy.trainable_parameters())
+
+    policy.save_adapter(tmp_path / "a.safetensors")
+    again = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    again.add_temperature_embedding(0.5, 1.0)
+    again.load_adapter(tmp_path / "a.safetensors")
+    with conditioning.at(again, 0.75):
+        assert torch.allclose(logits(again), by_temperature[0.75], atol=1e-6)
+    bare = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    with pytest.raises(GfnlmError, match="has a temperature embedding and this policy lacks"):
+        bare.load_adapter(tmp_path / "a.safetensors")
+    bare.save_adapter(tmp_path / "b.safetensors")
+    with pytest.raises(GfnlmError, match="lacks a temperature embedding and this policy has"):
+        again.load_adapter(tmp_path / "b.safetensors")
+    with pytest.raises(GfnlmError, match="has none"), conditioning.at(bare, 0.75):
+        pass
+    with pytest.raises(GfnlmError, match="not 1.5"), conditioning.at(policy, 1.5):
+        pass
+
+
+def test_range_draws_favour_the_ends():
+    cond = TemperatureConditioning("0.8:1.0", lambda t: ())
+    rng = random.Random(0)
+    draws = [cond.draw(rng) for _ in range(4000)]
+    assert all(0.8 <= t <= 1.0 for t in draws) and len(set(draws)) > 15
+    outer = sum(t <= 0.82 or t >= 0.98 for t in draws) / len(draws)
+    assert 0.33 < outer < 0.5  # Beta(1/2, 1/2) puts 41% of the mass in the outer fifth (uniform: 20%)

@@ -107,6 +107,18 @@ def test_two_processes_equal_one_process_drawing_the_same_trajectories(two_proce
     assert state["streams"] == 2 and set(state["stream_python_rng"]) == {"1"}
 
 
+def test_temperature_conditional_policy_in_two_processes_equals_one(tmp_path, tiny_model_dir, prompts):
+    """The temperature embedding is all-reduced like the LoRA weights, and each rank draws its own T."""
+    conditional = ["--conditional_temperatures", "0.5:1.0", "--log_z", "batch"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch(train_args(tiny_model_dir, two, prompts, 2, *conditional))
+    assert main(train_args(tiny_model_dir, one, prompts, 2, "--grad_accum", "2", "--virtual_ranks", "2",
+                           *conditional)) == 0
+    saved = checkpoint_state(two, "step-0000002")
+    assert float(saved["temperature_embedding.weight"].abs().max()) > 1e-3
+    assert max_difference(saved, checkpoint_state(one, "step-0000002")) < 1e-5
+
+
 def test_resume_after_two_processes(two_processes, one_process, tmp_path, tiny_model_dir, prompts, capsys):
     want = checkpoint_state(one_process, "step-0000006")
     again, alone, fewer = (tmp_path / name for name in ("again", "alone", "fewer"))

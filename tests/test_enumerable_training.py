@@ -48,10 +48,15 @@ class EnumerableTask(Task):
         return RuleTarget(lambda p, z: self.log_reward(z), on="tokens")
 
 
-def make_trainer(tmp_path, objective, task, steps=400, reward_temp=1.0, seed=0, checkpoint_every=10_000, epsilon=0.05):
+def make_trainer(tmp_path, objective, task, steps=400, reward_temp=1.0, seed=0, checkpoint_every=10_000, epsilon=0.05,
+                 conditional=""):
+    """``conditional`` ("lo:hi"): one policy for that range of temperatures, reading T as an embedding."""
     base = tiny_llama(VOCAB, seed=seed, init=0.3)
     policy = Policy(base, None, LoraSettings(r=8, alpha=16), seed=seed)
+    if conditional:
+        policy.add_temperature_embedding(*map(float, conditional.split(":")))
     config = TrainConfig(objective=objective, steps=steps, trajectories_per_prompt=32, lr=1e-2, logz_lr=0.1,
+                         conditional_temperatures=conditional, log_z="batch" if conditional else "learned",
                          warmup_steps=0, lr_schedule="cosine", replay_prob=0.25, tempered_prob=0.25, epsilon=epsilon,
                          buffer_capacity=64, buffer_tolerance=0.0, max_grad_norm=0.0, reward_temp_start=reward_temp,
                          reward_temp_end=reward_temp, checkpoint_every=checkpoint_every, progress=False, seed=seed,

@@ -8,7 +8,7 @@ import torch
 
 from gfnlm.checkpoint import CheckpointStore, RunLock
 from gfnlm.errors import GfnlmError
-from tests.test_enumerable_training import EnumerableTask, make_trainer, train_tiny
+from tests.test_enumerable_training import EnumerableTask, make_trainer
 
 
 def adapter_and_log_z(trainer):
@@ -21,11 +21,14 @@ def buffer_rows(trainer):
     return {k: [(e.tokens, e.log_rewards[-1]) for e in v] for k, v in trainer.buffer.items.items()}
 
 
-def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path):
-    _, full = train_tiny(tmp_path / "full", "subtb", EnumerableTask(min_len=1), steps=12)
+@pytest.mark.parametrize("conditional", ["", "0.5:1.0"])
+def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path, conditional):
+    full = make_trainer(tmp_path / "full", "subtb", EnumerableTask(min_len=1), steps=12, conditional=conditional)
+    full.train()
 
     # The same run killed during step 8; its last checkpoint is step 5, so steps 6-7 are redone.
-    killed = make_trainer(tmp_path / "split", "subtb", EnumerableTask(min_len=1), steps=12, checkpoint_every=5)
+    killed = make_trainer(tmp_path / "split", "subtb", EnumerableTask(min_len=1), steps=12, checkpoint_every=5,
+                          conditional=conditional)
     real_step = killed.train_step
 
     def dying_step():
@@ -39,10 +42,13 @@ def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path):
     torch.randn(3)  # move the global RNG: resume must restore it
 
     # A fresh trainer (new model, new task object) continues from the checkpoint.
-    resumed = make_trainer(tmp_path / "split", "subtb", EnumerableTask(min_len=1), steps=12, checkpoint_every=5)
+    resumed = make_trainer(tmp_path / "split", "subtb", EnumerableTask(min_len=1), steps=12, checkpoint_every=5,
+                           conditional=conditional)
     resumed.train(resume=True)
     want, got = adapter_and_log_z(full), adapter_and_log_z(resumed)
     assert want.keys() == got.keys()
+    if conditional:  # the temperature embedding was trained and is part of the exact state
+        assert want["temperature_embedding.weight"].abs().max() > 0
     for key in want:
         assert torch.equal(want[key], got[key]), key
     assert buffer_rows(full) == buffer_rows(resumed)

@@ -110,6 +110,8 @@ def _prior(args, rest: list[str]) -> int:
 
 
 def _sample(args) -> int:
+    import contextlib
+
     import torch
 
     from gfnlm.distributed import gather_flat, share, start, stream_seed
@@ -131,24 +133,26 @@ def _sample(args) -> int:
         if not args.prompt.strip():
             raise GfnlmError("--prompt is empty.")
         prompt = tuple(tokenizer.encode(args.prompt, add_special_tokens=False))
-    # A conditional policy reads "[T=...] " + X; the target (and the base model) read X.
-    policy_prompt = prompt
-    if conditioning is not None and not args.base:
-        policy_prompt = conditioning.policy_prompt(prompt, args.target_temperature)
     space = spec.task.action_space().to(policy.device)
     # Several processes each draw their share of the n outputs from their own seed; rank 0 prints all.
     generator = torch.Generator(device=policy.device).manual_seed(stream_seed(args.seed, processes.rank))
     n = share(args.n, processes)
-    if args.correct:
-        temperature = args.target_temperature if conditioning is not None else spec.config.reward_temp_end
-        return _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperature, generator, n,
-                                 processes)
-    if args.base:
-        with policy.base() as model:
-            rows = sample_completions(model, space, prompt, n, temperature=args.temperature, generator=generator)
-    else:
-        rows = sample_completions(policy.model, space, policy_prompt, n, temperature=args.temperature,
-                                  generator=generator)
+    # A conditional policy reads T (its prompt tag or embedding); the target (and the base model) read X.
+    reading = (conditioning.at(policy, args.target_temperature) if conditioning is not None
+               else contextlib.nullcontext(tuple))
+    with reading as policy_prompt_of:
+        policy_prompt = prompt if args.base else policy_prompt_of(prompt)
+        if args.correct:
+            temperature = args.target_temperature if conditioning is not None else spec.config.reward_temp_end
+            return _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperature, generator, n,
+                                     processes)
+        if args.base:
+            with policy.base() as model:
+                rows = sample_completions(model, space, prompt, n, temperature=args.temperature,
+                                          generator=generator)
+        else:
+            rows = sample_completions(policy.model, space, policy_prompt, n, temperature=args.temperature,
+                                      generator=generator)
     rows = gather_flat(rows, processes)
     if processes.is_main:
         for row in rows:
@@ -166,7 +170,7 @@ def _conditioning(args, spec):
         raise GfnlmError("--target-temperature needs a run trained with conditional_temperatures.")
     if not conditional or (args.base and not args.correct):  # plain base-model samples need no T
         return None
-    conditioning = TemperatureConditioning(conditional, lambda t: spec.task.temperature_tag()(t))
+    conditioning = TemperatureConditioning.for_run(spec.config, spec.task)
     if args.target_temperature is None:
         raise GfnlmError(f"This policy is temperature-conditional ({conditional}); give --target-temperature.")
     if not conditioning.covers(args.target_temperature):

@@ -1,15 +1,25 @@
-"""One policy for every reward temperature: the policy reads T in its prompt ("[T=0.85] " before X),
-the reward does not. Each micro-batch draws T from the configured values or range (rounded to two
-decimals, so the tag is a short fixed text) and its loss uses R^(1/T); at sampling time the same tag
-selects the target temperature without retraining.
+"""One policy for every reward temperature. Each micro-batch draws T from the configured values or range
+(rounded to two decimals) and its loss uses R^(1/T); at sampling time the same T selects the target
+temperature without retraining. The policy reads T in one of two ways (``temperature_input``):
+
+- ``embedding`` (default): a learned vector e(T) added to the policy's input embedding at every position
+  (``TemperatureEmbedding``), trained with the LoRA weights;
+- ``text``: a tag in its prompt ("[T=0.85] " before X).
+
+The reward never reads T: it runs the base model (adapter off), which sees neither the tag nor e(T).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
 
 from gfnlm.errors import GfnlmError
+
+TEMPERATURE_INPUTS = ("embedding", "text")
 
 
 def parse_temperatures(spec: str) -> tuple[str, tuple[float, ...]]:
@@ -27,15 +37,48 @@ def parse_temperatures(spec: str) -> tuple[str, tuple[float, ...]]:
     return kind, values
 
 
+class TemperatureEmbedding(torch.nn.Module):
+    """e(T) = a + x(T) b, with x(T) = 1/T mapped linearly onto [-1, 1] over the trained temperatures (1/T is
+    the scale of the tempered log-reward). a = b = 0 at the start, so the policy starts as the base model.
+    ``temperature`` is set only inside ``TemperatureConditioning.at``; ``Policy`` adds e(T) while it is set
+    and the policy's own adapter runs."""
+
+    def __init__(self, hidden_size: int, low: float, high: float):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(2, hidden_size))
+        self.low, self.high = low, high
+        self.temperature: float | None = None
+
+    def position(self, temperature: float) -> float:
+        if self.high == self.low:
+            return 0.0
+        return (2 / temperature - 1 / self.low - 1 / self.high) / (1 / self.low - 1 / self.high)
+
+    def offset(self) -> torch.Tensor:
+        return self.weight[0] + self.position(self.temperature) * self.weight[1]
+
+
 class TemperatureConditioning:
-    def __init__(self, spec: str, tag: Callable[[float], Sequence[int]]):
+    def __init__(self, spec: str, tag: Callable[[float], Sequence[int]], reads: str = "text"):
         self.kind, self.values = parse_temperatures(spec)
         self.tag = tag
+        self.reads = reads
+
+    @classmethod
+    def for_run(cls, config, task) -> TemperatureConditioning:
+        """The conditioning a run was trained with; the text tag is built when first used (the task's
+        tokenizer exists only once the model is loaded)."""
+        if config.temperature_input == "text":
+            return cls(config.conditional_temperatures, lambda t: task.temperature_tag()(t))
+        return cls(config.conditional_temperatures, lambda t: (), reads="embedding")
 
     def draw(self, rng: random.Random) -> float:
+        """One of the values, or a point of the range drawn from Beta(1/2, 1/2): denser near the ends,
+        which are the hardest to reach by interpolation and where users evaluate."""
         if self.kind == "values":
             return self.values[rng.randrange(len(self.values))]
-        return round(rng.uniform(*self.values), 2)
+        low, high = self.values
+        return round(low + (high - low) * rng.betavariate(0.5, 0.5), 2)
 
     def covers(self, temperature: float) -> bool:
         if self.kind == "values":
@@ -46,6 +89,24 @@ class TemperatureConditioning:
         if not self.covers(temperature):
             raise GfnlmError(f"The policy was trained for temperatures {self.describe()}, not {temperature:g}.")
         return tuple(self.tag(temperature)) + tuple(prompt)
+
+    @contextmanager
+    def at(self, policy, temperature: float) -> Iterator[Callable[[Sequence[int]], tuple[int, ...]]]:
+        """Inside this block the policy reads ``temperature`` (its embedding is set); yields the function
+        X -> the prompt the policy reads."""
+        if not self.covers(temperature):
+            raise GfnlmError(f"The policy was trained for temperatures {self.describe()}, not {temperature:g}.")
+        embedding = policy.temperature_embedding
+        if self.reads == "embedding" and embedding is None:
+            raise GfnlmError("This conditioning reads T through a temperature embedding; the policy has none "
+                             "(Policy.add_temperature_embedding).")
+        if embedding is not None:
+            embedding.temperature = temperature
+        try:
+            yield lambda prompt: self.policy_prompt(prompt, temperature)
+        finally:
+            if embedding is not None:
+                embedding.temperature = None
 
     def describe(self) -> str:
         return f"{self.values[0]:g}..{self.values[1]:g}" if self.kind == "range" else ", ".join(f"{v:g}" for v in self.values)

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from gfnlm.conditioning import TEMPERATURE_INPUTS
 from gfnlm.errors import GfnlmError
 from gfnlm.objectives import LOG_Z_MODES, OBJECTIVES
 
@@ -28,7 +29,9 @@ class TrainConfig:
 
     # model and adapter
     model: str = field(default="embedded", metadata={"help": "'embedded', a Hugging Face model folder or a .gguf file"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 (log-softmax is always float32)"})
+    dtype: str = field(default="float32", metadata={
+        "help": "float32 | bfloat16 | auto (bfloat16 where the GPU or CPU computes it natively; log-softmax is "
+                "always float32)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha"})
@@ -66,8 +69,11 @@ class TrainConfig:
     reward_temp_end: float = field(default=1.0, metadata={"help": "reward temperature after the horizon"})
     conditional_temperatures: str = field(default="", metadata={
         "help": "train one policy for many reward temperatures: 'lo:hi' (a range) or 'a,b' (values); each "
-                "micro-batch draws T and the policy reads it in its prompt (replaces the reward_temp schedule; "
-                "needs log_z: batch)"})
+                "micro-batch draws T and the policy reads it (temperature_input; replaces the reward_temp "
+                "schedule; needs log_z: batch)"})
+    temperature_input: str = field(default="embedding", metadata={
+        "help": "how a temperature-conditional policy reads T: embedding (a learned vector added to its input "
+                "embeddings) or text (\"[T=0.85] \" before X)"})
     reward_temp_horizon: int = field(default=0, metadata={"help": "steps of the linear temperature schedule"})
     log_reward_floor: float = field(default=-500.0, metadata={"help": "log-rewards are clamped to at least this"})
     # behaviour policy
@@ -93,10 +99,11 @@ class TrainConfig:
     task: dict = field(default_factory=dict, metadata={"help": "task options"})
 
     def validate(self) -> None:
-        check_choice("dtype", self.dtype, ("float32", "bfloat16"))
+        check_choice("dtype", self.dtype, ("float32", "bfloat16", "auto"))
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("log_z", self.log_z, LOG_Z_MODES)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("temperature_input", self.temperature_input, TEMPERATURE_INPUTS)
         check_choice("buffer_sampling", self.buffer_sampling, ("uniform", "prioritized"))
         for name in ("lora_r", "steps", "trajectories_per_prompt", "prompts_per_batch", "grad_accum",
                      "checkpoint_every", "keep_checkpoints", "buffer_capacity", "max_bad_steps", "virtual_ranks"):

@@ -107,15 +107,32 @@ def local_folder(source: ModelSource, cache_dir: Path | None = None) -> Path:
     return folder
 
 
+def fast_dtype(device) -> str:
+    """``dtype: auto``: bfloat16 where the hardware computes it natively (a CUDA GPU that supports it, a CPU
+    with AVX512-BF16 or AMX), else float32; bf16 emulated on other CPUs is several times slower."""
+    import torch
+
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if kind == "cpu":
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return "bfloat16" if native else "float32"
+    return "float32"
+
+
 def load_base_model(spec: str, dtype: str = "float32", device=None, cache_dir: Path | None = None,
                     load_in_4bit: bool = False):
-    """Return (model, tokenizer) for a model spec; the model is in eval mode on ``device``.
+    """Return (model, tokenizer) for a model spec; the model is in eval mode on ``device``, its weights in
+    ``dtype`` (float32, bfloat16, or auto: see ``fast_dtype``).
     ``load_in_4bit``: NF4 weights through bitsandbytes (QLoRA), computing in ``dtype``; CUDA only."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model_source(spec)
     folder = local_folder(source, cache_dir)
+    if dtype == "auto":
+        dtype = fast_dtype(device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     extra = {}
     if load_in_4bit:

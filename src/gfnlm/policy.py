@@ -9,11 +9,14 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
+from gfnlm.conditioning import TemperatureEmbedding
 from gfnlm.errors import GfnlmError
 
 POLICY_ADAPTER = "default"  # peft's name of the first adapter: the policy q
+EMBEDDING_KEY = "temperature_embedding.weight"  # saved beside the LoRA weights in the policy's adapter file
 
 
 @dataclass
@@ -52,6 +55,28 @@ class Policy:
                                  "use all-linear or names such as q_proj,v_proj.") from exc
         self.model.eval()
         self.tokenizer = tokenizer
+        self.temperature_embedding: TemperatureEmbedding | None = None
+
+    def add_temperature_embedding(self, low: float, high: float) -> TemperatureEmbedding:
+        """Let the policy read a reward temperature in [low, high] as a learned vector e(T) added to its
+        input embeddings (see gfnlm.conditioning). It is a trainable submodule of the model (so the
+        optimizer and DDP see it) and is saved with the policy's adapter; the base model (adapter off)
+        and other adapters never see it."""
+        if self.temperature_embedding is not None:
+            raise GfnlmError("The policy already has a temperature embedding.")
+        embeddings = self.model.get_input_embeddings()
+        module = TemperatureEmbedding(embeddings.embedding_dim, low, high).to(self.device)
+        self.model.add_module("temperature_embedding", module)
+        self.temperature_embedding = module
+        lora_layer = next(m for m in self.model.modules() if isinstance(m, BaseTunerLayer))
+
+        def add_offset(_module, _inputs, output):
+            reads = (module.temperature is not None and not lora_layer.disable_adapters
+                     and lora_layer.active_adapters == [POLICY_ADAPTER])
+            return output + module.offset().to(output.dtype) if reads else output
+
+        embeddings.register_forward_hook(add_offset)
+        return module
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +119,8 @@ class Policy:
 
     def adapter_state(self, name: str = POLICY_ADAPTER) -> dict[str, torch.Tensor]:
         state = get_peft_model_state_dict(self.model, adapter_name=name)
+        if name == POLICY_ADAPTER and self.temperature_embedding is not None:
+            state[EMBEDDING_KEY] = self.temperature_embedding.weight
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def save_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
@@ -105,6 +132,16 @@ class Policy:
     def set_adapter_state(self, state: dict[str, torch.Tensor], name: str = POLICY_ADAPTER,
                           path: str = "given state") -> None:
         state = {k: v.to(self.device) for k, v in state.items()}
+        embedding = state.pop(EMBEDDING_KEY, None) if name == POLICY_ADAPTER else None
+        if name == POLICY_ADAPTER and (embedding is None) != (self.temperature_embedding is None):
+            raise GfnlmError(f"The adapter {path} {'has' if embedding is not None else 'lacks'} a temperature "
+                             f"embedding and this policy {'lacks' if embedding is not None else 'has'} one "
+                             "(a run trained with another temperature_input or conditional_temperatures?).")
+        if embedding is not None:
+            if embedding.shape != self.temperature_embedding.weight.shape:
+                raise GfnlmError(f"The temperature embedding of {path} does not fit this model.")
+            with torch.no_grad():
+                self.temperature_embedding.weight.copy_(embedding)
         try:
             result = set_peft_model_state_dict(self.model, state, adapter_name=name)
         except RuntimeError as exc:  # shape mismatch: another rank or model

@@ -76,6 +76,7 @@ def prepare_model(spec: RunSpec, processes=None):
     tokenize its inputs."""
     import torch
 
+    from gfnlm.conditioning import parse_temperatures
     from gfnlm.config import adapter_file
     from gfnlm.device import resolve_device
     from gfnlm.grad_checkpointing import enable_gradient_checkpointing
@@ -87,6 +88,9 @@ def prepare_model(spec: RunSpec, processes=None):
     device = processes.device if processes is not None else resolve_device(c.device)
     model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device, load_in_4bit=c.load_in_4bit)
     policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)
+    if c.conditional_temperatures and c.temperature_input == "embedding":
+        temperatures = parse_temperatures(c.conditional_temperatures)[1]
+        policy.add_temperature_embedding(min(temperatures), max(temperatures))
     if c.init_adapter:
         policy.load_adapter(adapter_file(c.init_adapter))
     if c.gradient_checkpointing:
@@ -179,7 +183,7 @@ def _write_report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | N
 
     c = spec.config
     lines = [f"# gfnlm run: {spec.task_name}", "",
-             f"- model: `{c.model}` ({c.dtype}), LoRA r={c.lora_r}, alpha={c.lora_alpha}, targets {c.lora_targets}",
+             f"- model: `{c.model}` ({str(policy.model.get_input_embeddings().weight.dtype).removeprefix('torch.')}), LoRA r={c.lora_r}, alpha={c.lora_alpha}, targets {c.lora_targets}",
              f"- objective: {c.objective} (lambda {c.subtb_lambda}), {c.steps} steps x {c.grad_accum} micro-batches x "
              f"{c.prompts_per_batch} prompts x {c.trajectories_per_prompt} trajectories, lr {c.lr}",
              f"- reward temperature {c.reward_temp_start} -> {c.reward_temp_end} over {c.reward_temp_horizon} steps; "

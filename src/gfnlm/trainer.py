@@ -111,9 +111,11 @@ class Trainer:
         self.space = task.action_space().to(self.device)
         self.target = task.target(policy)
         self.insert_hook = task.insert_hook()
-        self.conditioning = (TemperatureConditioning(config.conditional_temperatures, task.temperature_tag())
-                             if config.conditional_temperatures else None)
+        self.conditioning = (TemperatureConditioning.for_run(config, task) if config.conditional_temperatures
+                             else None)
         self.log_z = LogPartition(len(self.prompts)).to(self.device)
+        if config.log_z == "batch":  # estimated from each batch: the table is unused, and DDP must not wait for it
+            self.log_z.values.requires_grad_(False)
         self.learner = Learner(policy.model, self.log_z, self.space, config)
         self.loss_pass = self.processes.prepare(self.learner)  # DDP under a launcher, else the learner
         self.optimizer = torch.optim.AdamW(
@@ -158,6 +160,12 @@ class Trainer:
             return c.reward_temp_end
         frac = min(1.0, step / c.reward_temp_horizon)
         return c.reward_temp_start + (c.reward_temp_end - c.reward_temp_start) * frac
+
+    def reading(self, temperature: float):
+        """Inside: a temperature-conditional policy reads ``temperature`` (nothing for other policies)."""
+        if self.conditioning is None:
+            return contextlib.nullcontext()
+        return self.conditioning.at(self.policy, temperature)
 
     # ----------------------------------------------------------------------------------------- batches
     def behaviour_batch(self, stream: Stream | None = None,
@@ -250,14 +258,17 @@ class Trainer:
             if self.conditioning is not None:  # this micro-batch's target temperature, read by the policy
                 temperature = self.conditioning.draw(stream.rng)
                 stats["reward_temperature"].append(temperature)
-            traj, rewards, mode = self.behaviour_batch(stream, temperature if self.conditioning else None)
+            with self.reading(temperature):
+                traj, rewards, mode = self.behaviour_batch(stream, temperature if self.conditioning else None)
             counts[mode] += 1
             prompt_ids = torch.tensor([self.key_index[traj.row_key(b)] for b in range(traj.batch_size)],
                                       device=self.device)
             # Gradients are all-reduced once per step, in the last micro-batch's backward; every process
             # runs every backward (a dropped micro-batch adds an exact 0), so the reductions always match.
             last = k == c.grad_accum - 1
-            with contextlib.nullcontext() if last else self.processes.no_sync(self.loss_pass):
+            # The policy reads T through the backward too (gradient checkpointing re-runs the forward).
+            sync = contextlib.nullcontext() if last else self.processes.no_sync(self.loss_pass)
+            with self.reading(temperature), sync:
                 out = self.loss_pass(traj, rewards, temperature, prompt_ids)
                 self.processes.backward(out.loss / c.grad_accum)
             if not out.rewards_finite:

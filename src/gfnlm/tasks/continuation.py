@@ -9,7 +9,6 @@ policy can write. T is the run's final reward temperature (``reward_temp_end``);
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -129,13 +128,13 @@ class ContinuationTask(Task):
         if not config.conditional_temperatures:
             return self._evaluate_at(policy, run_dir, config, config.reward_temp_end, None,
                                      evaluation_stem(self.name))
-        conditioning = TemperatureConditioning(config.conditional_temperatures, self.temperature_tag())
+        conditioning = TemperatureConditioning.for_run(config, self)
         results = []
         for temperature in conditioning.values:
-            tag = functools.partial(conditioning.policy_prompt, temperature=temperature)
-            results.append(self._evaluate_at(policy, run_dir, config, temperature, tag,
-                                             evaluation_stem(self.name, temperature)))
-        text = "\n\n".join(f"### T = {t:g} (the policy reads \"[T={t:.2f}] \" before X)\n\n{r.markdown}"
+            with conditioning.at(policy, temperature) as policy_prompt:
+                results.append(self._evaluate_at(policy, run_dir, config, temperature, policy_prompt,
+                                                 evaluation_stem(self.name, temperature)))
+        text = "\n\n".join(f"### T = {t:g} (the policy reads T as {config.temperature_input})\n\n{r.markdown}"
                             for t, r in zip(conditioning.values, results))
         return EvalResult({f"T={t:g}": r.metrics for t, r in zip(conditioning.values, results)},
                           [p for r in results for p in r.plots], text)
