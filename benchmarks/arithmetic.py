@@ -137,7 +137,7 @@ def main() -> int:
         evaluate(method, time.perf_counter() - t, sum(r["reward_calls"] for r in rows), steps=rl_steps,
                  final_train_reward=sum(r["reward"] for r in rows[-10:]) / min(10, len(rows)))
 
-    lines = [f"| method | simple in-dist | hard in-dist | OOD | train s | eval s | reward calls |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | simple in-dist | hard in-dist | OOD | train s | eval s | reward calls |", "|---|---|---|---|---|---|---|"]
     for method, r in results.items():
         acc = r["accuracy"]
         cells = [f"{acc[s]['accuracy_likelihood']:.3f} / {acc[s]['accuracy_majority']:.3f}" for s in SPLITS]

@@ -5,7 +5,7 @@ import json
 import torch
 
 from gfnlm.cli import main
-from gfnlm.runs import load_run, prepare_model
+from gfnlm.runs import prepare_model
 from gfnlm.tasks.arithmetic import final_answer
 
 

@@ -4,8 +4,6 @@ sequences up."""
 
 import math
 
-import torch
-
 from gfnlm.action_space import ActionSpace
 from gfnlm.evaluation.exact import policy_distribution
 from gfnlm.grpo import GrpoSettings, rollout_function, train_grpo
