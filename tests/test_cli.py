@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import gfnlm.errors
 import gfnlm.lm
@@ -138,6 +139,13 @@ def test_temperature_conditional_run_samples_at_a_chosen_temperature(capsys, tmp
                  "--base"]) == 0
     assert "proposal base model, target T = 0.6:" in capsys.readouterr().out
     assert "give --target-temperature" in error_of(capsys, ["sample", "--run", str(run), "--correct", "is", "--base"])
+    from gfnlm.runs import load_run, load_trained_policy, prepare_model, resolve
+
+    trained = load_trained_policy(load_run(run), run).temperature_embedding.weight
+    assert float(trained.abs().max()) > 0
+    again = prepare_model(resolve("rng", None, {"model": str(tiny_model_dir), "lora_r": 4, "init_adapter": str(run),
+                                                "conditional_temperatures": "0.5:1.0", "log_z": "batch"}))
+    assert torch.equal(again.temperature_embedding.weight, trained)  # the peft folder keeps it beside the adapter
     text = tmp_path / "text"  # the policy reads T as a prompt tag instead of its learned embedding
     assert main(["train", "rng", "--output_dir", str(text), "--steps", "2", "--conditional_temperatures", "0.5:1.0",
                  "--log_z", "batch", "--temperature_input", "text", "--dtype", "auto", *common]) == 0

@@ -17,6 +17,7 @@ from gfnlm.errors import GfnlmError
 
 POLICY_ADAPTER = "default"  # peft's name of the first adapter: the policy q
 EMBEDDING_KEY = "temperature_embedding.weight"  # saved beside the LoRA weights in the policy's adapter file
+EMBEDDING_FILE = "temperature_embedding.safetensors"  # its file in a peft adapter folder
 
 
 @dataclass
@@ -126,8 +127,19 @@ class Policy:
     def save_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
         save_file(self.adapter_state(name), str(path))
 
+    def save_peft_folder(self, folder: Path) -> None:
+        """A plain peft adapter folder for other tools; a temperature embedding goes beside it
+        (EMBEDDING_FILE), where ``load_adapter`` finds it again."""
+        self.model.save_pretrained(folder)
+        if self.temperature_embedding is not None:
+            save_file({EMBEDDING_KEY: self.temperature_embedding.weight.detach().cpu()}, str(folder / EMBEDDING_FILE))
+
     def load_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
-        self.set_adapter_state(load_file(str(path), device=str(self.device)), name, str(path))
+        state = load_file(str(path), device=str(self.device))
+        beside = Path(path).parent / EMBEDDING_FILE
+        if name == POLICY_ADAPTER and EMBEDDING_KEY not in state and beside.is_file():
+            state.update(load_file(str(beside), device=str(self.device)))
+        self.set_adapter_state(state, name, str(path))
 
     def set_adapter_state(self, state: dict[str, torch.Tensor], name: str = POLICY_ADAPTER,
                           path: str = "given state") -> None:

@@ -143,7 +143,7 @@ def train(spec: RunSpec, resume: bool = False) -> Path:
         trainer = Trainer(c, spec.task, policy, run_dir, processes)
         spec.task.fit(trainer, resume=resume)
         if processes.is_main:
-            policy.model.save_pretrained(run_dir / "adapter")  # a plain peft adapter folder for other tools
+            policy.save_peft_folder(run_dir / "adapter")
         train_seconds = time.perf_counter() - started
         report(spec, policy, run_dir, train_seconds, processes)
     finally:
