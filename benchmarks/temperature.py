@@ -7,9 +7,9 @@ unless it is already there):
 - conditional-<input>-<steps>steps-seed0: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default) or a prompt tag (--input text), with as many steps as
   the single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
-Each policy is evaluated by the shared harness ("gfn" only) on the held-out prompts at each T: mean
-log p_LM(Z | X), embedding diversity, and the importance estimates of KL(q || p_T) and ESS / N. The
-conditional policy reads each T. The check: at each T its (log-likelihood, diversity)
+Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
+the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
+of KL(q || p_T) and ESS / N. The check: at each T the conditional policy's (log-likelihood, diversity)
 point lies within the spread (min..max) of the two single-temperature policies.
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
@@ -89,8 +89,15 @@ def main() -> int:
 
     def evaluate(run_dir: Path, temperature: float) -> dict:
         spec = load_run(run_dir)
-        policy = load_trained_policy(spec, run_dir)
         task = spec.task
+        saved = run_dir / f"eval_T{temperature:g}.json"
+        if saved.is_file():  # evaluated by an earlier run of this script: the same harness, prompts and samples
+            earlier = json.loads(saved.read_text())
+            if earlier["n"] == task.config.eval_samples and earlier["temperature"] == temperature:
+                print(f"  reusing {saved}", flush=True)
+                return {**earlier["methods"][0], "steps": spec.config.steps, "prompts": earlier["prompts"],
+                        "samples": earlier["n"]}
+        policy = load_trained_policy(spec, run_dir)
         reading = contextlib.nullcontext(None)
         if spec.config.conditional_temperatures:  # read T as the run was trained to (its own range and input)
             reading = TemperatureConditioning.for_run(spec.config, task).at(policy, temperature)
