@@ -182,8 +182,9 @@ def _write_report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | N
     from gfnlm.evaluation.plots import plot_training_curves
 
     c = spec.config
+    weights = str(policy.model.get_input_embeddings().weight.dtype).removeprefix("torch.")  # what dtype auto chose
     lines = [f"# gfnlm run: {spec.task_name}", "",
-             f"- model: `{c.model}` ({str(policy.model.get_input_embeddings().weight.dtype).removeprefix('torch.')}), LoRA r={c.lora_r}, alpha={c.lora_alpha}, targets {c.lora_targets}",
+             f"- model: `{c.model}` ({weights}), LoRA r={c.lora_r}, alpha={c.lora_alpha}, targets {c.lora_targets}",
              f"- objective: {c.objective} (lambda {c.subtb_lambda}), {c.steps} steps x {c.grad_accum} micro-batches x "
              f"{c.prompts_per_batch} prompts x {c.trajectories_per_prompt} trajectories, lr {c.lr}",
              f"- reward temperature {c.reward_temp_start} -> {c.reward_temp_end} over {c.reward_temp_horizon} steps; "
