@@ -151,6 +151,9 @@ def test_temperature_conditional_run_samples_at_a_chosen_temperature(capsys, tmp
                  "--log_z", "batch", "--temperature_input", "text", "--dtype", "auto", *common]) == 0
     assert f"({fast_dtype('cpu')})" in (text / "report.md").read_text()  # the dtype auto chose, by name
     capsys.readouterr()
+    config = text / "config.yaml"  # a run written before temperature_input existed read the tag
+    config.write_text("".join(line for line in config.read_text().splitlines(True)
+                              if not line.startswith("temperature_input:")))
     assert main(["sample", "--run", str(text), "--n", "2", "--target-temperature", "0.9"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert "temperature_input" in error_of(capsys, ["train", "rng", "--conditional_temperatures", "0.5:1.0",

@@ -68,6 +68,8 @@ def load_run(run_dir: str | Path) -> RunSpec:
     task_name = values.pop("task_name", None)
     if task_name is None:
         raise GfnlmError(f"{path} names no task_name.")
+    if values.get("conditional_temperatures") and "temperature_input" not in values:
+        values["temperature_input"] = "text"  # written before the embedding existed: the prompt tag was the only way
     return resolve(task_name, None, values)
 
 
