@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 
@@ -145,7 +146,8 @@ def forward_some_rows(model, cache: DynamicCache, key_valid: torch.Tensor, rows:
 
 @torch.no_grad()
 def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
-                           batch_size: int = 16, shared_prefix: Sequence[int] = ()) -> torch.Tensor:
+                           batch_size: int = 16, shared_prefix: Sequence[int] = (), progress: bool = False,
+                           desc: str = "score") -> torch.Tensor:
     """log p(continuation_k | shared_prefix, context_k) for many pairs. Each distinct context is run once
     (e.g. one chain scored with several candidate answers) and its key/value cache is shared by the
     pairs that continue it; ``batch_size`` distinct contexts are run together. The leading tokens that
@@ -157,7 +159,8 @@ def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuatio
     which = [distinct.setdefault(tuple(c), len(distinct)) for c in contexts]
     unique = list(distinct)
     out = torch.zeros(len(contexts))
-    for start in range(0, len(unique), batch_size):
+    for start in tqdm(range(0, len(unique), batch_size), desc=desc, disable=not progress, dynamic_ncols=True,
+                      leave=False):
         rows = [r for r, i in enumerate(which) if start <= i < start + batch_size]
         index = torch.tensor([which[r] - start for r in rows], device=device)
         cache = encode_prompts(model, [c + lead for c in unique[start: start + batch_size]], shared_prefix,

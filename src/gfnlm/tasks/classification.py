@@ -271,14 +271,15 @@ class ClassificationTask(Task):
             generator = torch.Generator(device=policy.device).manual_seed(c.seed)
             space = self.action_space().to(policy.device)
             sampled = sample_per_prompt(policy.model, space, prompts, c.eval_rationales, c.eval_temperature,
-                                        generator, c.eval_batch)
-            greedy = sample_per_prompt(policy.model, space, prompts, 1, GREEDY_TEMPERATURE, generator, c.eval_batch)
+                                        generator, c.eval_batch, progress=config.progress, desc="sample rationales")
+            greedy = sample_per_prompt(policy.model, space, prompts, 1, GREEDY_TEMPERATURE, generator, c.eval_batch,
+                                       progress=config.progress, desc="greedy rationales")
             sampling_seconds = time.perf_counter() - started
             for method in rationale_methods:
                 started = time.perf_counter()
                 adapter = LIKELIHOOD_ADAPTER if method == "gfn_em" else None
-                lp = self.rationale_scores(policy, prompts, sampled, adapter)
-                greedy_lp = self.rationale_scores(policy, prompts, greedy, adapter)[:, 0]
+                lp = self.rationale_scores(policy, prompts, sampled, adapter, progress=config.progress)
+                greedy_lp = self.rationale_scores(policy, prompts, greedy, adapter, progress=config.progress)[:, 0]
                 votes = vote(lp)
                 results[method] = {"accuracy": accuracy(votes["mean_prob"], truth),
                                    "accuracy_majority": accuracy(votes["majority"], truth),
@@ -310,13 +311,14 @@ class ClassificationTask(Task):
             return label_log_probs(model, prompts, self.direct_answers)
 
     def rationale_scores(self, policy: Policy, prompts, rationales: list[list[list[int]]],
-                         adapter: str | None) -> torch.Tensor:
+                         adapter: str | None, progress: bool = False) -> torch.Tensor:
         """(N, K, labels) log p(Z_k Y_y | X) under the base model or the named likelihood adapter: log p(Y_y |
         X, Z_k) plus a term that does not depend on the label, so normalized over the labels it is
         p(y | X, Z_k). Each X is run once for all its rationales and labels."""
         pairs = [(tuple(p), tuple(z) + tuple(a)) for p, zs in zip(prompts, rationales) for z in zs for a in self.answers]
         with policy.adapter(adapter) if adapter else policy.base() as model:
-            lp = continuation_log_probs(model, [c for c, _ in pairs], [z for _, z in pairs])
+            lp = continuation_log_probs(model, [c for c, _ in pairs], [z for _, z in pairs], progress=progress,
+                                        desc=f"score rationales ({adapter or 'base model'})")
         return lp.view(len(prompts), len(rationales[0]), len(self.answers))
 
     def markdown(self, results: dict, examples: list, n: int) -> str:
