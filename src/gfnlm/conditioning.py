@@ -85,17 +85,19 @@ class TemperatureConditioning:
             return any(abs(temperature - v) < 1e-9 for v in self.values)
         return self.values[0] - 1e-9 <= temperature <= self.values[1] + 1e-9
 
-    def policy_prompt(self, prompt: Sequence[int], temperature: float) -> tuple[int, ...]:
+    def check(self, temperature: float) -> None:
         if not self.covers(temperature):
             raise GfnlmError(f"The policy was trained for temperatures {self.describe()}, not {temperature:g}.")
+
+    def policy_prompt(self, prompt: Sequence[int], temperature: float) -> tuple[int, ...]:
+        self.check(temperature)
         return tuple(self.tag(temperature)) + tuple(prompt)
 
     @contextmanager
     def at(self, policy, temperature: float) -> Iterator[Callable[[Sequence[int]], tuple[int, ...]]]:
         """Inside this block the policy reads ``temperature`` (its embedding is set); yields the function
         X -> the prompt the policy reads."""
-        if not self.covers(temperature):
-            raise GfnlmError(f"The policy was trained for temperatures {self.describe()}, not {temperature:g}.")
+        self.check(temperature)
         embedding = policy.temperature_embedding
         if self.reads == "embedding" and embedding is None:
             raise GfnlmError("This conditioning reads T through a temperature embedding; the policy has none "
