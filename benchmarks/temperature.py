@@ -5,15 +5,16 @@ Runs (in benchmarks/out/temperature/, each trained with `gfnlm train continuatio
 unless it is already there):
 - single-T<T>-seed<S>: reward_temp_end T, seeds 0 and 1, for each T in --temperatures;
 - conditional-<input>-<steps>steps-seed0: --conditional_temperatures <range> --log_z batch, reading T as a
-  learned embedding (--input embedding, the default) or a prompt tag (--input text), with as many steps as
-  the single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
+  learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
+  -elr<x> in the run dir when not 1) or a prompt tag (--input text), with as many steps as the
+  single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
 of KL(q || p_T) and ESS / N. The check: at each T the conditional policy's (log-likelihood, diversity)
 point lies within the spread (min..max) of the two single-temperature policies.
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
-                                   [--conditional-steps N]
+                                   [--conditional-steps N] [--embedding-lr-scale X]
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main() -> int:
     parser.add_argument("--input", default="embedding", choices=["embedding", "text"], help="how it reads T")
     parser.add_argument("--conditional-steps", type=int, default=None,
                         help="its training steps (default: 2 x the preset's, the compute of two single-T runs)")
+    parser.add_argument("--embedding-lr-scale", type=float, default=1.0,
+                        help="its temperature embedding's learning rate as a multiple of lr (run dir gains -elr<x>)")
     args = parser.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
     out_dir = OUT / "temperature"
@@ -74,15 +77,13 @@ def main() -> int:
             train_seconds[name] = train(runs[name], ["--reward_temp_end", str(t), "--seed", str(seed)])
     preset = yaml.safe_load((ROOT / "configs" / "continuation-cpu.yaml").read_text())
     steps = args.conditional_steps or 2 * preset["steps"]
-    conditional = out_dir / f"conditional-{args.input}-{steps}steps-seed0"
+    scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
+    conditional = out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed0"
     train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
                                                        "--temperature_input", args.input, "--steps", str(steps),
-                                                       "--seed", "0"])
+                                                       "--temperature_embedding_lr_scale",
+                                                       str(args.embedding_lr_scale), "--seed", "0"])
 
-    import contextlib
-
-    from gfnlm.conditioning import TemperatureConditioning
-    from gfnlm.evaluation.harness import evaluate_methods
     from gfnlm.evaluation.plots import plot_frontier
     from gfnlm.evaluation.tables import markdown_table
     from gfnlm.runs import load_run, load_trained_policy
@@ -98,16 +99,10 @@ def main() -> int:
                 return {**earlier["methods"][0], "steps": spec.config.steps, "prompts": earlier["prompts"],
                         "samples": earlier["n"]}
         policy = load_trained_policy(spec, run_dir)
-        reading = contextlib.nullcontext(None)
-        if spec.config.conditional_temperatures:  # read T as the run was trained to (its own range and input)
-            reading = TemperatureConditioning.for_run(spec.config, task).at(policy, temperature)
         t0 = time.perf_counter()
-        with reading as policy_prompt:
-            rows, _, _ = evaluate_methods(policy, task.action_space(), task.target(policy), task.test_set, ["gfn"],
-                                          task.config.eval_samples, temperature, 0, run_dir,
-                                          f"eval_T{temperature:g}", f"{run_dir.name} at T = {temperature:g}",
-                                          progress=True, policy_prompt=policy_prompt)
-        return {**rows[0], "seconds": time.perf_counter() - t0, "steps": spec.config.steps,
+        result = task.evaluate_at(policy, run_dir, spec.config, temperature, methods=["gfn"],
+                                  stem=f"eval_T{temperature:g}")
+        return {**result.metrics["gfn"], "seconds": time.perf_counter() - t0, "steps": spec.config.steps,
                 "prompts": len(task.test_set), "samples": task.config.eval_samples}
 
     results = []
@@ -119,7 +114,8 @@ def main() -> int:
                             "kind": "single",
                             **evaluate(runs[name], t)})
         print(f"evaluating the conditional policy at T = {t:g}", flush=True)
-        results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}, {steps} steps), seed 0",
+        lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if scaled else ""
+        results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), seed 0",
                         "label": f"T={t:g} conditional",
                         "kind": "conditional",
                         **evaluate(conditional, t)})
@@ -139,6 +135,7 @@ def main() -> int:
                          "diversity", "mean_loglik", "embedding diversity (1 - mean pairwise cosine)",
                          "mean log p_LM(Z | X)", f"one conditional policy ({args.range}) vs single-temperature policies")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
+               "embedding_lr_scale": args.embedding_lr_scale,
                "results": results, "claims": claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
     (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))

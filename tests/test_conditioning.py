@@ -126,3 +126,22 @@ def test_range_draws_favour_the_ends():
     assert all(0.8 <= t <= 1.0 for t in draws) and len(set(draws)) > 15
     outer = sum(t <= 0.82 or t >= 0.98 for t in draws) / len(draws)
     assert 0.33 < outer < 0.5  # Beta(1/2, 1/2) puts 41% of the mass in the outer fifth (uniform: 20%)
+
+
+def test_temperature_embedding_has_its_own_learning_rate(tmp_path):
+    """Adam's first step moves every parameter with a gradient by its group's lr: e(T) by lr x scale."""
+    task = ConditionalTask()
+    policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    embedding = policy.add_temperature_embedding(0.5, 1.0)
+    config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=1, lr=1e-3,
+                         temperature_embedding_lr_scale=10.0, warmup_steps=0, lr_schedule="constant",
+                         max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
+    config.validate()
+    lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n]
+    before = [p.detach().clone() for p in lora_b]
+    Trainer(config, task, policy, tmp_path).train()
+    assert embedding.weight.detach().abs().max().item() == pytest.approx(1e-2, rel=1e-3)  # from zero, lr x 10
+    lora_moved = max((p.detach() - b).abs().max().item() for p, b in zip(lora_b, before))
+    assert lora_moved == pytest.approx(1e-3, rel=1e-3)  # lr
+    with pytest.raises(GfnlmError, match="temperature_embedding_lr_scale"):
+        TrainConfig(temperature_embedding_lr_scale=0.0).validate()

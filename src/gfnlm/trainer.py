@@ -23,6 +23,7 @@ import math
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,12 +119,14 @@ class Trainer:
             self.log_z.values.requires_grad_(False)
         self.learner = Learner(policy.model, self.log_z, self.space, config)
         self.loss_pass = self.processes.prepare(self.learner)  # DDP under a launcher, else the learner
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": policy.trainable_parameters(), "lr": config.lr, "weight_decay": config.weight_decay},
-                {"params": list(self.log_z.parameters()), "lr": config.logz_lr, "weight_decay": 0.0},
-            ]
-        )
+        embedding = [policy.temperature_embedding.weight] if policy.temperature_embedding is not None else []
+        lora = [p for p in policy.trainable_parameters() if not any(p is e for e in embedding)]
+        groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay},
+                  {"params": list(self.log_z.parameters()), "lr": config.logz_lr, "weight_decay": 0.0}]
+        if embedding:  # its own learning rate: two vectors that start at zero
+            groups.append({"params": embedding, "lr": config.lr * config.temperature_embedding_lr_scale,
+                           "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups)
         self.scheduler = get_scheduler(
             config.lr_schedule, self.optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
         )
@@ -162,24 +165,26 @@ class Trainer:
         return c.reward_temp_start + (c.reward_temp_end - c.reward_temp_start) * frac
 
     def reading(self, temperature: float):
-        """Inside: a temperature-conditional policy reads ``temperature`` (nothing for other policies)."""
+        """Inside: a temperature-conditional policy reads ``temperature``; yields X -> the prompt the policy
+        reads (None for other policies)."""
         if self.conditioning is None:
             return contextlib.nullcontext()
         return self.conditioning.at(self.policy, temperature)
 
     # ----------------------------------------------------------------------------------------- batches
     def behaviour_batch(self, stream: Stream | None = None,
-                        condition_on: float | None = None) -> tuple[Trajectories, torch.Tensor, str]:
+                        policy_prompt: Callable[[Sequence[int]], tuple[int, ...]] | None = None,
+                        ) -> tuple[Trajectories, torch.Tensor, str]:
         """Trajectories drawn by ``stream`` (default: the first), their untempered per-prefix log-rewards,
-        and which behaviour made them. With ``condition_on`` (a temperature-conditional policy) the
-        trajectories carry the policy's prompts, tagged with that temperature; rewards read bare X."""
+        and which behaviour made them. With ``policy_prompt`` (a temperature-conditional policy, from
+        ``reading``) the trajectories carry the prompts the policy reads; rewards read bare X."""
         c = self.config
         stream = stream or self.streams[0]
         rng, generator, buffer = stream.rng, stream.generator, stream.buffer
         chosen = [self.prompts[rng.randrange(len(self.prompts))] for _ in range(c.prompts_per_batch)]
         prompt_ids = [p.ids for p in chosen]
-        if condition_on is not None:
-            bare, prompt_ids = prompt_ids, [self.conditioning.policy_prompt(p, condition_on) for p in prompt_ids]
+        if policy_prompt is not None:
+            bare, prompt_ids = prompt_ids, [policy_prompt(p) for p in prompt_ids]
         keys = [p.key for p in chosen]
         prompt_index = [g for g in range(len(chosen)) for _ in range(c.trajectories_per_prompt)]
         u = rng.random()
@@ -196,7 +201,7 @@ class Trainer:
         traj = sample_trajectories(self.policy.model, self.space, prompt_ids, keys,
                                    torch.tensor(prompt_index), temperature=temperature, epsilon=c.epsilon,
                                    generator=generator, insert_hook=self.insert_hook)
-        scored = traj if condition_on is None else dataclasses.replace(traj, prompts=[tuple(p) for p in bare])
+        scored = traj if policy_prompt is None else dataclasses.replace(traj, prompts=[tuple(p) for p in bare])
         rewards = self.target.log_rewards(scored).float().clamp(min=c.log_reward_floor)
         return traj, rewards, "tempered" if tempered else "on_policy"
 
@@ -258,8 +263,8 @@ class Trainer:
             if self.conditioning is not None:  # this micro-batch's target temperature, read by the policy
                 temperature = self.conditioning.draw(stream.rng)
                 stats["reward_temperature"].append(temperature)
-            with self.reading(temperature):
-                traj, rewards, mode = self.behaviour_batch(stream, temperature if self.conditioning else None)
+            with self.reading(temperature) as policy_prompt:
+                traj, rewards, mode = self.behaviour_batch(stream, policy_prompt)
             counts[mode] += 1
             prompt_ids = torch.tensor([self.key_index[traj.row_key(b)] for b in range(traj.batch_size)],
                                       device=self.device)
