@@ -5,14 +5,15 @@ import sys
 
 from safetensors.torch import save_file
 
+import gfnlm.em
 import gfnlm.trainer
 from gfnlm.cli import main
 
 real_train = gfnlm.trainer.Trainer.train
 
 
-def train_and_save_rank(self, resume=False):
-    rows = real_train(self, resume)
+def train_and_save_rank(self, resume=False, **kwargs):
+    rows = real_train(self, resume, **kwargs)
     state = self.policy.adapter_state()
     state["log_z"] = self.log_z.values.detach().cpu()
     save_file(state, str(self.run_dir / f"rank-{self.processes.rank}.safetensors"))
@@ -20,6 +21,17 @@ def train_and_save_rank(self, resume=False):
 
 
 gfnlm.trainer.Trainer.train = train_and_save_rank
+real_m_step = gfnlm.em.m_step
+
+
+def m_step_and_save_rank(trainer, task, round_number, path):
+    record = real_m_step(trainer, task, round_number, path)
+    state = trainer.policy.adapter_state(gfnlm.em.LIKELIHOOD_ADAPTER)
+    save_file(state, str(trainer.run_dir / f"likelihood-round-{round_number}-rank-{trainer.processes.rank}.safetensors"))
+    return record
+
+
+gfnlm.em.m_step = m_step_and_save_rank
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

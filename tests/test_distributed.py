@@ -4,7 +4,8 @@ After training both ranks hold the same parameters, equal (to 1e-5) to those of 
 draws the same trajectories (virtual_ranks 2 and twice the micro-batches); a run of 2 processes
 resumes with 2 processes, with one process standing in for both, and (not exactly, but it runs) with
 a different number of sampling streams. The continuation task is used because its reward runs the
-same model with the adapter disabled, outside DDP's wrapper.
+same model with the adapter disabled, outside DDP's wrapper. EM and the TRL-trained baselines run
+with every process taking part.
 """
 
 import json
@@ -159,6 +160,37 @@ def test_rng_evaluation_and_sampling_are_split_over_two_processes(tmp_path, tiny
     assert result["policy"]["n"] == 15 and result["base"]["n"] == 15  # 8 drawn by rank 0, 7 by rank 1
     out = launch(["sample", "--run", str(run), "--n", "5"]).stdout
     assert len([line for line in out.splitlines() if line[:1] in "'\""]) == 5  # printed once, by rank 0
+
+
+def test_em_and_its_trl_baselines_run_in_two_processes(tmp_path, tiny_model_dir):
+    """EM (E-step by the trainer, M-step by TRL, data-parallel) and an evaluation that trains the supervised
+    baseline with TRL: every process takes part, all hold the same adapters, rank 0 writes each file once."""
+    from tests.test_classification import em_args
+
+    run = tmp_path / "em"
+    launch(em_args(tmp_path, tiny_model_dir, run, rounds=2, steps=4))
+    rounds = [json.loads(line) for line in (run / "em.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[-1]["label_log_likelihood_after"] > rounds[0]["label_log_likelihood_before"]
+    for r in (1, 2):
+        ranks = [load_file(run / f"likelihood-round-{r}-rank-{k}.safetensors") for k in (0, 1)]
+        assert max_difference(*ranks) < 1e-6
+        assert max_difference(ranks[0], load_file(run / f"likelihood-round-{r}.safetensors")) == 0
+    assert max_difference(load_file(run / "rank-0.safetensors"), load_file(run / "rank-1.safetensors")) < 1e-6
+    results = json.loads((run / "eval_classification.json").read_text())["results"]
+    assert set(results) == {"zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em"}
+
+
+def test_infilling_with_its_sft_baseline_runs_in_two_processes(tmp_path, tiny_model_dir):
+    from tests.test_infilling import OPTIONS, write_stories
+
+    run = tmp_path / "infilling"
+    launch(["train", "infilling", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "2",
+            "--trajectories_per_prompt", "3", "--lora_r", "4", "--progress", "false", "--task.eval_samples", "2",
+            "--task.sft_epochs", "1", "--task.eval_methods", "sft,gfn", "--data",
+            str(write_stories(tmp_path / "stories.csv")), "--test_size", "4", *OPTIONS])
+    rows = {r["method"]: r for r in json.loads((run / "eval_infilling.json").read_text())["rows"]}
+    assert set(rows) == {"sft", "gfn"}
 
 
 def test_streams_and_shares():

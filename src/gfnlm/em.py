@@ -7,6 +7,11 @@ the loss), save it atomically as likelihood-round-R.safetensors, make the E-step
 the replay buffers under it and checkpoint. On resume a round whose adapter file exists is loaded, not
 retrained (re-scoring is a pure function of the adapters, so it is simply repeated).
 
+Under a launcher (torchrun / accelerate launch) every process runs the same EM: each E-step is the
+trainer's (its share of trajectories, gradients all-reduced); each process draws the same M-step
+rationales (one seed), TRL splits them over the processes and all-reduces the gradients, so every
+process holds the same likelihood adapter; rank 0 alone writes its file and em.jsonl.
+
 The M-step is early-stopped: a seeded share of the training examples (``m_validation``) is held out of
 its data, and the adapter of the epoch with the lowest loss on their labels is kept (``m_patience``
 epochs without improvement end it); their labels still guide the E-step.
@@ -25,7 +30,6 @@ from pathlib import Path
 import torch
 
 from gfnlm.checkpoint import write_atomic
-from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.policy import Policy
 from gfnlm.supervised import SupervisedSettings, supervised_finetune
@@ -51,16 +55,13 @@ def load_latest_likelihood(policy: Policy, run_dir: Path) -> bool:
 def run_em(trainer, task, resume: bool = False) -> None:
     c = task.config
     policy, run_dir = trainer.policy, trainer.run_dir
-    if trainer.processes.distributed:
-        raise GfnlmError("EM tasks (classify, subjectivity) run in one process: the M-step is not split over "
-                         "processes. Launch without torchrun / accelerate.")
     if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
         policy.add_adapter(LIKELIHOOD_ADAPTER, seed=c.seed)
     for r in range(1, c.em_rounds + 1):
         end = trainer.config.steps * r // c.em_rounds
         trainer.train(resume=resume and r == 1, until=end)
         path = likelihood_file(run_dir, r)
-        if path.is_file():
+        if trainer.processes.broadcast(path.is_file()):  # rank 0's view of the run folder decides for all
             policy.load_adapter(path, LIKELIHOOD_ADAPTER)
         else:
             m_step(trainer, task, r, path)
@@ -94,11 +95,14 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
               "held_out_losses": fitted.get("validation_losses"),
               "m_step_seconds": time.perf_counter() - started,
               "examples": [task.tokenizer.decode(z) for z in rationales[0][:4]]}
-    write_atomic(path, lambda tmp: policy.save_adapter(tmp, LIKELIHOOD_ADAPTER))
-    with open(Path(trainer.run_dir) / "em.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-    print(f"EM round {round_number}: log p(Y_true | X, Z) of the training labels {record['label_log_likelihood_before']:.3f}"
-          f" -> {record['label_log_likelihood_after']:.3f} after the M-step", flush=True)
+    if trainer.processes.is_main:  # every process holds the same adapter (TRL trains it data-parallel)
+        write_atomic(path, lambda tmp: policy.save_adapter(tmp, LIKELIHOOD_ADAPTER))
+        with open(Path(trainer.run_dir) / "em.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(f"EM round {round_number}: log p(Y_true | X, Z) of the training labels "
+              f"{record['label_log_likelihood_before']:.3f} -> {record['label_log_likelihood_after']:.3f} after the "
+              "M-step", flush=True)
+    trainer.processes.barrier()
     return record
 
 

@@ -168,14 +168,15 @@ def load_trained_policy(spec: RunSpec, run_dir: Path, processes=None):
 
 def report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | None = None, processes=None) -> Path | None:
     """Evaluate (when configured), plot the training curves, and write report.md (rank 0). A task whose
-    evaluation splits its sampling over processes evaluates on every process; otherwise rank 0 alone."""
+    evaluation needs every process (``evaluates_on_every_process``) evaluates on all of them, the others
+    without progress bars; otherwise rank 0 alone."""
     from gfnlm.distributed import current
 
     processes = processes or current()
     if not processes.is_main:
-        if spec.config.evaluate and spec.task.splits_evaluation:
+        if spec.config.evaluate and spec.task.evaluates_on_every_process:
             with tempfile.TemporaryDirectory() as scratch:  # the other ranks' copies of the files are dropped
-                spec.task.evaluate(policy, Path(scratch), spec.config)
+                spec.task.evaluate(policy, Path(scratch), dataclasses.replace(spec.config, progress=False))
         return None
     return _write_report(spec, policy, run_dir, train_seconds)
 

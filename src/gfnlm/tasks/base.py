@@ -31,9 +31,10 @@ class Task(ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     training_metric_names: ClassVar[tuple[str, ...]] = ()  # keys returned by training_metrics
-    # True when evaluate() splits its sampling over the processes of a launch (gfnlm.distributed.share /
-    # gather_flat) and so must run on all of them; otherwise rank 0 evaluates alone.
-    splits_evaluation: ClassVar[bool] = False
+    # True when evaluate() must run on every process of a launch: it splits its sampling over them
+    # (gfnlm.distributed.share / gather_flat), or it trains a baseline adapter with TRL, which is
+    # data-parallel over the launch's processes. Otherwise rank 0 evaluates alone.
+    evaluates_on_every_process: ClassVar[bool] = False
     # whether ``evaluate`` handles a temperature-conditional policy (else its report skips the evaluation)
     evaluates_conditional_runs: ClassVar[bool] = False
 

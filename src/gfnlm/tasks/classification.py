@@ -118,6 +118,7 @@ class ClassificationTask(Task):
     name = "classify"
     Config = ClassificationConfig
     training_metric_names = ("rationale_right",)
+    evaluates_on_every_process = True  # the supervised baseline trains with TRL (data-parallel under a launcher)
     default_data = ("", "")  # (training file, test file) when the config names none
 
     def check_inputs(self) -> None:

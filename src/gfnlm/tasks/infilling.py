@@ -72,6 +72,7 @@ class InfillingConfig:
 class InfillingTask(Task):
     name = "infilling"
     Config = InfillingConfig
+    evaluates_on_every_process = True  # the SFT baseline trains with TRL (data-parallel under a launcher)
 
     def check_inputs(self) -> None:
         c = self.config

@@ -69,7 +69,7 @@ class RngTask(Task):
     name = "rng"
     Config = RngConfig
     training_metric_names = ("valid_fraction",)
-    splits_evaluation = True
+    evaluates_on_every_process = True
 
     def check_inputs(self) -> None:
         self.prompt_texts = read_prompt_file(self.config.prompt_file) if self.config.prompt_file else [self.config.prompt]
