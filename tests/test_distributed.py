@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from gfnlm.cli import main
-from gfnlm.distributed import Processes, share, stream_seed
+from gfnlm.distributed import Processes, my_range, share, stream_seed
 from gfnlm.streams import Stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,10 +162,43 @@ def test_rng_evaluation_and_sampling_are_split_over_two_processes(tmp_path, tiny
     assert len([line for line in out.splitlines() if line[:1] in "'\""]) == 5  # printed once, by rank 0
 
 
+def test_continuation_evaluation_split_over_two_processes_equals_one_process(two_processes, tmp_path):
+    """Each process evaluates a block of the prompts, seeded per prompt: the gathered table is one process's."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for copy in (one, two):
+        shutil.copytree(two_processes, copy)
+    assert main(["eval", "continuation", "--run", str(one)]) == 0
+    launch(["eval", "continuation", "--run", str(two)])
+    a, b = (json.loads((run / "eval_continuation.json").read_text()) for run in (one, two))
+    assert a["prompts"] == b["prompts"] == 3  # 2 prompts on rank 0, 1 on rank 1
+    assert a["per_prompt"].keys() == b["per_prompt"].keys()
+    for method, rows in a["per_prompt"].items():
+        assert len(rows) == len(b["per_prompt"][method]) == 3
+        for x, y in zip(rows, b["per_prompt"][method]):
+            assert x.keys() == y.keys()
+            assert all(x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-4) for k in x), method
+    samples = [[json.loads(line)["completions"] for line in (run / "eval_continuation_samples.jsonl").open()]
+               for run in (one, two)]
+    assert samples[0] == samples[1]
+
+
+def test_arithmetic_evaluation_counts_every_process_share(tmp_path, tiny_model_dir):
+    run = tmp_path / "arithmetic"
+    assert main(["train", "arithmetic", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "1",
+                 "--trajectories_per_prompt", "2", "--progress", "false", "--lora_r", "4", "--evaluate", "false",
+                 "--task.train_size", "4", "--task.gold_size", "1", "--task.test_size", "3",
+                 "--task.eval_questions", "3", "--task.eval_chains", "2", "--task.max_len", "12",
+                 "--task.eval_batch_questions", "1", "--task.eval_methods", "gfn"]) == 0
+    launch(["eval", "arithmetic", "--run", str(run)])  # 2 questions of each split on rank 0, 1 on rank 1
+    results = json.loads((run / "eval_arithmetic.json").read_text())["results"]["gfn"]
+    assert {split: r["questions"] for split, r in results.items()} == {"simple": 3, "hard": 3, "ood": 3}
+
+
 def test_em_and_its_trl_baselines_run_in_two_processes(tmp_path, tiny_model_dir):
     """EM (E-step by the trainer, M-step by TRL, data-parallel) and an evaluation that trains the supervised
-    baseline with TRL: every process takes part, all hold the same adapters, rank 0 writes each file once."""
-    from tests.test_classification import em_args
+    baseline with TRL and splits the test sentences: every process takes part, all hold the same adapters,
+    rank 0 writes each file once."""
+    from tests.test_classification import ROWS, em_args
 
     run = tmp_path / "em"
     launch(em_args(tmp_path, tiny_model_dir, run, rounds=2, steps=4))
@@ -177,8 +210,9 @@ def test_em_and_its_trl_baselines_run_in_two_processes(tmp_path, tiny_model_dir)
         assert max_difference(*ranks) < 1e-6
         assert max_difference(ranks[0], load_file(run / f"likelihood-round-{r}.safetensors")) == 0
     assert max_difference(load_file(run / "rank-0.safetensors"), load_file(run / "rank-1.safetensors")) < 1e-6
-    results = json.loads((run / "eval_classification.json").read_text())["results"]
-    assert set(results) == {"zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em"}
+    evaluation = json.loads((run / "eval_classification.json").read_text())
+    assert set(evaluation["results"]) == {"zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em"}
+    assert evaluation["test_sentences"] == len(ROWS) and len(evaluation["examples"]) == min(8, len(ROWS))
 
 
 def test_infilling_with_its_sft_baseline_runs_in_two_processes(tmp_path, tiny_model_dir):
@@ -209,6 +243,8 @@ def test_streams_and_shares():
 
     assert [share(10, Rank(r, 3)) for r in range(3)] == [4, 3, 3]
     assert [share(1, Rank(r, 2)) for r in range(2)] == [1, 0]
+    for n, world in ((10, 3), (1, 2), (7, 7), (0, 2), (5, 1)):  # the blocks cover 0..n-1 once, in rank order
+        assert [i for r in range(world) for i in my_range(n, Rank(r, world))] == list(range(n))
 
 
 def error_of(capsys, argv):

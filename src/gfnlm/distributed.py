@@ -158,6 +158,13 @@ def share(n: int, processes: Processes | None = None) -> int:
     return n // p.world_size + (p.rank < n % p.world_size)
 
 
+def my_range(n: int, processes: Processes | None = None) -> range:
+    """The indices of ``n`` items this process takes: contiguous blocks in rank order, sized by ``share``."""
+    p = processes or current()
+    start = p.rank * (n // p.world_size) + min(p.rank, n % p.world_size)
+    return range(start, start + share(n, p))
+
+
 def gather_flat(items: list, processes: Processes | None = None) -> list:
     """Every process's list of items, concatenated in rank order, on every process."""
     return [item for part in (processes or current()).gather(list(items)) for item in part]

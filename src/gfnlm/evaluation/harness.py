@@ -8,6 +8,10 @@ the ESS are reported; for the other methods they are undefined. The corrected me
 "gfn_smc", "base_is", "base_smc", see ``corrected.py``) spend ``particles`` policy samples' worth of
 generated tokens on each output and report their own log Z and ESS estimates (and KL for IS).
 
+Under a launcher the prompts are split over the processes (contiguous blocks) and the results gathered
+on every process; each prompt's samples are seeded by (seed, prompt index), so the table equals one
+process's (its "seconds" are the slowest process's).
+
 A temperature-conditional policy reads its own prompt: ``policy_prompt`` maps X to it ("[T=0.95] " + X)
 for the policy's sampling and scoring; the target and the base model read X.
 """
@@ -25,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gfnlm.action_space import ActionSpace
+from gfnlm.distributed import current, gather_flat, my_range
 from gfnlm.evaluation.corrected import base_particles, run_corrected
 from gfnlm.evaluation.decoding import decode_baseline
 from gfnlm.evaluation.diversity import distinct_n, embedding_diversity, sentence_encoder, unique_fraction
@@ -82,10 +87,10 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
     space = space.to(device)
     tok = policy.tokenizer
     encoder = sentence_encoder()
-    per_prompt: dict[str, list[dict]] = {m: [] for m in methods}
     seconds = {m: 0.0 for m in methods}
-    samples = []
-    for p_index, prompt in enumerate(tqdm(prompts, desc="evaluate", disable=not progress, dynamic_ncols=True)):
+    mine = []  # (prompt index, method, metrics, sample) of this process's prompts
+    for p_index in tqdm(my_range(len(prompts)), desc="evaluate", disable=not progress, dynamic_ncols=True):
+        prompt = prompts[p_index]
         tagged = tuple(policy_prompt(prompt.ids)) if policy_prompt else prompt.ids
         plain_rows: dict[str, list[list[int]]] = {}  # "gfn" / "sampling" rows, reused to match token budgets
         for method in methods:
@@ -129,13 +134,17 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
                         log_q = sequence_log_probs(model, space, prompt.ids, rows, device)
                 est = importance_estimates(loglik, log_q, temperature)
                 metrics.update(log_z_est=est["log_z"], kl_q_p=est["kl_q_p"], ess_fraction=est["ess_fraction"])
-            per_prompt[method].append(metrics)
-            samples.append({"prompt": prompt.text, "method": method, "completions": texts, "log_likelihoods": loglik})
+            mine.append((p_index, method, metrics, {"prompt": prompt.text, "method": method, "completions": texts,
+                                                    "log_likelihoods": loglik}))
+    everything = sorted(gather_flat(mine), key=lambda r: (r[0], methods.index(r[1])))  # one process's order
+    per_prompt = {m: [metrics for _, method, metrics, _ in everything if method == m] for m in methods}
+    samples = [sample for *_, sample in everything]
+    slowest = {m: max(s[m] for s in current().gather(seconds)) for m in methods}
     rows = []
     for method in methods:
         keys = per_prompt[method][0].keys()
         row = {"method": method, **{k: statistics.mean(d[k] for d in per_prompt[method]) for k in keys}}
-        row["seconds"] = seconds[method]
+        row["seconds"] = slowest[method]
         rows.append(row)
     out_dir = Path(out_dir)
     markdown = write_table(rows, COLUMNS, out_dir / stem, HEADERS)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from gfnlm.distributed import current, gather_flat, my_range, stream_seed
 from gfnlm.evaluation.diversity import distinct_n, embedding_diversity
 from gfnlm.evaluation.plots import plot_frontier
 from gfnlm.evaluation.sampling import sample_per_prompt
@@ -40,12 +41,16 @@ HEADERS = {"bleu4": "BLEU-4", "gleu4": "GLEU-4", "bertscore": "BERTScore F1", "b
 
 
 def evaluate_infilling(task, policy, run_dir: Path, config) -> EvalResult:
+    """Under a launcher each process samples a block of the test stories (from its own seed; rank 0 keeps
+    the run's), the SFT baseline trains on every process together, and rank 0 scores all the samples."""
     c = task.config
     stories, prompts = task.test_stories, task.test_set
     if not stories:
         return EvalResult({}, [], "No test stories; nothing evaluated.")
+    processes = current()
+    part = my_range(len(stories))
     space = task.action_space().to(policy.device)
-    generator = torch.Generator(device=policy.device).manual_seed(c.seed)
+    generator = torch.Generator(device=policy.device).manual_seed(stream_seed(c.seed, processes.rank))
     samples, seconds = {}, {}
     for method in c.methods():
         started = time.perf_counter()
@@ -56,9 +61,13 @@ def evaluate_infilling(task, policy, run_dir: Path, config) -> EvalResult:
         inputs = [task.beginning_ids(s) for s in stories] if method == "beginning_only" else [tp.ids for tp in prompts]
         prefix = task.fewshot_prefix() if method == "prompting_fewshot" else ()
         with context as model:
-            samples[method] = sample_per_prompt(model, space, inputs, c.eval_samples, c.eval_temperature, generator,
-                                                c.eval_batch, prefix, progress=config.progress, desc=method)
+            drawn = sample_per_prompt(model, space, inputs[part.start: part.stop], c.eval_samples,
+                                      c.eval_temperature, generator, c.eval_batch, prefix, progress=config.progress,
+                                      desc=method)
+        samples[method] = gather_flat(drawn)
         seconds[method] = time.perf_counter() - started
+    if not processes.is_main:
+        return EvalResult({}, [], "")  # rank 0 scores every sample and writes the results
     baseline = bertscore_baseline([s.middle for s in task.train_stories], seed=c.seed)
     rows = [dict(method=m, **score_method(task, policy, samples[m], baseline), seconds=seconds[m]) for m in samples]
     out = Path(run_dir)

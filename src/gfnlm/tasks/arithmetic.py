@@ -26,6 +26,7 @@ import torch
 from gfnlm.action_space import ActionSpace
 from gfnlm.arithmetic_data import Problem, generate
 from gfnlm.config import check_range, method_list
+from gfnlm.distributed import current, gather_flat, my_range, stream_seed
 from gfnlm.errors import GfnlmError
 from gfnlm.lm_forward import continuation_log_probs
 from gfnlm.policy import Policy
@@ -100,6 +101,7 @@ class ArithmeticTask(Task):
     name = "arithmetic"
     Config = ArithmeticConfig
     training_metric_names = ("chain_correct",)
+    evaluates_on_every_process = True  # each process answers its share of the questions
 
     def check_inputs(self) -> None:
         c = self.config
@@ -214,7 +216,8 @@ class ArithmeticTask(Task):
         on) on the bare question, or with ``few_shot`` from the base model after ``cot_shots`` worked
         examples. Answers: the majority of the chains' final results, and the candidate (among the most
         frequent ones) with the highest total p_LM(Y | X, Z) over the chains, under the reward's model and
-        context (the same judge for every method)."""
+        context (the same judge for every method). Under a launcher each process takes a block of the
+        question batches, sampling from its own seed (rank 0 keeps the run's); the counts are summed."""
         import contextlib
 
         from tqdm.auto import tqdm
@@ -225,12 +228,13 @@ class ArithmeticTask(Task):
         space = self.action_space().to(policy.device)
         hook = self.insert_hook()
         prefix = self.few_shot_prefix(c.cot_shots) if few_shot else ()
-        generator = torch.Generator(device=policy.device).manual_seed(config.seed)
+        generator = torch.Generator(device=policy.device).manual_seed(stream_seed(config.seed, current().rank))
         results, examples = {}, []
         for split, problems in self.data.tests.items():
             problems = problems[: c.eval_questions]
             counts = Counter()
-            for start in tqdm(range(0, len(problems), c.eval_batch_questions), desc=f"{label} {split}",
+            starts = range(0, len(problems), c.eval_batch_questions)
+            for start in tqdm([starts[i] for i in my_range(len(starts))], desc=f"{label} {split}",
                               disable=not config.progress, dynamic_ncols=True):
                 batch = problems[start: start + c.eval_batch_questions]
                 prompts = [self.prompt(p, f"{split}-{start + i}") for i, p in enumerate(batch)]
@@ -251,11 +255,12 @@ class ArithmeticTask(Task):
                         examples.append({"method": label, "split": split, "question": problem.query,
                                          "answer": problem.answer, "chain": self.tokenizer.decode(chain_set[0]),
                                          "majority": majority, "by_likelihood": by_likelihood})
+            counts = sum(current().gather(counts), Counter())
             n = max(counts["questions"], 1)
             results[split] = {"questions": counts["questions"], "accuracy_majority": counts["majority"] / n,
                               "accuracy_likelihood": counts["likelihood"] / n,
                               "single_chain_accuracy": counts["chains_correct"] / (n * c.eval_chains)}
-        return results, examples
+        return results, gather_flat(examples)[:6]
 
     def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
         c = self.config

@@ -245,31 +245,44 @@ class ClassificationTask(Task):
 
     # ----------------------------------------------------------------------------------------- evaluation
     def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        """Under a launcher each process scores a block of the test sentences (its rationales drawn from its
+        own seed; rank 0 keeps the run's) and the scores are gathered in test order; the supervised baseline
+        trains on every process together."""
+        from gfnlm.distributed import current, gather_flat, my_range, stream_seed
         from gfnlm.em import LIKELIHOOD_ADAPTER, load_latest_likelihood
 
         c = self.config
         if not self.test_set:
             return EvalResult({}, [], "No test data (task.test_data); nothing evaluated.")
+        processes = current()
         truth = torch.tensor([row.label for row in self.test_rows])
-        prompts = [tp.ids for tp in self.test_set]
+        part = my_range(len(self.test_set))
+        prompts = [self.test_set[i].ids for i in part]
+
+        def everyone(score) -> torch.Tensor:  # this process's scores (a process may have no sentences) -> all
+            return torch.cat([s for s in processes.gather(score().cpu() if prompts else None) if s is not None])
+
         results: dict[str, dict] = {}
         methods = c.methods()
         for method in [m for m in methods if m in ("zero_shot", "few_shot", "supervised")]:
             started = time.perf_counter()
             if method == "supervised":
-                lp = self.supervised_scores(policy, prompts, config)
+                self.train_supervised(policy, config)
+                with policy.adapter(SUPERVISED_ADAPTER) as model:
+                    lp = everyone(lambda: label_log_probs(model, prompts, self.direct_answers))
             else:
+                shared = self.few_shot_prefix() if method == "few_shot" else ()
                 with policy.base() as model:
-                    lp = label_log_probs(model, prompts, self.direct_answers,
-                                         self.few_shot_prefix() if method == "few_shot" else ())
+                    lp = everyone(lambda: label_log_probs(model, prompts, self.direct_answers, shared))
             results[method] = {"accuracy": accuracy(lp.argmax(-1), truth), "seconds": time.perf_counter() - started}
         rationale_methods = [m for m in methods if m in ("gfn_e_step", "gfn_em")]
-        if "gfn_em" in rationale_methods and not load_latest_likelihood(policy, Path(run_dir)):
+        source = Path(processes.broadcast(str(run_dir)))  # the other processes evaluate into a scratch folder
+        if "gfn_em" in rationale_methods and not load_latest_likelihood(policy, source):
             rationale_methods.remove("gfn_em")
             results["gfn_em"] = {"skipped": "no M-step adapter in the run folder"}
         if rationale_methods:
             started = time.perf_counter()
-            generator = torch.Generator(device=policy.device).manual_seed(c.seed)
+            generator = torch.Generator(device=policy.device).manual_seed(stream_seed(c.seed, processes.rank))
             space = self.action_space().to(policy.device)
             sampled = sample_per_prompt(policy.model, space, prompts, c.eval_rationales, c.eval_temperature,
                                         generator, c.eval_batch, progress=config.progress, desc="sample rationales")
@@ -279,26 +292,28 @@ class ClassificationTask(Task):
             for method in rationale_methods:
                 started = time.perf_counter()
                 adapter = LIKELIHOOD_ADAPTER if method == "gfn_em" else None
-                lp = self.rationale_scores(policy, prompts, sampled, adapter, progress=config.progress)
-                greedy_lp = self.rationale_scores(policy, prompts, greedy, adapter, progress=config.progress)[:, 0]
+                lp = everyone(lambda: self.rationale_scores(policy, prompts, sampled, adapter, progress=config.progress))
+                greedy_lp = everyone(lambda: self.rationale_scores(policy, prompts, greedy, adapter,
+                                                                   progress=config.progress))[:, 0]
                 votes = vote(lp)
                 results[method] = {"accuracy": accuracy(votes["mean_prob"], truth),
                                    "accuracy_majority": accuracy(votes["majority"], truth),
                                    "accuracy_greedy": accuracy(greedy_lp.argmax(-1), truth),
                                    "seconds": sampling_seconds + time.perf_counter() - started}
-            results["examples"] = [{"text": row.text, "label": self.labels[row.label],
-                                    "rationales": [self.tokenizer.decode(z) for z in zs[:5]],
-                                    "greedy": self.tokenizer.decode(g[0])}
-                                   for row, zs, g in list(zip(self.test_rows, sampled, greedy))[:8]]
+            results["examples"] = gather_flat([
+                {"text": self.test_rows[i].text, "label": self.labels[self.test_rows[i].label],
+                 "rationales": [self.tokenizer.decode(z) for z in zs[:5]], "greedy": self.tokenizer.decode(g[0])}
+                for i, zs, g in list(zip(part, sampled, greedy))[:8]])[:8]
         examples = results.pop("examples", [])
+        n = len(self.test_set)
         (Path(run_dir) / "eval_classification.json").write_text(json.dumps(
-            {"test_sentences": len(prompts), "results": results, "examples": examples}, indent=1))
+            {"test_sentences": n, "results": results, "examples": examples}, indent=1))
         plots = [plot_accuracy(Path(run_dir) / "classification_accuracy.png", results,
-                               f"{self.name}: {len(self.train_rows)} training examples, {len(prompts)} test sentences")]
-        return EvalResult(results, plots, self.markdown(results, examples, len(prompts)))
+                               f"{self.name}: {len(self.train_rows)} training examples, {n} test sentences")]
+        return EvalResult(results, plots, self.markdown(results, examples, n))
 
-    def supervised_scores(self, policy: Policy, prompts, config) -> torch.Tensor:
-        """Supervised LoRA baseline: a fresh adapter trained on X -> " <label>." (TRL SFT), then direct scoring."""
+    def train_supervised(self, policy: Policy, config) -> None:
+        """Supervised LoRA baseline: a fresh adapter trained on X -> " <label>." (TRL SFT)."""
         from gfnlm.supervised import SupervisedSettings, supervised_finetune
 
         c = self.config
@@ -308,8 +323,6 @@ class ClassificationTask(Task):
             supervised_finetune(policy, self.direct_examples(), SupervisedSettings(
                 epochs=c.supervised_epochs, lr=c.supervised_lr, batch_size=c.m_batch_size, seed=c.seed,
                 progress=config.progress))
-        with policy.adapter(SUPERVISED_ADAPTER) as model:
-            return label_log_probs(model, prompts, self.direct_answers)
 
     def rationale_scores(self, policy: Policy, prompts, rationales: list[list[list[int]]],
                          adapter: str | None, progress: bool = False) -> torch.Tensor:

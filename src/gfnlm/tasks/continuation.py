@@ -81,6 +81,7 @@ class ContinuationTask(Task):
     name = "continuation"
     Config = ContinuationConfig
     evaluates_conditional_runs = True
+    evaluates_on_every_process = True  # the harness splits the test prompts over the processes
 
     def check_inputs(self) -> None:
         c = self.config
