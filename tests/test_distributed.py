@@ -215,6 +215,20 @@ def test_em_and_its_trl_baselines_run_in_two_processes(tmp_path, tiny_model_dir)
     assert evaluation["test_sentences"] == len(ROWS) and len(evaluation["examples"]) == min(8, len(ROWS))
 
 
+def test_em_in_two_processes_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):
+    from tests.test_classification import em_args
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    extra = ["--evaluate", "false", "--checkpoint_every", "50"]
+    launch(em_args(tmp_path, tiny_model_dir, full, rounds=2, steps=4, extra=extra))
+    shutil.copytree(full, cut)  # as if the run died right after round 1's checkpoint
+    shutil.rmtree(cut / "checkpoints" / "step-0000004")
+    (cut / "likelihood-round-2.safetensors").unlink()
+    launch(em_args(tmp_path, tiny_model_dir, cut, rounds=2, steps=4, extra=extra) + ["--resume"])
+    for name in ("likelihood-round-2.safetensors", "checkpoints/step-0000004/adapter.safetensors"):
+        assert max_difference(load_file(full / name), load_file(cut / name)) < 1e-6, name
+
+
 def test_infilling_with_its_sft_baseline_runs_in_two_processes(tmp_path, tiny_model_dir):
     from tests.test_infilling import OPTIONS, write_stories
 
