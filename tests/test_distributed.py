@@ -1,4 +1,5 @@
-"""Several processes: real 2-process launches (torchrun, gloo on CPU) of `gfnlm` on a tiny model.
+"""Several processes: real 2-process launches (torchrun, and once `accelerate launch`; gloo on CPU) of
+`gfnlm` on a tiny model.
 
 After training both ranks hold the same parameters, equal (to 1e-5) to those of one process that
 draws the same trajectories (virtual_ranks 2 and twice the micro-batches); a run of 2 processes
@@ -34,13 +35,17 @@ def train_args(model_dir, run, prompts, steps, *extra):
             "--task.prompt_file", str(prompts), "--task.max_len", "6", *extra]
 
 
-def launch(args, processes=2):
+def launch(args, processes=2, launcher="torchrun"):
     """Run tests/distributed_worker.py (the gfnlm command) in ``processes`` processes under torchrun
-    ("--" keeps options such as --run and --n from torchrun's own option parser)."""
+    ("--" keeps options such as --run and --n from torchrun's own option parser), or `accelerate launch`
+    as the README shows it for CPUs (--multi_gpu: DDP over gloo without GPUs)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(processes), str(ROOT / "tests" / "distributed_worker.py"), "--", *args],
+    worker = str(ROOT / "tests" / "distributed_worker.py")
+    command = {"torchrun": ["torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), worker, "--"],
+               "accelerate": ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", worker]}
+    proc = subprocess.run([sys.executable, "-m", *command[launcher], *args],
                           env=env, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -106,6 +111,14 @@ def test_two_processes_equal_one_process_drawing_the_same_trajectories(two_proce
     assert steps == [1, 2, 3, 4]
     state = json.loads((two_processes / "checkpoints" / "step-0000004" / "state.json").read_text())
     assert state["streams"] == 2 and set(state["stream_python_rng"]) == {"1"}
+
+
+def test_accelerate_launch_runs_the_same_training(two_processes, tmp_path, tiny_model_dir, prompts):
+    run = tmp_path / "accelerate"
+    launch(train_args(tiny_model_dir, run, prompts, 4), launcher="accelerate")
+    ranks = [load_file(run / f"rank-{r}.safetensors") for r in (0, 1)]
+    assert max_difference(*ranks) < 1e-6
+    assert max_difference(ranks[0], load_file(two_processes / "rank-0.safetensors")) < 1e-5  # = torchrun's run
 
 
 def test_temperature_conditional_policy_in_two_processes_equals_one(tmp_path, tiny_model_dir, prompts):
