@@ -3,7 +3,9 @@ range of reward temperatures) against policies trained separately at one tempera
 
 Runs (in benchmarks/out/temperature/, each trained with `gfnlm train continuation` and the CPU preset
 unless it is already there):
-- single-T<T>-seed<S>: reward_temp_end T, seeds 0 and 1, for each T in --temperatures;
+- single-T<T>-seed<S>: reward_temp_end T, seeds 0 and 1, for each T in --temperatures, with the preset's
+  learned log Z(X); with --single-log-z batch they estimate log Z from each batch as the conditional run
+  must (single-T<T>-batchlogz-seed<S>);
 - conditional-<input>-<steps>steps-seed0: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
   -elr<x> in the run dir when not 1) or a prompt tag (--input text), with as many steps as the
@@ -15,6 +17,7 @@ point lies within the spread (min..max) of the two single-temperature policies.
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
                                    [--conditional-steps N] [--embedding-lr-scale X]
+                                   [--single-log-z learned|batch]
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ def main() -> int:
     parser.add_argument("--input", default="embedding", choices=["embedding", "text"], help="how it reads T")
     parser.add_argument("--conditional-steps", type=int, default=None,
                         help="its training steps (default: 2 x the preset's, the compute of two single-T runs)")
+    parser.add_argument("--single-log-z", default="learned", choices=["learned", "batch"],
+                        help="log Z of the single-temperature runs (the conditional run always uses batch)")
     parser.add_argument("--embedding-lr-scale", type=float, default=1.0,
                         help="its temperature embedding's learning rate as a multiple of lr (run dir gains -elr<x>)")
     args = parser.parse_args()
@@ -70,11 +75,13 @@ def main() -> int:
     started = time.perf_counter()
     train_seconds = {}
     runs = {}
+    log_z = "-batchlogz" if args.single_log_z == "batch" else ""
     for t in temperatures:
         for seed in SEEDS:
-            name = f"single-T{t:g}-seed{seed}"
+            name = f"single-T{t:g}{log_z}-seed{seed}"
             runs[name] = out_dir / name
-            train_seconds[name] = train(runs[name], ["--reward_temp_end", str(t), "--seed", str(seed)])
+            train_seconds[name] = train(runs[name], ["--reward_temp_end", str(t), "--log_z", args.single_log_z,
+                                                     "--seed", str(seed)])
     preset = yaml.safe_load((ROOT / "configs" / "continuation-cpu.yaml").read_text())
     steps = args.conditional_steps or 2 * preset["steps"]
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
@@ -108,9 +115,10 @@ def main() -> int:
     results = []
     for t in temperatures:
         for seed in SEEDS:
-            name = f"single-T{t:g}-seed{seed}"
+            name = f"single-T{t:g}{log_z}-seed{seed}"
             print(f"evaluating {name} at T = {t:g}", flush=True)
-            results.append({"T": t, "policy": f"trained at T = {t:g}, seed {seed}", "label": f"T={t:g} single, seed {seed}",
+            results.append({"T": t, "policy": f"trained at T = {t:g} (log Z {args.single_log_z}), seed {seed}",
+                            "label": f"T={t:g} single, seed {seed}",
                             "kind": "single",
                             **evaluate(runs[name], t)})
         print(f"evaluating the conditional policy at T = {t:g}", flush=True)
@@ -135,7 +143,7 @@ def main() -> int:
                          "diversity", "mean_loglik", "embedding diversity (1 - mean pairwise cosine)",
                          "mean log p_LM(Z | X)", f"one conditional policy ({args.range}) vs single-temperature policies")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
-               "embedding_lr_scale": args.embedding_lr_scale,
+               "embedding_lr_scale": args.embedding_lr_scale, "single_log_z": args.single_log_z,
                "results": results, "claims": claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
     (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))
