@@ -79,10 +79,11 @@ def sequence_log_prob(model, context, continuation):
     return sum(float(lp[len(context) + k - 1, t]) for k, t in enumerate(continuation))
 
 
-@pytest.mark.parametrize("trained_likelihood", [False, True])
-def test_rationale_reward_of_every_prefix_matches_naive_passes(trained_likelihood):
+@pytest.mark.parametrize("trained_likelihood,calibrated", [(False, False), (True, False), (False, True), (True, True)])
+def test_rationale_reward_of_every_prefix_matches_naive_passes(trained_likelihood, calibrated):
     """log p_base(z_1..z_i | X) + log p_lik(Y_true | X z_1..z_i) - penalty [another label is more likely],
-    for every prefix, against one full forward per (prefix, label)."""
+    for every prefix, against one full forward per (prefix, label); calibrated: every label score minus
+    the likelihood model's mean normalized label log-probability after the content-free prompts."""
     vocab = 9
     policy = Policy(tiny_llama(vocab, seed=3), None, LoraSettings(r=4, alpha=8))
     policy.add_adapter("likelihood")
@@ -94,12 +95,20 @@ def test_rationale_reward_of_every_prefix_matches_naive_passes(trained_likelihoo
     answers = [[8, 3, 2], [8, 3, 5, 1]]
     prompts = [(1, 2, 3), (4, 6)]
     label_of = {"a": 0, "b": 1}
-    target = RationaleLabelReward(policy, answers, label_of, penalty=7.0, chunk_size=2)
+    content_free = [(7,), (2, 5)] if calibrated else []
+    target = RationaleLabelReward(policy, answers, label_of, penalty=7.0, chunk_size=2, content_free=content_free)
     if trained_likelihood:
         target.likelihood_adapter = "likelihood"
     traj = Trajectories.from_rows(prompts, ["a", "b"], [0, 1, 1, 0], [[5, 6, 7], [2], [], [4, 4, 1, 6]])
     rewards = target.log_rewards(traj)
     assert target.last_label_scores[0] is traj  # label_scores(traj) below reads what the reward call kept
+    with policy.adapter("likelihood") if trained_likelihood else policy.base() as model:
+        offsets = [0.0, 0.0]
+        for c in content_free:
+            raw = torch.tensor([sequence_log_prob(model, list(c), a) for a in answers])
+            offsets = [o + float(v) / len(content_free) for o, v in zip(offsets, torch.log_softmax(raw, -1))]
+    if calibrated:
+        assert max(abs(o) for o in offsets) > 0.05  # the calibration moves the scores
     penalized = 0
     for b in range(traj.batch_size):
         prompt, row, true = list(traj.row_prompt(b)), traj.row(b), label_of[traj.row_key(b)]
@@ -107,7 +116,7 @@ def test_rationale_reward_of_every_prefix_matches_naive_passes(trained_likelihoo
             with policy.base() as model:
                 prefix = sequence_log_prob(model, prompt, row[:i])
             with policy.adapter("likelihood") if trained_likelihood else policy.base() as model:
-                stops = [sequence_log_prob(model, prompt + row[:i], a) for a in answers]
+                stops = [sequence_log_prob(model, prompt + row[:i], a) - o for a, o in zip(answers, offsets)]
             # the label scores kept from the reward call (chunks of 2 rows, padded) are the naive ones too
             kept = target.label_scores(traj)[b, i].tolist()
             assert kept == pytest.approx(stops, abs=1e-4)
@@ -176,7 +185,7 @@ def em_args(tmp_path, tiny_model_dir, run, rounds, steps, extra=()):
 
 def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
-    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=3, steps=6)) == 0
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=3, steps=6, extra=["--task.calibrate", "true"])) == 0
     rounds = [json.loads(line) for line in (run / "em.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3] and [r["step"] for r in rounds] == [2, 4, 6]
     for r in rounds:  # each M-step raises log p(Y_true | X, Z) of its rationales

@@ -120,6 +120,7 @@ def label_log_likelihood(policy: Policy, task, rationales: list[list[list[int]]]
     """Mean over training examples and their rationales of log p(Y_true | X, Z), normalized over labels,
     under the likelihood adapter."""
     prompts = [tp.ids for tp in task.train_set]
-    lp = torch.log_softmax(task.rationale_scores(policy, prompts, rationales, LIKELIHOOD_ADAPTER), dim=-1)
+    lp = torch.log_softmax(task.rationale_scores(policy, prompts, rationales, LIKELIHOOD_ADAPTER, calibrated=False),
+                           dim=-1)
     true = torch.tensor([task.label_of[tp.key] for tp in task.train_set])
     return float(lp[torch.arange(len(prompts)), :, true].mean())

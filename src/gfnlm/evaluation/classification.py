@@ -3,6 +3,10 @@ sampled rationales.
 
 Label probabilities are p(Y_y | context) normalized over the labels, where Y_y is the label's whole
 answer text (multi-token labels are scored exactly).
+
+Calibration (``content_free_offsets``): a small LM prefers some label whatever the sentence says; its
+preference on content-free sentences ("N/A", "", "[MASK]" in the same prompt) estimates that prior, and
+subtracting it from every label score removes it (contextual calibration).
 """
 
 from __future__ import annotations
@@ -21,6 +25,18 @@ def label_log_probs(model, contexts: Sequence[Sequence[int]], answers: Sequence[
     pairs = [(tuple(c), tuple(a)) for c in contexts for a in answers]
     scores = continuation_log_probs(model, [c for c, _ in pairs], [a for _, a in pairs], shared_prefix=shared_prefix)
     return scores.view(len(contexts), len(answers))
+
+
+CONTENT_FREE_TEXTS = ("N/A", "", "[MASK]")
+
+
+@torch.no_grad()
+def content_free_offsets(model, contexts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
+                         shared_prefix: Sequence[int] = ()) -> torch.Tensor:
+    """(labels,): the model's mean log-probability of each label, normalized over the labels, after the
+    content-free contexts; label scores minus these offsets are calibrated."""
+    scores = label_log_probs(model, contexts, answers, shared_prefix)
+    return torch.log_softmax(scores.float(), dim=-1).mean(dim=0)
 
 
 def vote(label_lp: torch.Tensor) -> dict[str, torch.Tensor]:

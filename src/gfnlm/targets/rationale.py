@@ -7,6 +7,13 @@ M-step, then the likelihood adapter (``likelihood_adapter``). Y_y is the whole a
 (", so it is objective."), scored for every prefix in one packed pass per label. ``wrong`` is 1 where
 another label's answer is strictly more likely than the true one after z_1..z_i: a rationale that argues
 for the wrong label is penalized (a fixed log-reward offset, tempered with the rest of the reward).
+
+Calibrated (``content_free`` prompts given): every label score is taken relative to the judge's label
+prior, log p(Y_y | X z_1..z_i) - c_y, with c_y its mean normalized log-probability of Y_y after content-free
+sentences (evaluation/classification.py), under the same model. For the reward's own term this is a
+constant per example (its true label is fixed), so the target over Z is unchanged; what changes is
+``wrong``: a judge that favours one label for every sentence no longer lets any rationale pass for the
+examples of that label.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from gfnlm.evaluation.classification import content_free_offsets
 from gfnlm.policy import Policy
 from gfnlm.targets.lm_likelihood import LMLikelihood
 from gfnlm.trajectories import Trajectories
@@ -22,26 +30,37 @@ from gfnlm.trajectories import Trajectories
 
 class RationaleLabelReward(LMLikelihood):
     def __init__(self, policy: Policy, answers: Sequence[Sequence[int]], label_of: dict[str, int],
-                 penalty: float = 50.0, chunk_size: int = 64):
+                 penalty: float = 50.0, chunk_size: int = 64, content_free: Sequence[Sequence[int]] = ()):
         if len(answers) < 2 or any(len(a) == 0 for a in answers):
             raise ValueError("give a non-empty answer for each of at least two labels")
         super().__init__(policy, [int(answers[0][0])], chunk_size=chunk_size)
         self.answers = [[int(t) for t in a] for a in answers]
         self.label_of = dict(label_of)
         self.penalty = float(penalty)
+        self.content_free = [tuple(int(t) for t in c) for c in content_free]
         self.likelihood_adapter: str | None = None  # set by EM once the M-step has trained it
         self.last_label_scores: tuple[Trajectories, torch.Tensor] | None = None
 
     def label_log_probs(self, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p_LM(z_1..z_i | X) (B, L+1) and log p(Y_y | X z_1..z_i) (B, L+1, labels) of every prefix."""
+        """log p_LM(z_1..z_i | X) (B, L+1) and log p(Y_y | X z_1..z_i) (B, L+1, labels) of every prefix
+        (calibrated when content-free prompts are set)."""
         with self.policy.base() as model:
             prefix, first = self._prefix_and_stop(model, traj, self.answers[0])
             if self.likelihood_adapter is None:
                 stops = [first] + [self._prefix_and_stop(model, traj, a)[1] for a in self.answers[1:]]
+                offsets = self._offsets(model)
         if self.likelihood_adapter is not None:
             with self.policy.adapter(self.likelihood_adapter) as model:
                 stops = [self._prefix_and_stop(model, traj, a)[1] for a in self.answers]
-        return prefix, torch.stack(stops, dim=-1)
+                offsets = self._offsets(model)
+        return prefix, torch.stack(stops, dim=-1) - offsets.to(prefix.device, prefix.dtype)
+
+    def _offsets(self, model) -> torch.Tensor:
+        """The judge's label prior c_y (zeros without calibration); a few short passes, recomputed each
+        call because EM's M-step changes the likelihood adapter in place."""
+        if not self.content_free:
+            return torch.zeros(len(self.answers))
+        return content_free_offsets(model, self.content_free, self.answers)
 
     def _prefix_and_labels(self, traj: Trajectories) -> torch.Tensor:
         """(B, L+1, 1 + labels): the prefix log-likelihood, then every label's score, so that one chunked

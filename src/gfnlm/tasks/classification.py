@@ -13,6 +13,8 @@ Prediction: for a test sentence, K rationales from q, every label scored under p
 vote, mean probability, and the label of the greedy rationale. Baselines on the same model: zero-shot
 and few-shot (all N training examples in the prompt) scoring of " <label>." after X, and supervised
 LoRA fine-tuning on X -> " <label>." (TRL), all on the same test sentences.
+``calibrate``: every label score, of every method and of the E-step's penalty, is taken relative to the
+scoring model's label prior on content-free sentences (evaluation/classification.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from gfnlm.action_space import ActionSpace
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.config import check_range, method_list
 from gfnlm.errors import GfnlmError
-from gfnlm.evaluation.classification import label_log_probs, vote
+from gfnlm.evaluation.classification import CONTENT_FREE_TEXTS, content_free_offsets, label_log_probs, vote
 from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.lm_forward import common_prefix, continuation_log_probs
 from gfnlm.policy import Policy
@@ -74,6 +76,7 @@ class ClassificationConfig:
     words_only: bool = True  # rationales use word tokens only (no punctuation, digits, newlines)
     ban_label_words: bool = True  # rationales cannot write a label's name (nor its tokens): they must describe X
     wrong_label_penalty: float = 50.0
+    calibrate: bool = False  # subtract each scoring model's label prior on content-free sentences from label scores
     seed_rationales: int = 20  # wishful rationales per training example put in the buffer (0 = none)
     seed_hint: str = " {label} because it is"
     em_rounds: int = 1  # E-step / M-step rounds; the run's steps are split evenly over them
@@ -145,6 +148,7 @@ class ClassificationTask(Task):
         self.train_set = [self.prompt(row.text, f"train-{i}") for i, row in enumerate(self.train_rows)]
         self.label_of = {tp.key: row.label for tp, row in zip(self.train_set, self.train_rows)}
         self.test_set = [self.prompt(row.text, f"test-{i}") for i, row in enumerate(self.test_rows)]
+        self.content_free = [self.prompt(t, "content-free").ids for t in CONTENT_FREE_TEXTS] if c.calibrate else []
         allowed = None
         if c.words_only:
             pieces = tokenizer.batch_decode([[t] for t in range(min(vocab_size, len(tokenizer)))])
@@ -182,7 +186,8 @@ class ClassificationTask(Task):
 
     def target(self, policy: Policy) -> RationaleLabelReward:
         self.policy = policy  # the wishful seeds are drawn from its base model
-        self.reward = RationaleLabelReward(policy, self.answers, self.label_of, self.config.wrong_label_penalty)
+        self.reward = RationaleLabelReward(policy, self.answers, self.label_of, self.config.wrong_label_penalty,
+                                           content_free=self.content_free)
         return self.reward
 
     def fit(self, trainer, resume: bool = False) -> None:
@@ -270,10 +275,12 @@ class ClassificationTask(Task):
                 self.train_supervised(policy, config)
                 with policy.adapter(SUPERVISED_ADAPTER) as model:
                     lp = everyone(lambda: label_log_probs(model, prompts, self.direct_answers))
+                    lp = lp - self.label_prior(model, self.direct_answers)
             else:
                 shared = self.few_shot_prefix() if method == "few_shot" else ()
                 with policy.base() as model:
                     lp = everyone(lambda: label_log_probs(model, prompts, self.direct_answers, shared))
+                    lp = lp - self.label_prior(model, self.direct_answers, shared)
             results[method] = {"accuracy": accuracy(lp.argmax(-1), truth), "seconds": time.perf_counter() - started}
         rationale_methods = [m for m in methods if m in ("gfn_e_step", "gfn_em")]
         source = Path(processes.broadcast(str(run_dir)))  # the other processes evaluate into a scratch folder
@@ -324,16 +331,24 @@ class ClassificationTask(Task):
                 epochs=c.supervised_epochs, lr=c.supervised_lr, batch_size=c.m_batch_size, seed=c.seed,
                 progress=config.progress))
 
+    def label_prior(self, model, answers, shared_prefix=()) -> torch.Tensor:
+        """(labels,) the offsets a calibrated score subtracts (zeros without ``calibrate``)."""
+        if not self.content_free:
+            return torch.zeros(len(answers))
+        return content_free_offsets(model, self.content_free, answers, shared_prefix).cpu()
+
     def rationale_scores(self, policy: Policy, prompts, rationales: list[list[list[int]]],
-                         adapter: str | None, progress: bool = False) -> torch.Tensor:
+                         adapter: str | None, progress: bool = False, calibrated: bool = True) -> torch.Tensor:
         """(N, K, labels) log p(Z_k Y_y | X) under the base model or the named likelihood adapter: log p(Y_y |
         X, Z_k) plus a term that does not depend on the label, so normalized over the labels it is
-        p(y | X, Z_k). Each X is run once for all its rationales and labels."""
+        p(y | X, Z_k) (minus the label prior when calibrated). Each X is run once for all its rationales
+        and labels."""
         pairs = [(tuple(p), tuple(z) + tuple(a)) for p, zs in zip(prompts, rationales) for z in zs for a in self.answers]
         with policy.adapter(adapter) if adapter else policy.base() as model:
             lp = continuation_log_probs(model, [c for c, _ in pairs], [z for _, z in pairs], progress=progress,
                                         desc=f"score rationales ({adapter or 'base model'})")
-        return lp.view(len(prompts), len(rationales[0]), len(self.answers))
+            prior = self.label_prior(model, self.answers) if calibrated else torch.zeros(len(self.answers))
+        return lp.view(len(prompts), len(rationales[0]), len(self.answers)) - prior.to(lp.device)
 
     def markdown(self, results: dict, examples: list, n: int) -> str:
         c = self.config
