@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from gfnlm.cli import main
-from gfnlm.distributed import Processes, my_range, share, stream_seed
+from gfnlm.distributed import Processes, my_range, process_generator, share, stream_seed
 from gfnlm.streams import Stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,6 +262,12 @@ def test_streams_and_shares():
     b = Stream.create(1, 7, torch.device("cpu"), None)
     assert a.rng.random() != b.rng.random()
     assert not torch.equal(torch.rand(4, generator=a.generator), torch.rand(4, generator=b.generator))
+    cpu = torch.device("cpu")
+    rank = Processes(cpu)
+    first = torch.rand(4, generator=process_generator(7, cpu, rank))
+    assert torch.equal(first, torch.rand(4, generator=torch.Generator().manual_seed(7)))  # rank 0: the run's seed
+    rank.rank = 1
+    assert not torch.equal(first, torch.rand(4, generator=process_generator(7, cpu, rank)))
 
     class Rank(Processes):
         def __init__(self, rank, world):

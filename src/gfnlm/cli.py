@@ -112,9 +112,7 @@ def _prior(args, rest: list[str]) -> int:
 def _sample(args) -> int:
     import contextlib
 
-    import torch
-
-    from gfnlm.distributed import gather_flat, share, start, stream_seed
+    from gfnlm.distributed import gather_flat, process_generator, share, start
     from gfnlm.evaluation.sampling import sample_completions
     from gfnlm.runs import load_run, load_trained_policy
 
@@ -135,7 +133,7 @@ def _sample(args) -> int:
         prompt = tuple(tokenizer.encode(args.prompt, add_special_tokens=False))
     space = spec.task.action_space().to(policy.device)
     # Several processes each draw their share of the n outputs from their own seed; rank 0 prints all.
-    generator = torch.Generator(device=policy.device).manual_seed(stream_seed(args.seed, processes.rank))
+    generator = process_generator(args.seed, policy.device, processes)
     n = share(args.n, processes)
     # A conditional policy reads T (its prompt tag or embedding); the target (and the base model) read X.
     reading = (conditioning.at(policy, args.target_temperature) if conditioning is not None

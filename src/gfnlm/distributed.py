@@ -152,6 +152,12 @@ def stream_seed(seed: int, index: int) -> int:
     return seed if index == 0 else derive_seed("stream", seed, index)
 
 
+def process_generator(seed: int, device, processes: Processes | None = None):
+    """A torch generator for this process's share of a sampled evaluation: rank 0 draws with ``seed``
+    itself (one process gives the same samples as before), every other rank its own stream."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, (processes or current()).rank))
+
+
 def share(n: int, processes: Processes | None = None) -> int:
     """How many of ``n`` items this process takes (the first n % world_size ranks take one more)."""
     p = processes or current()

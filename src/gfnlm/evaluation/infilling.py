@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from gfnlm.distributed import current, gather_flat, my_range, stream_seed
+from gfnlm.distributed import current, gather_flat, my_range, process_generator
 from gfnlm.evaluation.diversity import distinct_n, embedding_diversity
 from gfnlm.evaluation.plots import plot_frontier
 from gfnlm.evaluation.sampling import sample_per_prompt
@@ -50,7 +50,7 @@ def evaluate_infilling(task, policy, run_dir: Path, config) -> EvalResult:
     processes = current()
     part = my_range(len(stories))
     space = task.action_space().to(policy.device)
-    generator = torch.Generator(device=policy.device).manual_seed(stream_seed(c.seed, processes.rank))
+    generator = process_generator(c.seed, policy.device, processes)
     samples, seconds = {}, {}
     for method in c.methods():
         started = time.perf_counter()

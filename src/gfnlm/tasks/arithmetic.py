@@ -26,7 +26,7 @@ import torch
 from gfnlm.action_space import ActionSpace
 from gfnlm.arithmetic_data import Problem, generate
 from gfnlm.config import check_range, method_list
-from gfnlm.distributed import current, gather_flat, my_range, stream_seed
+from gfnlm.distributed import current, gather_flat, my_range, process_generator
 from gfnlm.errors import GfnlmError
 from gfnlm.lm_forward import continuation_log_probs
 from gfnlm.policy import Policy
@@ -228,7 +228,7 @@ class ArithmeticTask(Task):
         space = self.action_space().to(policy.device)
         hook = self.insert_hook()
         prefix = self.few_shot_prefix(c.cot_shots) if few_shot else ()
-        generator = torch.Generator(device=policy.device).manual_seed(stream_seed(config.seed, current().rank))
+        generator = process_generator(config.seed, policy.device)
         results, examples = {}, []
         for split, problems in self.data.tests.items():
             problems = problems[: c.eval_questions]

@@ -253,7 +253,7 @@ class ClassificationTask(Task):
         """Under a launcher each process scores a block of the test sentences (its rationales drawn from its
         own seed; rank 0 keeps the run's) and the scores are gathered in test order; the supervised baseline
         trains on every process together."""
-        from gfnlm.distributed import current, gather_flat, my_range, stream_seed
+        from gfnlm.distributed import current, gather_flat, my_range, process_generator
         from gfnlm.em import LIKELIHOOD_ADAPTER, load_latest_likelihood
 
         c = self.config

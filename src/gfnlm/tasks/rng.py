@@ -21,7 +21,7 @@ import torch
 
 from gfnlm.action_space import ActionSpace
 from gfnlm.config import check_range
-from gfnlm.distributed import current, gather_flat, share, stream_seed
+from gfnlm.distributed import current, gather_flat, process_generator, share
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.distribution import empirical_metrics, uniform_noise_floor
 from gfnlm.evaluation.plots import plot_histograms
@@ -147,7 +147,7 @@ class RngTask(Task):
         support = list(range(c.low, c.high + 1))
         results, series = {}, {}
         for name in ("base", "policy"):
-            generator = torch.Generator(device=policy.device).manual_seed(stream_seed(seed, current().rank))
+            generator = process_generator(seed, policy.device)
             n = share(c.eval_samples)
             if name == "base":
                 with policy.base() as model:
