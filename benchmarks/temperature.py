@@ -8,7 +8,8 @@ unless it is already there):
   must (single-T<T>-batchlogz-seed<S>);
 - conditional-<input>-<steps>steps-seed0: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
-  -elr<x> in the run dir when not 1) or a prompt tag (--input text), with as many steps as the
+  -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale) or
+  a prompt tag (--input text), with as many steps as the
   single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
@@ -17,7 +18,7 @@ point lies within the spread (min..max) of the two single-temperature policies.
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
                                    [--conditional-steps N] [--embedding-lr-scale X]
-                                   [--single-log-z learned|batch]
+                                   [--single-log-z learned|batch] [--logit-scale]
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> int:
                         help="log Z of the single-temperature runs (the conditional run always uses batch)")
     parser.add_argument("--embedding-lr-scale", type=float, default=1.0,
                         help="its temperature embedding's learning rate as a multiple of lr (run dir gains -elr<x>)")
+    parser.add_argument("--logit-scale", action="store_true",
+                        help="the conditional policy also learns a factor exp(c(T)) on its logits (run dir gains -lscale)")
     args = parser.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
     out_dir = OUT / "temperature"
@@ -85,11 +88,13 @@ def main() -> int:
     preset = yaml.safe_load((ROOT / "configs" / "continuation-cpu.yaml").read_text())
     steps = args.conditional_steps or 2 * preset["steps"]
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
+    scaled += "-lscale" if args.logit_scale else ""
     conditional = out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed0"
     train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
                                                        "--temperature_input", args.input, "--steps", str(steps),
                                                        "--temperature_embedding_lr_scale",
-                                                       str(args.embedding_lr_scale), "--seed", "0"])
+                                                       str(args.embedding_lr_scale), "--seed", "0",
+                                                       "--temperature_logit_scale", str(args.logit_scale).lower()])
 
     from gfnlm.evaluation.plots import plot_frontier
     from gfnlm.evaluation.tables import markdown_table
@@ -122,7 +127,8 @@ def main() -> int:
                             "kind": "single",
                             **evaluate(runs[name], t)})
         print(f"evaluating the conditional policy at T = {t:g}", flush=True)
-        lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if scaled else ""
+        lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
+        lr_note += ", logit scale" if args.logit_scale else ""
         results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), seed 0",
                         "label": f"T={t:g} conditional",
                         "kind": "conditional",
@@ -143,7 +149,8 @@ def main() -> int:
                          "diversity", "mean_loglik", "embedding diversity (1 - mean pairwise cosine)",
                          "mean log p_LM(Z | X)", f"one conditional policy ({args.range}) vs single-temperature policies")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
-               "embedding_lr_scale": args.embedding_lr_scale, "single_log_z": args.single_log_z,
+               "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
+               "single_log_z": args.single_log_z,
                "results": results, "claims": claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
     (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))

@@ -1,6 +1,7 @@
 """One temperature-conditional policy reaches the exact tempered target at every trained temperature, reading
 T as a prompt tag or as a learned embedding; the embedding is seen by the policy alone."""
 
+import math
 import random
 
 import pytest
@@ -37,14 +38,14 @@ def test_parse_and_check_temperatures():
         TrainConfig(conditional_temperatures="0.5,1.0").validate()
 
 
-@pytest.mark.parametrize("reads", ["text", "embedding"])
-def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads):
+@pytest.mark.parametrize("reads,logit_scale", [("text", False), ("embedding", False), ("embedding", True)])
+def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads, logit_scale):
     task = ConditionalTask()
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=8, alpha=16))
     if reads == "embedding":
-        policy.add_temperature_embedding(0.5, 1.0)
+        policy.add_temperature_embedding(0.5, 1.0, logit_scale)
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=800,
-                         temperature_input=reads,
+                         temperature_input=reads, temperature_logit_scale=logit_scale,
                          trajectories_per_prompt=32, lr=1e-2, warmup_steps=0, lr_schedule="cosine", replay_prob=0.25,
                          tempered_prob=0.25, epsilon=0.05, buffer_capacity=64, buffer_tolerance=0.0,
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
@@ -117,6 +118,39 @@ def test_temperature_embedding_is_read_by_the_policy_alone(tmp_path):
         pass
     with pytest.raises(GfnlmError, match="not 1.5"), conditioning.at(policy, 1.5):
         pass
+
+
+def test_logit_scale_multiplies_the_policy_logits_alone(tmp_path):
+    """With temperature_logit_scale the policy's logits at T are its unscaled logits times
+    exp(u + x(T) v); the base model and other adapters are unchanged, and the scale is saved with the adapter."""
+    policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True)
+    conditioning = TemperatureConditioning("0.5:1.0", lambda t: (), reads="embedding")
+    plain = logits(policy)
+    with conditioning.at(policy, 0.5):
+        assert torch.equal(logits(policy), plain)  # u = v = 0: the policy starts as the base model
+    with torch.no_grad():
+        embedding.logit_scale.copy_(torch.tensor([0.3, -0.5]))
+    with policy.base():
+        base = logits(policy)
+    for t in (0.5, 0.75, 1.0):
+        with conditioning.at(policy, t):
+            factor = math.exp(0.3 - 0.5 * embedding.position(t))
+            assert torch.allclose(logits(policy), plain * factor, atol=1e-6)
+            with policy.base():
+                assert torch.equal(logits(policy), base)
+    assert any(p is embedding.logit_scale for p in policy.trainable_parameters())
+    policy.save_adapter(tmp_path / "a.safetensors")
+    again = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    again.add_temperature_embedding(0.5, 1.0, logit_scale=True)
+    again.load_adapter(tmp_path / "a.safetensors")
+    assert torch.equal(again.temperature_embedding.logit_scale, embedding.logit_scale)
+    unscaled = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    unscaled.add_temperature_embedding(0.5, 1.0)
+    with pytest.raises(GfnlmError, match="another temperature_logit_scale"):
+        unscaled.load_adapter(tmp_path / "a.safetensors")
+    with pytest.raises(GfnlmError, match="temperature_logit_scale needs"):
+        TrainConfig(temperature_logit_scale=True).validate()
 
 
 def test_range_draws_favour_the_ends():

@@ -3,7 +3,9 @@
 temperature without retraining. The policy reads T in one of two ways (``temperature_input``):
 
 - ``embedding`` (default): a learned vector e(T) added to the policy's input embedding at every position
-  (``TemperatureEmbedding``), trained with the LoRA weights;
+  (``TemperatureEmbedding``), trained with the LoRA weights; optionally (``temperature_logit_scale``) also
+  a learned factor exp(c(T)) on the policy's logits, so that T can sharpen every next-token distribution
+  at once, as tempering the reward does;
 - ``text``: a tag in its prompt ("[T=0.85] " before X).
 
 The reward never reads T: it runs the base model (adapter off), which sees neither the tag nor e(T).
@@ -40,12 +42,14 @@ def parse_temperatures(spec: str) -> tuple[str, tuple[float, ...]]:
 class TemperatureEmbedding(torch.nn.Module):
     """e(T) = a + x(T) b, with x(T) = 1/T mapped linearly onto [-1, 1] over the trained temperatures (1/T is
     the scale of the tempered log-reward). a = b = 0 at the start, so the policy starts as the base model.
-    ``temperature`` is set only inside ``TemperatureConditioning.at``; ``Policy`` adds e(T) while it is set
-    and the policy's own adapter runs."""
+    With ``logit_scale`` the policy's logits are also multiplied by exp(c(T)), c(T) = u + x(T) v, u = v = 0
+    at the start. ``temperature`` is set only inside ``TemperatureConditioning.at``; ``Policy`` applies
+    both while it is set and the policy's own adapter runs."""
 
-    def __init__(self, hidden_size: int, low: float, high: float):
+    def __init__(self, hidden_size: int, low: float, high: float, logit_scale: bool = False):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(2, hidden_size))
+        self.logit_scale = torch.nn.Parameter(torch.zeros(2)) if logit_scale else None
         self.low, self.high = low, high
         self.temperature: float | None = None
 
@@ -56,6 +60,9 @@ class TemperatureEmbedding(torch.nn.Module):
 
     def offset(self) -> torch.Tensor:
         return self.weight[0] + self.position(self.temperature) * self.weight[1]
+
+    def scale(self) -> torch.Tensor:
+        return torch.exp(self.logit_scale[0] + self.position(self.temperature) * self.logit_scale[1])
 
 
 class TemperatureConditioning:

@@ -74,6 +74,9 @@ class TrainConfig:
     temperature_input: str = field(default="embedding", metadata={
         "help": "how a temperature-conditional policy reads T: embedding (a learned vector added to its input "
                 "embeddings) or text (\"[T=0.85] \" before X)"})
+    temperature_logit_scale: bool = field(default=False, metadata={
+        "help": "a temperature-conditional policy reading T as an embedding also multiplies its logits by a "
+                "learned exp(u + x(T) v) (starting at 1), so T can sharpen every next-token distribution"})
     temperature_embedding_lr_scale: float = field(default=1.0, metadata={
         "help": "learning rate of the temperature embedding e(T) as a multiple of lr (its two vectors start "
                 "at zero and are shared by every position)"})
@@ -134,6 +137,8 @@ class TrainConfig:
             parse_temperatures(self.conditional_temperatures)
             if self.log_z != "batch":
                 raise GfnlmError("conditional_temperatures needs log_z: batch (a learned log Z(X) cannot depend on T).")
+        if self.temperature_logit_scale and not (self.conditional_temperatures and self.temperature_input == "embedding"):
+            raise GfnlmError("temperature_logit_scale needs conditional_temperatures with temperature_input: embedding.")
         if self.tempered_min > self.tempered_max:
             raise GfnlmError("tempered_min must not exceed tempered_max.")
         if self.log_reward_floor >= 0:

@@ -16,7 +16,7 @@ from gfnlm.conditioning import TemperatureEmbedding
 from gfnlm.errors import GfnlmError
 
 POLICY_ADAPTER = "default"  # peft's name of the first adapter: the policy q
-EMBEDDING_KEY = "temperature_embedding.weight"  # saved beside the LoRA weights in the policy's adapter file
+EMBEDDING_PREFIX = "temperature_embedding."  # its parameters are saved beside the LoRA weights in the adapter file
 EMBEDDING_FILE = "temperature_embedding.safetensors"  # its file in a peft adapter folder
 
 
@@ -58,26 +58,37 @@ class Policy:
         self.tokenizer = tokenizer
         self.temperature_embedding: TemperatureEmbedding | None = None
 
-    def add_temperature_embedding(self, low: float, high: float) -> TemperatureEmbedding:
+    def add_temperature_embedding(self, low: float, high: float, logit_scale: bool = False) -> TemperatureEmbedding:
         """Let the policy read a reward temperature in [low, high] as a learned vector e(T) added to its
-        input embeddings (see gfnlm.conditioning). It is a trainable submodule of the model (so the
-        optimizer and DDP see it) and is saved with the policy's adapter; the base model (adapter off)
-        and other adapters never see it."""
+        input embeddings (and with ``logit_scale`` a learned factor on its logits; see gfnlm.conditioning).
+        It is a trainable submodule of the model (so the optimizer and DDP see it) and is saved with the
+        policy's adapter; the base model (adapter off) and other adapters never see it."""
         if self.temperature_embedding is not None:
             raise GfnlmError("The policy already has a temperature embedding.")
         embeddings = self.model.get_input_embeddings()
-        module = TemperatureEmbedding(embeddings.embedding_dim, low, high).to(self.device)
+        module = TemperatureEmbedding(embeddings.embedding_dim, low, high, logit_scale).to(self.device)
         self.model.add_module("temperature_embedding", module)
         self.temperature_embedding = module
         lora_layer = next(m for m in self.model.modules() if isinstance(m, BaseTunerLayer))
 
+        def reads() -> bool:
+            return (module.temperature is not None and not lora_layer.disable_adapters
+                    and lora_layer.active_adapters == [POLICY_ADAPTER])
+
         def add_offset(_module, _inputs, output):
-            reads = (module.temperature is not None and not lora_layer.disable_adapters
-                     and lora_layer.active_adapters == [POLICY_ADAPTER])
-            return output + module.offset().to(output.dtype) if reads else output
+            return output + module.offset().to(output.dtype) if reads() else output
+
+        def scale_logits(_module, _inputs, output):
+            return output * module.scale().to(output.dtype) if reads() else output
 
         embeddings.register_forward_hook(add_offset)
+        if logit_scale:
+            self.model.get_output_embeddings().register_forward_hook(scale_logits)
         return module
+
+    def temperature_state(self) -> dict[str, torch.Tensor]:
+        module = self.temperature_embedding
+        return {} if module is None else {EMBEDDING_PREFIX + k: v for k, v in module.state_dict().items()}
 
     @property
     def device(self) -> torch.device:
@@ -120,8 +131,8 @@ class Policy:
 
     def adapter_state(self, name: str = POLICY_ADAPTER) -> dict[str, torch.Tensor]:
         state = get_peft_model_state_dict(self.model, adapter_name=name)
-        if name == POLICY_ADAPTER and self.temperature_embedding is not None:
-            state[EMBEDDING_KEY] = self.temperature_embedding.weight
+        if name == POLICY_ADAPTER:
+            state.update(self.temperature_state())
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def save_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
@@ -132,28 +143,30 @@ class Policy:
         (EMBEDDING_FILE), where ``load_adapter`` finds it again."""
         self.model.save_pretrained(folder)
         if self.temperature_embedding is not None:
-            save_file({EMBEDDING_KEY: self.temperature_embedding.weight.detach().cpu()}, str(folder / EMBEDDING_FILE))
+            save_file({k: v.detach().cpu() for k, v in self.temperature_state().items()}, str(folder / EMBEDDING_FILE))
 
     def load_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
         state = load_file(str(path), device=str(self.device))
         beside = Path(path).parent / EMBEDDING_FILE
-        if name == POLICY_ADAPTER and EMBEDDING_KEY not in state and beside.is_file():
+        if name == POLICY_ADAPTER and not any(k.startswith(EMBEDDING_PREFIX) for k in state) and beside.is_file():
             state.update(load_file(str(beside), device=str(self.device)))
         self.set_adapter_state(state, name, str(path))
 
     def set_adapter_state(self, state: dict[str, torch.Tensor], name: str = POLICY_ADAPTER,
                           path: str = "given state") -> None:
         state = {k: v.to(self.device) for k, v in state.items()}
-        embedding = state.pop(EMBEDDING_KEY, None) if name == POLICY_ADAPTER else None
-        if name == POLICY_ADAPTER and (embedding is None) != (self.temperature_embedding is None):
-            raise GfnlmError(f"The adapter {path} {'has' if embedding is not None else 'lacks'} a temperature "
-                             f"embedding and this policy {'lacks' if embedding is not None else 'has'} one "
+        embedding = ({k[len(EMBEDDING_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(EMBEDDING_PREFIX)}
+                     if name == POLICY_ADAPTER else {})
+        if name == POLICY_ADAPTER and bool(embedding) != (self.temperature_embedding is not None):
+            raise GfnlmError(f"The adapter {path} {'has' if embedding else 'lacks'} a temperature "
+                             f"embedding and this policy {'lacks' if embedding else 'has'} one "
                              "(a run trained with another temperature_input or conditional_temperatures?).")
-        if embedding is not None:
-            if embedding.shape != self.temperature_embedding.weight.shape:
-                raise GfnlmError(f"The temperature embedding of {path} does not fit this model.")
-            with torch.no_grad():
-                self.temperature_embedding.weight.copy_(embedding)
+        if embedding:
+            try:
+                self.temperature_embedding.load_state_dict(embedding)
+            except RuntimeError as exc:  # another hidden size, or saved with(out) the logit scale
+                raise GfnlmError(f"The temperature embedding of {path} does not fit this policy (another model, "
+                                 "or a run trained with another temperature_logit_scale?).") from exc
         try:
             result = set_peft_model_state_dict(self.model, state, adapter_name=name)
         except RuntimeError as exc:  # shape mismatch: another rank or model

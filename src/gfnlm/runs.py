@@ -92,7 +92,7 @@ def prepare_model(spec: RunSpec, processes=None):
     policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)
     if c.conditional_temperatures and c.temperature_input == "embedding":
         temperatures = parse_temperatures(c.conditional_temperatures)[1]
-        policy.add_temperature_embedding(min(temperatures), max(temperatures))
+        policy.add_temperature_embedding(min(temperatures), max(temperatures), c.temperature_logit_scale)
     if c.init_adapter:
         policy.load_adapter(adapter_file(c.init_adapter))
     if c.gradient_checkpointing:

@@ -119,11 +119,11 @@ class Trainer:
             self.log_z.values.requires_grad_(False)
         self.learner = Learner(policy.model, self.log_z, self.space, config)
         self.loss_pass = self.processes.prepare(self.learner)  # DDP under a launcher, else the learner
-        embedding = [policy.temperature_embedding.weight] if policy.temperature_embedding is not None else []
+        embedding = list(policy.temperature_embedding.parameters()) if policy.temperature_embedding is not None else []
         lora = [p for p in policy.trainable_parameters() if not any(p is e for e in embedding)]
         groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay},
                   {"params": list(self.log_z.parameters()), "lr": config.logz_lr, "weight_decay": 0.0}]
-        if embedding:  # its own learning rate: two vectors that start at zero
+        if embedding:  # its own learning rate: parameters that start at zero
             groups.append({"params": embedding, "lr": config.lr * config.temperature_embedding_lr_scale,
                            "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)

@@ -289,7 +289,7 @@ class ClassificationTask(Task):
             results["gfn_em"] = {"skipped": "no M-step adapter in the run folder"}
         if rationale_methods:
             started = time.perf_counter()
-            generator = torch.Generator(device=policy.device).manual_seed(stream_seed(c.seed, processes.rank))
+            generator = process_generator(c.seed, policy.device, processes)
             space = self.action_space().to(policy.device)
             sampled = sample_per_prompt(policy.model, space, prompts, c.eval_rationales, c.eval_temperature,
                                         generator, c.eval_batch, progress=config.progress, desc="sample rationales")
