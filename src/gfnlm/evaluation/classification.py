@@ -34,7 +34,9 @@ CONTENT_FREE_TEXTS = ("N/A", "", "[MASK]")
 def content_free_offsets(model, contexts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
                          shared_prefix: Sequence[int] = ()) -> torch.Tensor:
     """(labels,): the model's mean log-probability of each label, normalized over the labels, after the
-    content-free contexts; label scores minus these offsets are calibrated."""
+    content-free contexts; label scores minus these offsets are calibrated. No contexts: zeros (uncalibrated)."""
+    if not contexts:
+        return torch.zeros(len(answers))
     scores = label_log_probs(model, contexts, answers, shared_prefix)
     return torch.log_softmax(scores.float(), dim=-1).mean(dim=0)
 

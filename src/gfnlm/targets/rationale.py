@@ -48,19 +48,13 @@ class RationaleLabelReward(LMLikelihood):
             prefix, first = self._prefix_and_stop(model, traj, self.answers[0])
             if self.likelihood_adapter is None:
                 stops = [first] + [self._prefix_and_stop(model, traj, a)[1] for a in self.answers[1:]]
-                offsets = self._offsets(model)
+                offsets = content_free_offsets(model, self.content_free, self.answers)
         if self.likelihood_adapter is not None:
             with self.policy.adapter(self.likelihood_adapter) as model:
                 stops = [self._prefix_and_stop(model, traj, a)[1] for a in self.answers]
-                offsets = self._offsets(model)
+                offsets = content_free_offsets(model, self.content_free, self.answers)
+        # recomputed each call (a few short passes): EM's M-step changes the likelihood adapter in place
         return prefix, torch.stack(stops, dim=-1) - offsets.to(prefix.device, prefix.dtype)
-
-    def _offsets(self, model) -> torch.Tensor:
-        """The judge's label prior c_y (zeros without calibration); a few short passes, recomputed each
-        call because EM's M-step changes the likelihood adapter in place."""
-        if not self.content_free:
-            return torch.zeros(len(self.answers))
-        return content_free_offsets(model, self.content_free, self.answers)
 
     def _prefix_and_labels(self, traj: Trajectories) -> torch.Tensor:
         """(B, L+1, 1 + labels): the prefix log-likelihood, then every label's score, so that one chunked

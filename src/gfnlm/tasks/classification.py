@@ -275,12 +275,12 @@ class ClassificationTask(Task):
                 self.train_supervised(policy, config)
                 with policy.adapter(SUPERVISED_ADAPTER) as model:
                     lp = everyone(lambda: label_log_probs(model, prompts, self.direct_answers))
-                    lp = lp - self.label_prior(model, self.direct_answers)
+                    lp = lp - content_free_offsets(model, self.content_free, self.direct_answers).cpu()
             else:
                 shared = self.few_shot_prefix() if method == "few_shot" else ()
                 with policy.base() as model:
                     lp = everyone(lambda: label_log_probs(model, prompts, self.direct_answers, shared))
-                    lp = lp - self.label_prior(model, self.direct_answers, shared)
+                    lp = lp - content_free_offsets(model, self.content_free, self.direct_answers, shared).cpu()
             results[method] = {"accuracy": accuracy(lp.argmax(-1), truth), "seconds": time.perf_counter() - started}
         rationale_methods = [m for m in methods if m in ("gfn_e_step", "gfn_em")]
         source = Path(processes.broadcast(str(run_dir)))  # the other processes evaluate into a scratch folder
@@ -331,12 +331,6 @@ class ClassificationTask(Task):
                 epochs=c.supervised_epochs, lr=c.supervised_lr, batch_size=c.m_batch_size, seed=c.seed,
                 progress=config.progress))
 
-    def label_prior(self, model, answers, shared_prefix=()) -> torch.Tensor:
-        """(labels,) the offsets a calibrated score subtracts (zeros without ``calibrate``)."""
-        if not self.content_free:
-            return torch.zeros(len(answers))
-        return content_free_offsets(model, self.content_free, answers, shared_prefix).cpu()
-
     def rationale_scores(self, policy: Policy, prompts, rationales: list[list[list[int]]],
                          adapter: str | None, progress: bool = False, calibrated: bool = True) -> torch.Tensor:
         """(N, K, labels) log p(Z_k Y_y | X) under the base model or the named likelihood adapter: log p(Y_y |
@@ -347,7 +341,7 @@ class ClassificationTask(Task):
         with policy.adapter(adapter) if adapter else policy.base() as model:
             lp = continuation_log_probs(model, [c for c, _ in pairs], [z for _, z in pairs], progress=progress,
                                         desc=f"score rationales ({adapter or 'base model'})")
-            prior = self.label_prior(model, self.answers) if calibrated else torch.zeros(len(self.answers))
+            prior = content_free_offsets(model, self.content_free if calibrated else [], self.answers)
         return lp.view(len(prompts), len(rationales[0]), len(self.answers)) - prior.to(lp.device)
 
     def markdown(self, results: dict, examples: list, n: int) -> str:
