@@ -6,13 +6,16 @@ import shutil
 
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.cli import main
+from gfnlm import em
 from gfnlm.em import held_out_examples
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.classification import vote
+from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.policy import LoraSettings, Policy
 from gfnlm.sampler import sample_trajectories
 from gfnlm.targets.rationale import RationaleLabelReward
@@ -196,6 +199,24 @@ def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, t
     for r in results.values():
         assert 0 <= r["accuracy"] <= 1
     assert (run / "classification_accuracy.png").stat().st_size > 0
+
+
+def test_m_step_adds_rationales_drawn_with_the_adapter_off(tmp_path, tiny_model_dir, monkeypatch):
+    draws = []
+
+    def spy(model, space, prompts, per_prompt, *args, **kwargs):
+        adapter_off = all(m.disable_adapters for m in model.modules() if isinstance(m, BaseTunerLayer))
+        draws.append((per_prompt, adapter_off))
+        return sample_per_prompt(model, space, prompts, per_prompt, *args, **kwargs)
+
+    monkeypatch.setattr(em, "sample_per_prompt", spy)
+    run = tmp_path / "run"
+    extra = ["--evaluate", "false", "--task.m_base_rationales", "3"]
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=1, steps=2, extra=extra)) == 0
+    assert draws == [(4, False), (3, True)]  # q's 4 per example, then the base model's 3
+    record = json.loads((run / "em.jsonl").read_text())
+    fitted = len(ROWS) - len(held_out_examples(len(ROWS), 0.2, 0))
+    assert record["m_step_examples"] == fitted * (4 + 3)
 
 
 def test_em_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):

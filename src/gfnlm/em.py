@@ -12,6 +12,12 @@ trainer's (its share of trajectories, gradients all-reduced); each process draws
 rationales (one seed), TRL splits them over the processes and all-reduces the gradients, so every
 process holds the same likelihood adapter; rank 0 alone writes its file and em.jsonl.
 
+With ``m_base_rationales`` each training example also gets that many rationales from the base model
+p(Z | X) (adapter off) in the M-step's data: q's rationales were trained to make the true label likely,
+so on them alone the likelihood can learn to copy the label from Z and ignore X, which fails on test
+sentences whose rationale is wrong; early stopping still checks q's rationales only (what a test sentence
+gets).
+
 The M-step is early-stopped: a seeded share of the training examples (``m_validation``) is held out of
 its data, and the adapter of the epoch with the lowest loss on their labels is kept (``m_patience``
 epochs without improvement end it); their labels still guide the E-step.
@@ -80,8 +86,14 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     prompts = [tp.ids for tp in task.train_set]
     rationales = sample_per_prompt(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
     before = label_log_likelihood(policy, task, rationales)
+    fit_rationales = rationales
+    if c.m_base_rationales:
+        with policy.base():
+            unlabelled = sample_per_prompt(policy.model, space, prompts, c.m_base_rationales, 1.0, generator,
+                                           c.eval_batch)
+        fit_rationales = [zs + bs for zs, bs in zip(rationales, unlabelled)]
     held = held_out_examples(len(prompts), c.m_validation, c.seed)
-    fit_on = [[] if i in held else zs for i, zs in enumerate(rationales)]
+    fit_on = [[] if i in held else zs for i, zs in enumerate(fit_rationales)]
     check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
     with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
         fitted = supervised_finetune(policy, task.likelihood_examples(fit_on), SupervisedSettings(
@@ -93,7 +105,7 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
               "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
               "held_out_examples": sorted(held), "best_epoch": fitted.get("best_epoch"),
               "held_out_losses": fitted.get("validation_losses"),
-              "m_step_seconds": time.perf_counter() - started,
+              "m_step_examples": sum(len(zs) for zs in fit_on), "m_step_seconds": time.perf_counter() - started,
               "examples": [task.tokenizer.decode(z) for z in rationales[0][:4]]}
     if trainer.processes.is_main:  # every process holds the same adapter (TRL trains it data-parallel)
         write_atomic(path, lambda tmp: policy.save_adapter(tmp, LIKELIHOOD_ADAPTER))

@@ -81,6 +81,8 @@ class ClassificationConfig:
     seed_hint: str = " {label} because it is"
     em_rounds: int = 1  # E-step / M-step rounds; the run's steps are split evenly over them
     m_rationales: int = 8  # rationales drawn from q per training example for the M-step
+    m_base_rationales: int = 0  # and drawn from the base model p(Z | X): rationales that carry no label, so the
+    # likelihood must also read X (q's rationales alone let it copy the label from Z)
     m_epochs: float = 3.0
     m_lr: float = 2e-4
     m_batch_size: int = 8
@@ -99,7 +101,7 @@ class ClassificationConfig:
         for name in ("max_len", "em_rounds", "m_rationales", "m_batch_size", "m_patience", "eval_size",
                      "eval_rationales", "eval_batch"):
             check_range(f"task.{name}", getattr(self, name), low=1)
-        for name in ("min_len", "seed_rationales", "wrong_label_penalty"):
+        for name in ("min_len", "seed_rationales", "wrong_label_penalty", "m_base_rationales"):
             check_range(f"task.{name}", getattr(self, name), low=0)
         for name in ("m_epochs", "m_lr", "supervised_epochs", "supervised_lr", "eval_temperature"):
             check_range(f"task.{name}", getattr(self, name), low=0, low_open=True)
