@@ -71,6 +71,9 @@ def main() -> int:
                         help="its temperature embedding's learning rate as a multiple of lr (run dir gains -elr<x>)")
     parser.add_argument("--logit-scale", action="store_true",
                         help="the conditional policy also learns a factor exp(c(T)) on its logits (run dir gains -lscale)")
+    parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
+                        help="with --logit-scale: its two scalars' learning rate as a multiple of lr (run dir gains "
+                             "-lslr<x>)")
     args = parser.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
     out_dir = OUT / "temperature"
@@ -89,12 +92,15 @@ def main() -> int:
     steps = args.conditional_steps or 2 * preset["steps"]
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
+    scaled += f"-lslr{args.logit_scale_lr_scale:g}" if args.logit_scale and args.logit_scale_lr_scale != 1 else ""
     conditional = out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed0"
     train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
                                                        "--temperature_input", args.input, "--steps", str(steps),
                                                        "--temperature_embedding_lr_scale",
                                                        str(args.embedding_lr_scale), "--seed", "0",
-                                                       "--temperature_logit_scale", str(args.logit_scale).lower()])
+                                                       "--temperature_logit_scale", str(args.logit_scale).lower(),
+                                                       "--temperature_logit_scale_lr_scale",
+                                                       str(args.logit_scale_lr_scale)])
 
     from gfnlm.evaluation.plots import plot_frontier
     from gfnlm.evaluation.tables import markdown_table
@@ -129,6 +135,7 @@ def main() -> int:
         print(f"evaluating the conditional policy at T = {t:g}", flush=True)
         lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
         lr_note += ", logit scale" if args.logit_scale else ""
+        lr_note += f" lr x{args.logit_scale_lr_scale:g}" if args.logit_scale and args.logit_scale_lr_scale != 1 else ""
         results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), seed 0",
                         "label": f"T={t:g} conditional",
                         "kind": "conditional",
@@ -150,6 +157,7 @@ def main() -> int:
                          "mean log p_LM(Z | X)", f"one conditional policy ({args.range}) vs single-temperature policies")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
+               "logit_scale_lr_scale": args.logit_scale_lr_scale,
                "single_log_z": args.single_log_z,
                "results": results, "claims": claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}

@@ -163,19 +163,24 @@ def test_range_draws_favour_the_ends():
 
 
 def test_temperature_embedding_has_its_own_learning_rate(tmp_path):
-    """Adam's first step moves every parameter with a gradient by its group's lr: e(T) by lr x scale."""
+    """Adam's first step moves every parameter with a gradient by its group's lr: e(T) by lr x its scale,
+    the logit scale by lr x its own."""
     task = ConditionalTask()
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
-    embedding = policy.add_temperature_embedding(0.5, 1.0)
+    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True)
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=1, lr=1e-3,
-                         temperature_embedding_lr_scale=10.0, warmup_steps=0, lr_schedule="constant",
+                         temperature_embedding_lr_scale=10.0, temperature_logit_scale_lr_scale=30.0,
+                         temperature_logit_scale=True, warmup_steps=0, lr_schedule="constant",
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
     config.validate()
     lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n]
     before = [p.detach().clone() for p in lora_b]
     Trainer(config, task, policy, tmp_path).train()
     assert embedding.weight.detach().abs().max().item() == pytest.approx(1e-2, rel=1e-3)  # from zero, lr x 10
+    assert embedding.logit_scale.detach().abs().max().item() == pytest.approx(3e-2, rel=1e-3)  # lr x 30
     lora_moved = max((p.detach() - b).abs().max().item() for p, b in zip(lora_b, before))
     assert lora_moved == pytest.approx(1e-3, rel=1e-3)  # lr
     with pytest.raises(GfnlmError, match="temperature_embedding_lr_scale"):
         TrainConfig(temperature_embedding_lr_scale=0.0).validate()
+    with pytest.raises(GfnlmError, match="temperature_logit_scale_lr_scale"):
+        TrainConfig(temperature_logit_scale_lr_scale=-1.0).validate()

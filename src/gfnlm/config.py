@@ -80,6 +80,9 @@ class TrainConfig:
     temperature_embedding_lr_scale: float = field(default=1.0, metadata={
         "help": "learning rate of the temperature embedding e(T) as a multiple of lr (its two vectors start "
                 "at zero and are shared by every position)"})
+    temperature_logit_scale_lr_scale: float = field(default=1.0, metadata={
+        "help": "learning rate of the logit scale's two scalars u, v as a multiple of lr (two numbers that "
+                "act on every logit, like log Z they may need a larger step than the LoRA weights)"})
     reward_temp_horizon: int = field(default=0, metadata={"help": "steps of the linear temperature schedule"})
     log_reward_floor: float = field(default=-500.0, metadata={"help": "log-rewards are clamped to at least this"})
     # behaviour policy
@@ -114,7 +117,8 @@ class TrainConfig:
         for name in ("lora_r", "steps", "trajectories_per_prompt", "prompts_per_batch", "grad_accum",
                      "checkpoint_every", "keep_checkpoints", "buffer_capacity", "max_bad_steps", "virtual_ranks"):
             check_range(name, getattr(self, name), low=1)
-        for name in ("lr", "temperature_embedding_lr_scale", "lora_alpha", "reward_temp_start", "reward_temp_end",
+        for name in ("lr", "temperature_embedding_lr_scale", "temperature_logit_scale_lr_scale", "lora_alpha",
+                     "reward_temp_start", "reward_temp_end",
                      "tempered_min", "tempered_max", "buffer_priority_temperature"):
             check_range(name, getattr(self, name), low=0, low_open=True)
         for name in ("replay_prob", "tempered_prob", "epsilon", "buffer_tolerance"):

@@ -119,13 +119,16 @@ class Trainer:
             self.log_z.values.requires_grad_(False)
         self.learner = Learner(policy.model, self.log_z, self.space, config)
         self.loss_pass = self.processes.prepare(self.learner)  # DDP under a launcher, else the learner
-        embedding = list(policy.temperature_embedding.parameters()) if policy.temperature_embedding is not None else []
-        lora = [p for p in policy.trainable_parameters() if not any(p is e for e in embedding)]
+        conditioning = policy.temperature_embedding
+        embedding = [conditioning.weight] if conditioning is not None else []
+        logit_scale = [conditioning.logit_scale] if embedding and conditioning.logit_scale is not None else []
+        lora = [p for p in policy.trainable_parameters() if not any(p is e for e in embedding + logit_scale)]
         groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay},
                   {"params": list(self.log_z.parameters()), "lr": config.logz_lr, "weight_decay": 0.0}]
-        if embedding:  # its own learning rate: parameters that start at zero
-            groups.append({"params": embedding, "lr": config.lr * config.temperature_embedding_lr_scale,
-                           "weight_decay": 0.0})
+        for params, scale in ((embedding, config.temperature_embedding_lr_scale),
+                              (logit_scale, config.temperature_logit_scale_lr_scale)):
+            if params:  # their own learning rates: parameters that start at zero
+                groups.append({"params": params, "lr": config.lr * scale, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)
         self.scheduler = get_scheduler(
             config.lr_schedule, self.optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
