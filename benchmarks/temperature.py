@@ -6,9 +6,10 @@ unless it is already there):
 - single-T<T>-seed<S>: reward_temp_end T, seeds 0 and 1, for each T in --temperatures, with the preset's
   learned log Z(X); with --single-log-z batch they estimate log Z from each batch as the conditional run
   must (single-T<T>-batchlogz-seed<S>);
-- conditional-<input>-<steps>steps-seed0: --conditional_temperatures <range> --log_z batch, reading T as a
+- conditional-<input>-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
-  -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale) or
+  -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, its
+  learning rate x --logit-scale-lr-scale, -lslr<x>; seed --conditional-seed) or
   a prompt tag (--input text), with as many steps as the
   single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
@@ -74,6 +75,7 @@ def main() -> int:
     parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
                         help="with --logit-scale: its two scalars' learning rate as a multiple of lr (run dir gains "
                              "-lslr<x>)")
+    parser.add_argument("--conditional-seed", type=int, default=0, help="the conditional run's seed")
     args = parser.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
     out_dir = OUT / "temperature"
@@ -93,11 +95,12 @@ def main() -> int:
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if args.logit_scale and args.logit_scale_lr_scale != 1 else ""
-    conditional = out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed0"
+    conditional = out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{args.conditional_seed}"
     train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
                                                        "--temperature_input", args.input, "--steps", str(steps),
                                                        "--temperature_embedding_lr_scale",
-                                                       str(args.embedding_lr_scale), "--seed", "0",
+                                                       str(args.embedding_lr_scale),
+                                                       "--seed", str(args.conditional_seed),
                                                        "--temperature_logit_scale", str(args.logit_scale).lower(),
                                                        "--temperature_logit_scale_lr_scale",
                                                        str(args.logit_scale_lr_scale)])
@@ -136,7 +139,8 @@ def main() -> int:
         lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
         lr_note += ", logit scale" if args.logit_scale else ""
         lr_note += f" lr x{args.logit_scale_lr_scale:g}" if args.logit_scale and args.logit_scale_lr_scale != 1 else ""
-        results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), seed 0",
+        results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
+                                          f"seed {args.conditional_seed}",
                         "label": f"T={t:g} conditional",
                         "kind": "conditional",
                         **evaluate(conditional, t)})
