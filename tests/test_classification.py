@@ -9,9 +9,9 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
+from gfnlm import em
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.cli import main
-from gfnlm import em
 from gfnlm.em import held_out_examples
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.classification import vote
