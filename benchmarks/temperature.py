@@ -94,7 +94,8 @@ def main() -> int:
     steps = args.conditional_steps or 2 * preset["steps"]
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
-    scaled += f"-lslr{args.logit_scale_lr_scale:g}" if args.logit_scale and args.logit_scale_lr_scale != 1 else ""
+    logit_scale_lr_scaled = args.logit_scale and args.logit_scale_lr_scale != 1
+    scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     conditional = out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{args.conditional_seed}"
     train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
                                                        "--temperature_input", args.input, "--steps", str(steps),
@@ -138,7 +139,7 @@ def main() -> int:
         print(f"evaluating the conditional policy at T = {t:g}", flush=True)
         lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
         lr_note += ", logit scale" if args.logit_scale else ""
-        lr_note += f" lr x{args.logit_scale_lr_scale:g}" if args.logit_scale and args.logit_scale_lr_scale != 1 else ""
+        lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
         results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
                                           f"seed {args.conditional_seed}",
                         "label": f"T={t:g} conditional",
