@@ -8,8 +8,9 @@ unless it is already there):
   must (single-T<T>-batchlogz-seed<S>);
 - conditional-<input>-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
-  -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, its
-  learning rate x --logit-scale-lr-scale, -lslr<x>; seed --conditional-seed) or
+  -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
+  --stop-offset a learned offset on its stop token's logit, -stop, both at learning rate
+  x --logit-scale-lr-scale, -lslr<x>; seed --conditional-seed) or
   a prompt tag (--input text), with as many steps as the
   single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
@@ -19,7 +20,8 @@ point lies within the spread (min..max) of the two single-temperature policies.
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
                                    [--conditional-steps N] [--embedding-lr-scale X]
-                                   [--single-log-z learned|batch] [--logit-scale]
+                                   [--single-log-z learned|batch] [--logit-scale] [--stop-offset]
+                                   [--logit-scale-lr-scale X] [--conditional-seed S]
 """
 
 from __future__ import annotations
@@ -72,9 +74,12 @@ def main() -> int:
                         help="its temperature embedding's learning rate as a multiple of lr (run dir gains -elr<x>)")
     parser.add_argument("--logit-scale", action="store_true",
                         help="the conditional policy also learns a factor exp(c(T)) on its logits (run dir gains -lscale)")
+    parser.add_argument("--stop-offset", action="store_true",
+                        help="the conditional policy also learns an offset b + x(T) w on its stop token's logit "
+                             "(run dir gains -stop)")
     parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
-                        help="with --logit-scale: its two scalars' learning rate as a multiple of lr (run dir gains "
-                             "-lslr<x>)")
+                        help="with --logit-scale / --stop-offset: their scalars' learning rate as a multiple of lr "
+                             "(run dir gains -lslr<x>)")
     parser.add_argument("--conditional-seed", type=int, default=0, help="the conditional run's seed")
     args = parser.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
@@ -94,7 +99,8 @@ def main() -> int:
     steps = args.conditional_steps or 2 * preset["steps"]
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
-    logit_scale_lr_scaled = args.logit_scale and args.logit_scale_lr_scale != 1
+    scaled += "-stop" if args.stop_offset else ""
+    logit_scale_lr_scaled = (args.logit_scale or args.stop_offset) and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     conditional = out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{args.conditional_seed}"
     train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
@@ -103,6 +109,7 @@ def main() -> int:
                                                        str(args.embedding_lr_scale),
                                                        "--seed", str(args.conditional_seed),
                                                        "--temperature_logit_scale", str(args.logit_scale).lower(),
+                                                       "--temperature_stop_offset", str(args.stop_offset).lower(),
                                                        "--temperature_logit_scale_lr_scale",
                                                        str(args.logit_scale_lr_scale)])
 
@@ -139,6 +146,7 @@ def main() -> int:
         print(f"evaluating the conditional policy at T = {t:g}", flush=True)
         lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
         lr_note += ", logit scale" if args.logit_scale else ""
+        lr_note += ", stop offset" if args.stop_offset else ""
         lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
         results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
                                           f"seed {args.conditional_seed}",
@@ -162,7 +170,7 @@ def main() -> int:
                          "mean log p_LM(Z | X)", f"one conditional policy ({args.range}) vs single-temperature policies")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
-               "logit_scale_lr_scale": args.logit_scale_lr_scale,
+               "stop_offset": args.stop_offset, "logit_scale_lr_scale": args.logit_scale_lr_scale,
                "single_log_z": args.single_log_z,
                "results": results, "claims": claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}

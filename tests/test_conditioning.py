@@ -38,14 +38,16 @@ def test_parse_and_check_temperatures():
         TrainConfig(conditional_temperatures="0.5,1.0").validate()
 
 
-@pytest.mark.parametrize("reads,logit_scale", [("text", False), ("embedding", False), ("embedding", True)])
-def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads, logit_scale):
+@pytest.mark.parametrize("reads,logit_scale,stop_offset", [("text", False, False), ("embedding", False, False),
+                                                           ("embedding", True, False), ("embedding", True, True)])
+def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads, logit_scale, stop_offset):
     task = ConditionalTask()
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=8, alpha=16))
     if reads == "embedding":
-        policy.add_temperature_embedding(0.5, 1.0, logit_scale)
+        policy.add_temperature_embedding(0.5, 1.0, logit_scale, task.space.terminator[0] if stop_offset else None)
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=800,
                          temperature_input=reads, temperature_logit_scale=logit_scale,
+                         temperature_stop_offset=stop_offset,
                          trajectories_per_prompt=32, lr=1e-2, warmup_steps=0, lr_schedule="cosine", replay_prob=0.25,
                          tempered_prob=0.25, epsilon=0.05, buffer_capacity=64, buffer_tolerance=0.0,
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
@@ -153,6 +155,50 @@ def test_logit_scale_multiplies_the_policy_logits_alone(tmp_path):
         TrainConfig(temperature_logit_scale=True).validate()
 
 
+def test_stop_offset_shifts_the_stop_logit_of_the_policy_alone(tmp_path):
+    """With temperature_stop_offset the policy's logit of the stop token at T is shifted by b + x(T) w (after
+    the logit scale) and every other logit is unchanged; the base model is unchanged, and b, w are saved
+    with the adapter."""
+    stop = EnumerableTask().space.terminator[0]
+    policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=stop)
+    conditioning = TemperatureConditioning("0.5:1.0", lambda t: (), reads="embedding")
+    plain = logits(policy)
+    with conditioning.at(policy, 0.5):
+        assert torch.equal(logits(policy), plain)  # b = w = 0: the policy starts as the base model
+    with torch.no_grad():
+        embedding.logit_scale.copy_(torch.tensor([0.2, 0.1]))
+        embedding.stop_offset.copy_(torch.tensor([-0.7, 1.5]))
+    with policy.base():
+        base = logits(policy)
+    others = [i for i in range(VOCAB) if i != stop]
+    for t in (0.5, 0.75, 1.0):
+        with conditioning.at(policy, t):
+            scaled = plain * math.exp(0.2 + 0.1 * embedding.position(t))
+            shifted = logits(policy)
+            assert torch.allclose(shifted[..., others], scaled[..., others], atol=1e-6)
+            shift = -0.7 + 1.5 * embedding.position(t)
+            assert torch.allclose(shifted[..., stop], scaled[..., stop] + shift, atol=1e-6)
+            with policy.base():
+                assert torch.equal(logits(policy), base)
+    assert any(p is embedding.stop_offset for p in policy.trainable_parameters())
+    policy.save_adapter(tmp_path / "a.safetensors")
+    again = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    again.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=stop)
+    again.load_adapter(tmp_path / "a.safetensors")
+    with conditioning.at(again, 0.75), conditioning.at(policy, 0.75):
+        assert torch.allclose(logits(again), logits(policy), atol=1e-6)
+    without = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    without.add_temperature_embedding(0.5, 1.0, logit_scale=True)
+    with pytest.raises(GfnlmError, match="temperature_stop_offset"):
+        without.load_adapter(tmp_path / "a.safetensors")
+    with pytest.raises(GfnlmError, match="outside the vocabulary"):
+        Policy(tiny_llama(VOCAB, seed=0), None, LoraSettings(r=4, alpha=8)).add_temperature_embedding(
+            0.5, 1.0, stop_token=VOCAB)
+    with pytest.raises(GfnlmError, match="temperature_stop_offset needs"):
+        TrainConfig(temperature_stop_offset=True).validate()
+
+
 def test_range_draws_favour_the_ends():
     cond = TemperatureConditioning("0.8:1.0", lambda t: ())
     rng = random.Random(0)
@@ -164,13 +210,13 @@ def test_range_draws_favour_the_ends():
 
 def test_temperature_embedding_has_its_own_learning_rate(tmp_path):
     """Adam's first step moves every parameter with a gradient by its group's lr: e(T) by lr x its scale,
-    the logit scale by lr x its own."""
+    the logit scale and the stop offset by lr x theirs."""
     task = ConditionalTask()
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
-    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True)
+    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=task.space.terminator[0])
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=1, lr=1e-3,
                          temperature_embedding_lr_scale=10.0, temperature_logit_scale_lr_scale=30.0,
-                         temperature_logit_scale=True, warmup_steps=0, lr_schedule="constant",
+                         temperature_logit_scale=True, temperature_stop_offset=True, warmup_steps=0, lr_schedule="constant",
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
     config.validate()
     lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n]
@@ -178,6 +224,7 @@ def test_temperature_embedding_has_its_own_learning_rate(tmp_path):
     Trainer(config, task, policy, tmp_path).train()
     assert embedding.weight.detach().abs().max().item() == pytest.approx(1e-2, rel=1e-3)  # from zero, lr x 10
     assert embedding.logit_scale.detach().abs().max().item() == pytest.approx(3e-2, rel=1e-3)  # lr x 30
+    assert embedding.stop_offset.detach().abs().max().item() == pytest.approx(3e-2, rel=1e-3)  # the same group
     lora_moved = max((p.detach() - b).abs().max().item() for p, b in zip(lora_b, before))
     assert lora_moved == pytest.approx(1e-3, rel=1e-3)  # lr
     with pytest.raises(GfnlmError, match="temperature_embedding_lr_scale"):

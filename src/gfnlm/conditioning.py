@@ -5,7 +5,9 @@ temperature without retraining. The policy reads T in one of two ways (``tempera
 - ``embedding`` (default): a learned vector e(T) added to the policy's input embedding at every position
   (``TemperatureEmbedding``), trained with the LoRA weights; optionally (``temperature_logit_scale``) also
   a learned factor exp(c(T)) on the policy's logits, so that T can sharpen every next-token distribution
-  at once, as tempering the reward does;
+  at once, as tempering the reward does, and (``temperature_stop_offset``) a learned offset s(T) on the
+  logit of the stop token, so that T can move when sequences end, which a common factor on all logits
+  cannot;
 - ``text``: a tag in its prompt ("[T=0.85] " before X).
 
 The reward never reads T: it runs the base model (adapter off), which sees neither the tag nor e(T).
@@ -43,13 +45,17 @@ class TemperatureEmbedding(torch.nn.Module):
     """e(T) = a + x(T) b, with x(T) = 1/T mapped linearly onto [-1, 1] over the trained temperatures (1/T is
     the scale of the tempered log-reward). a = b = 0 at the start, so the policy starts as the base model.
     With ``logit_scale`` the policy's logits are also multiplied by exp(c(T)), c(T) = u + x(T) v, u = v = 0
-    at the start. ``temperature`` is set only inside ``TemperatureConditioning.at``; ``Policy`` applies
-    both while it is set and the policy's own adapter runs."""
+    at the start. With a ``stop_token`` the logit of that token (the first token of the task's terminator)
+    is then shifted by s(T) = b + x(T) w, b = w = 0 at the start. ``temperature`` is set only inside
+    ``TemperatureConditioning.at``; ``Policy`` applies them while it is set and the policy's own adapter runs."""
 
-    def __init__(self, hidden_size: int, low: float, high: float, logit_scale: bool = False):
+    def __init__(self, hidden_size: int, low: float, high: float, logit_scale: bool = False,
+                 stop_token: int | None = None):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(2, hidden_size))
         self.logit_scale = torch.nn.Parameter(torch.zeros(2)) if logit_scale else None
+        self.stop_offset = torch.nn.Parameter(torch.zeros(2)) if stop_token is not None else None
+        self.stop_token = stop_token
         self.low, self.high = low, high
         self.temperature: float | None = None
 
@@ -63,6 +69,23 @@ class TemperatureEmbedding(torch.nn.Module):
 
     def scale(self) -> torch.Tensor:
         return torch.exp(self.logit_scale[0] + self.position(self.temperature) * self.logit_scale[1])
+
+    def stop_shift(self) -> torch.Tensor:
+        return self.stop_offset[0] + self.position(self.temperature) * self.stop_offset[1]
+
+    def logit_parameters(self) -> list[torch.nn.Parameter]:
+        """The scalars that act on the logits (trained at their own learning rate)."""
+        return [p for p in (self.logit_scale, self.stop_offset) if p is not None]
+
+    def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.logit_scale is not None:
+            logits = logits * self.scale().to(logits.dtype)
+        if self.stop_offset is not None:
+            shift = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            shift = shift.index_put((torch.tensor([self.stop_token], device=logits.device),),
+                                    self.stop_shift().to(logits.dtype).reshape(1))
+            logits = logits + shift
+        return logits
 
 
 class TemperatureConditioning:

@@ -77,12 +77,16 @@ class TrainConfig:
     temperature_logit_scale: bool = field(default=False, metadata={
         "help": "a temperature-conditional policy reading T as an embedding also multiplies its logits by a "
                 "learned exp(u + x(T) v) (starting at 1), so T can sharpen every next-token distribution"})
+    temperature_stop_offset: bool = field(default=False, metadata={
+        "help": "a temperature-conditional policy reading T as an embedding also adds a learned b + x(T) w "
+                "(starting at 0) to the logit of the task's stop token, so T can move when sequences end"})
     temperature_embedding_lr_scale: float = field(default=1.0, metadata={
         "help": "learning rate of the temperature embedding e(T) as a multiple of lr (its two vectors start "
                 "at zero and are shared by every position)"})
     temperature_logit_scale_lr_scale: float = field(default=1.0, metadata={
-        "help": "learning rate of the logit scale's two scalars u, v as a multiple of lr (two numbers that "
-                "act on every logit, like log Z they may need a larger step than the LoRA weights)"})
+        "help": "learning rate of the logit-level scalars (the logit scale's u, v and the stop offset's b, w) "
+                "as a multiple of lr (numbers that act on every step, like log Z they may need a larger step "
+                "than the LoRA weights)"})
     reward_temp_horizon: int = field(default=0, metadata={"help": "steps of the linear temperature schedule"})
     log_reward_floor: float = field(default=-500.0, metadata={"help": "log-rewards are clamped to at least this"})
     # behaviour policy
@@ -141,8 +145,9 @@ class TrainConfig:
             parse_temperatures(self.conditional_temperatures)
             if self.log_z != "batch":
                 raise GfnlmError("conditional_temperatures needs log_z: batch (a learned log Z(X) cannot depend on T).")
-        if self.temperature_logit_scale and not (self.conditional_temperatures and self.temperature_input == "embedding"):
-            raise GfnlmError("temperature_logit_scale needs conditional_temperatures with temperature_input: embedding.")
+        for name in ("temperature_logit_scale", "temperature_stop_offset"):
+            if getattr(self, name) and not (self.conditional_temperatures and self.temperature_input == "embedding"):
+                raise GfnlmError(f"{name} needs conditional_temperatures with temperature_input: embedding.")
         if self.tempered_min > self.tempered_max:
             raise GfnlmError("tempered_min must not exceed tempered_max.")
         if self.log_reward_floor >= 0:

@@ -58,15 +58,19 @@ class Policy:
         self.tokenizer = tokenizer
         self.temperature_embedding: TemperatureEmbedding | None = None
 
-    def add_temperature_embedding(self, low: float, high: float, logit_scale: bool = False) -> TemperatureEmbedding:
+    def add_temperature_embedding(self, low: float, high: float, logit_scale: bool = False,
+                                  stop_token: int | None = None) -> TemperatureEmbedding:
         """Let the policy read a reward temperature in [low, high] as a learned vector e(T) added to its
-        input embeddings (and with ``logit_scale`` a learned factor on its logits; see gfnlm.conditioning).
+        input embeddings (and with ``logit_scale`` a learned factor on its logits, with ``stop_token`` a
+        learned offset on that token's logit; see gfnlm.conditioning).
         It is a trainable submodule of the model (so the optimizer and DDP see it) and is saved with the
         policy's adapter; the base model (adapter off) and other adapters never see it."""
         if self.temperature_embedding is not None:
             raise GfnlmError("The policy already has a temperature embedding.")
         embeddings = self.model.get_input_embeddings()
-        module = TemperatureEmbedding(embeddings.embedding_dim, low, high, logit_scale).to(self.device)
+        if stop_token is not None and not 0 <= stop_token < self.vocab_size:
+            raise GfnlmError(f"The stop token {stop_token} is outside the vocabulary (size {self.vocab_size}).")
+        module = TemperatureEmbedding(embeddings.embedding_dim, low, high, logit_scale, stop_token).to(self.device)
         self.model.add_module("temperature_embedding", module)
         self.temperature_embedding = module
         lora_layer = next(m for m in self.model.modules() if isinstance(m, BaseTunerLayer))
@@ -78,12 +82,12 @@ class Policy:
         def add_offset(_module, _inputs, output):
             return output + module.offset().to(output.dtype) if reads() else output
 
-        def scale_logits(_module, _inputs, output):
-            return output * module.scale().to(output.dtype) if reads() else output
+        def adjust_logits(_module, _inputs, output):
+            return module.adjust_logits(output) if reads() else output
 
         embeddings.register_forward_hook(add_offset)
-        if logit_scale:
-            self.model.get_output_embeddings().register_forward_hook(scale_logits)
+        if module.logit_parameters():
+            self.model.get_output_embeddings().register_forward_hook(adjust_logits)
         return module
 
     def temperature_state(self) -> dict[str, torch.Tensor]:
@@ -164,9 +168,10 @@ class Policy:
         if embedding:
             try:
                 self.temperature_embedding.load_state_dict(embedding)
-            except RuntimeError as exc:  # another hidden size, or saved with(out) the logit scale
+            except RuntimeError as exc:  # another hidden size, or saved with(out) the logit scale / stop offset
                 raise GfnlmError(f"The temperature embedding of {path} does not fit this policy (another model, "
-                                 "or a run trained with another temperature_logit_scale?).") from exc
+                                 "or a run trained with another temperature_logit_scale or "
+                                 "temperature_stop_offset?).") from exc
         try:
             result = set_peft_model_state_dict(self.model, state, adapter_name=name)
         except RuntimeError as exc:  # shape mismatch: another rank or model

@@ -90,14 +90,15 @@ def prepare_model(spec: RunSpec, processes=None):
     device = processes.device if processes is not None else resolve_device(c.device)
     model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device, load_in_4bit=c.load_in_4bit)
     policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)
+    spec.task.setup(tokenizer, policy.vocab_size)  # first: the stop offset needs the task's terminator
     if c.conditional_temperatures and c.temperature_input == "embedding":
         temperatures = parse_temperatures(c.conditional_temperatures)[1]
-        policy.add_temperature_embedding(min(temperatures), max(temperatures), c.temperature_logit_scale)
+        stop_token = spec.task.action_space().terminator[0] if c.temperature_stop_offset else None
+        policy.add_temperature_embedding(min(temperatures), max(temperatures), c.temperature_logit_scale, stop_token)
     if c.init_adapter:
         policy.load_adapter(adapter_file(c.init_adapter))
     if c.gradient_checkpointing:
         enable_gradient_checkpointing(policy.model)
-    spec.task.setup(tokenizer, policy.vocab_size)
     check_context_window(spec.task, model.config)
     return policy
 
