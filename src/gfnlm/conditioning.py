@@ -81,10 +81,9 @@ class TemperatureEmbedding(torch.nn.Module):
         if self.logit_scale is not None:
             logits = logits * self.scale().to(logits.dtype)
         if self.stop_offset is not None:
-            shift = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-            shift = shift.index_put((torch.tensor([self.stop_token], device=logits.device),),
-                                    self.stop_shift().to(logits.dtype).reshape(1))
-            logits = logits + shift
+            is_stop = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            is_stop[self.stop_token] = 1
+            logits = logits + is_stop * self.stop_shift().to(logits.dtype)
         return logits
 
 
