@@ -216,7 +216,8 @@ def test_temperature_embedding_has_its_own_learning_rate(tmp_path):
     embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=task.space.terminator[0])
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=1, lr=1e-3,
                          temperature_embedding_lr_scale=10.0, temperature_logit_scale_lr_scale=30.0,
-                         temperature_logit_scale=True, temperature_stop_offset=True, warmup_steps=0, lr_schedule="constant",
+                         temperature_logit_scale=True, temperature_stop_offset=True, warmup_steps=0,
+                         lr_schedule="constant",
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
     config.validate()
     lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n]
