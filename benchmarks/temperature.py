@@ -3,7 +3,7 @@ range of reward temperatures) against policies trained separately at one tempera
 
 Runs (in benchmarks/out/temperature/, each trained with `gfnlm train continuation` and the CPU preset
 unless it is already there):
-- single-T<T>-seed<S>: reward_temp_end T, seeds 0 and 1, for each T in --temperatures, with the preset's
+- single-T<T>-seed<S>: reward_temp_end T, seeds --single-seeds (0 and 1), for each T in --temperatures, with the preset's
   learned log Z(X); with --single-log-z batch they estimate log Z from each batch as the conditional run
   must (single-T<T>-batchlogz-seed<S>);
 - conditional-<input>-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch, reading T as a
@@ -16,12 +16,12 @@ unless it is already there):
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
 of KL(q || p_T) and ESS / N. The check: at each T the conditional policy's (log-likelihood, diversity)
-point lies within the spread (min..max) of the two single-temperature policies.
+point lies within the spread (min..max) of the single-temperature policies (two seeds unless --single-seeds).
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
                                    [--conditional-steps N] [--embedding-lr-scale X]
                                    [--single-log-z learned|batch] [--logit-scale] [--stop-offset]
-                                   [--logit-scale-lr-scale X] [--conditional-seed S]
+                                   [--logit-scale-lr-scale X] [--conditional-seed S] [--single-seeds 0,1]
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
-SEEDS = (0, 1)
 
 
 def train(run_dir: Path, extra: list[str]) -> float:
@@ -81,7 +80,11 @@ def main() -> int:
                         help="with --logit-scale / --stop-offset: their scalars' learning rate as a multiple of lr "
                              "(run dir gains -lslr<x>)")
     parser.add_argument("--conditional-seed", type=int, default=0, help="the conditional run's seed")
+    parser.add_argument("--single-seeds", default="0,1", help="seeds of the single-temperature runs per T")
     args = parser.parse_args()
+    single_seeds = [int(s) for s in args.single_seeds.split(",") if s.strip()]
+    if len(single_seeds) < 2:
+        parser.error("--single-seeds needs at least two seeds: the check is against their spread")
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
     out_dir = OUT / "temperature"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +93,7 @@ def main() -> int:
     runs = {}
     log_z = "-batchlogz" if args.single_log_z == "batch" else ""
     for t in temperatures:
-        for seed in SEEDS:
+        for seed in single_seeds:
             name = f"single-T{t:g}{log_z}-seed{seed}"
             runs[name] = out_dir / name
             train_seconds[name] = train(runs[name], ["--reward_temp_end", str(t), "--log_z", args.single_log_z,
@@ -136,7 +139,7 @@ def main() -> int:
 
     results = []
     for t in temperatures:
-        for seed in SEEDS:
+        for seed in single_seeds:
             name = f"single-T{t:g}{log_z}-seed{seed}"
             print(f"evaluating {name} at T = {t:g}", flush=True)
             results.append({"T": t, "policy": f"trained at T = {t:g} (log Z {args.single_log_z}), seed {seed}",
@@ -171,7 +174,7 @@ def main() -> int:
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
                "stop_offset": args.stop_offset, "logit_scale_lr_scale": args.logit_scale_lr_scale,
-               "single_log_z": args.single_log_z,
+               "single_log_z": args.single_log_z, "single_seeds": single_seeds,
                "results": results, "claims": claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
     (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))
