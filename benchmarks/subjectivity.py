@@ -3,11 +3,13 @@ few-shot in-context learning, supervised LoRA, GFlowNet E-step only and GFlowNet
 latent rationale), on the same test sentences of the SUBJ data (../shared/data/reference/subj or --data).
 
 Per training-set size N, one `gfnlm train subjectivity` run (configs/subjectivity-cpu.yaml) trains the
-E-step, runs the M-step and evaluates every method; times per method:
+E-step, runs the M-step and evaluates every method. With more than one EM round the later E-steps are
+trained against the M-step's likelihood, so "E-step only" then gets a run of its own (subjectivity-n<N>-estep,
+task.em_rounds=0: the same steps, the base model as the judge throughout). Times per method:
   zero_shot / few_shot   scoring only;
   supervised             TRL SFT of a fresh adapter + scoring;
   gfn_e_step             E-step training + sampling K rationales + scoring under the base model;
-  gfn_em                 E-step + M-step + sampling + scoring under the likelihood adapter.
+  gfn_em                 E-steps + M-steps + sampling + scoring under the likelihood adapter.
 Prints and saves benchmarks/out/subjectivity.json, subjectivity.md and subjectivity_accuracy.png.
 
   python benchmarks/subjectivity.py [--sizes 10,20,50] [--test 500] [--steps 150] [--rationales 10]
@@ -30,13 +32,31 @@ NAMES = {"zero_shot": "zero-shot", "few_shot": "few-shot ICL (all N)", "supervis
          "gfn_e_step": "GFlowNet E-step only", "gfn_em": "GFlowNet + M-step"}
 
 
-def method_seconds(run_dir: Path, evaluation: dict) -> dict[str, float]:
-    e_step = sum(json.loads(line)["seconds"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
-    m_step = sum(json.loads(line)["m_step_seconds"] for line in (run_dir / "em.jsonl").read_text().splitlines())
-    out = {m: r["seconds"] for m, r in evaluation.items() if "seconds" in r}
-    out["gfn_e_step"] = out.get("gfn_e_step", 0.0) + e_step
-    out["gfn_em"] = out.get("gfn_em", 0.0) + e_step + m_step
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def method_seconds(run_dir: Path, evaluation: dict, methods: list[str]) -> dict[str, float]:
+    """Seconds of the run's evaluated ``methods``: scoring, plus the run's training for the GFlowNet rows."""
+    e_step = sum(r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl"))
+    m_step = sum(r["m_step_seconds"] for r in read_jsonl(run_dir / "em.jsonl"))
+    out = {m: evaluation[m]["seconds"] for m in methods}
+    for m, training in (("gfn_e_step", e_step), ("gfn_em", e_step + m_step)):
+        if m in out:
+            out[m] += training
     return out
+
+
+def train_and_evaluate(config: str, run_dir: Path, overrides: dict, methods: list[str]) -> tuple[dict, dict]:
+    """One `gfnlm train subjectivity` run evaluating ``methods``: their results and seconds."""
+    from gfnlm.runs import resolve, train
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    overrides = {**overrides, "output_dir": str(run_dir),
+                 "task": {**overrides["task"], "eval_methods": ",".join(methods)}}
+    train(resolve("subjectivity", config, overrides))
+    evaluation = json.loads((run_dir / "eval_classification.json").read_text())
+    return evaluation, method_seconds(run_dir, evaluation["results"], methods)
 
 
 def plot(results: dict, path: Path, test: int) -> Path:
@@ -81,29 +101,43 @@ def main() -> int:
         parser.error(f"missing data file(s): {', '.join(map(str, missing))}")
 
     from gfnlm.config import parse_overrides
-    from gfnlm.runs import resolve, train
+    from gfnlm.runs import resolve
 
+    extra = parse_overrides([f"--{kv.split('=', 1)[0]}={kv.split('=', 1)[1]}" for kv in args.set])
+    extra_task = extra.pop("task", {})
+    if args.steps is not None:
+        extra["steps"] = str(args.steps)
+
+    def overrides_for(n: int) -> dict:
+        return {**extra, "task": {"data": str(data / f"train.{n}.jsonl"), "test_data": str(data / "test.jsonl"),
+                                  "eval_size": str(args.test), "eval_rationales": str(args.rationales), **extra_task}}
+
+    rounds = resolve("subjectivity", args.config, overrides_for(sizes[0])).task.config.em_rounds  # checks it all
+    if rounds < 1:
+        parser.error("the benchmark compares EM with the E-step alone: task.em_rounds must be at least 1")
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, dict] = {}
-    extra = parse_overrides([f"--{kv.split('=', 1)[0]}={kv.split('=', 1)[1]}" for kv in args.set])
     for n in sizes:
-        run_dir = OUT / f"subjectivity-n{n}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        task = {"data": str(data / f"train.{n}.jsonl"), "test_data": str(data / "test.jsonl"),
-                "eval_size": str(args.test), "eval_rationales": str(args.rationales), **extra.pop("task", {})}
-        overrides = {**extra, "output_dir": str(run_dir), "task": task}
-        if args.steps is not None:
-            overrides["steps"] = str(args.steps)
         t = time.perf_counter()
-        train(resolve("subjectivity", args.config, overrides))
-        evaluation = json.loads((run_dir / "eval_classification.json").read_text())
-        em = [json.loads(line) for line in (run_dir / "em.jsonl").read_text().splitlines()]
+        run_dir = OUT / f"subjectivity-n{n}"
+        separate = [m for m in METHODS if m == "gfn_e_step" and rounds > 1]
+        evaluation, seconds = train_and_evaluate(args.config, run_dir, overrides_for(n),
+                                                 [m for m in METHODS if m not in separate])
+        measured = evaluation["results"]
+        if separate:
+            e_step_only = overrides_for(n)
+            e_step_only["task"]["em_rounds"] = "0"
+            alone, alone_seconds = train_and_evaluate(args.config, OUT / f"subjectivity-n{n}-estep", e_step_only,
+                                                      separate)
+            measured = {**measured, **{m: alone["results"][m] for m in separate}}
+            seconds.update(alone_seconds)
         results[str(n)] = {
-            "accuracy": {m: evaluation["results"][m]["accuracy"] for m in METHODS},
-            "accuracy_majority": {m: evaluation["results"][m].get("accuracy_majority") for m in METHODS},
-            "accuracy_greedy": {m: evaluation["results"][m].get("accuracy_greedy") for m in METHODS},
-            "seconds": method_seconds(run_dir, evaluation["results"]), "em": em,
+            "accuracy": {m: measured[m]["accuracy"] for m in METHODS},
+            "accuracy_majority": {m: measured[m].get("accuracy_majority") for m in METHODS},
+            "accuracy_greedy": {m: measured[m].get("accuracy_greedy") for m in METHODS},
+            "seconds": seconds, "em": read_jsonl(run_dir / "em.jsonl"),
+            "e_step_run": "separate (task.em_rounds=0)" if separate else "the EM run's E-step (one round)",
             "test_sentences": evaluation["test_sentences"], "run_seconds": time.perf_counter() - t,
             "examples": evaluation["examples"][:4]}
         (OUT / "subjectivity.json").write_text(json.dumps(results, indent=1))  # a crash keeps the sizes done

@@ -201,6 +201,17 @@ def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, t
     assert (run / "classification_accuracy.png").stat().st_size > 0
 
 
+def test_zero_em_rounds_trains_the_e_step_alone(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    extra = ["--task.eval_methods", "gfn_e_step,gfn_em"]
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=0, steps=3, extra=extra)) == 0
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert not (run / "em.jsonl").exists() and not list(run.glob("likelihood-round-*"))
+    results = json.loads((run / "eval_classification.json").read_text())["results"]
+    assert 0 <= results["gfn_e_step"]["accuracy"] <= 1
+    assert results["gfn_em"] == {"skipped": "no M-step adapter in the run folder"}
+
+
 def test_m_step_adds_rationales_drawn_with_the_adapter_off(tmp_path, tiny_model_dir, monkeypatch):
     draws = []
 

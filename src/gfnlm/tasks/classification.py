@@ -79,7 +79,8 @@ class ClassificationConfig:
     calibrate: bool = False  # subtract each scoring model's label prior on content-free sentences from label scores
     seed_rationales: int = 20  # wishful rationales per training example put in the buffer (0 = none)
     seed_hint: str = " {label} because it is"
-    em_rounds: int = 1  # E-step / M-step rounds; the run's steps are split evenly over them
+    em_rounds: int = 1  # E-step / M-step rounds; the run's steps are split evenly over them. 0: E-step only
+    # (q trained against the base model's judge for every step, no likelihood adapter)
     m_rationales: int = 8  # rationales drawn from q per training example for the M-step
     m_base_rationales: int = 0  # and drawn from the base model p(Z | X): rationales that carry no label, so the
     # likelihood must also read X (q's rationales alone let it copy the label from Z)
@@ -98,10 +99,10 @@ class ClassificationConfig:
 
     def validate(self) -> None:
         parse_labels(self.labels)
-        for name in ("max_len", "em_rounds", "m_rationales", "m_batch_size", "m_patience", "eval_size",
+        for name in ("max_len", "m_rationales", "m_batch_size", "m_patience", "eval_size",
                      "eval_rationales", "eval_batch"):
             check_range(f"task.{name}", getattr(self, name), low=1)
-        for name in ("min_len", "seed_rationales", "wrong_label_penalty", "m_base_rationales"):
+        for name in ("min_len", "seed_rationales", "wrong_label_penalty", "m_base_rationales", "em_rounds"):
             check_range(f"task.{name}", getattr(self, name), low=0)
         for name in ("m_epochs", "m_lr", "supervised_epochs", "supervised_lr", "eval_temperature"):
             check_range(f"task.{name}", getattr(self, name), low=0, low_open=True)
@@ -195,7 +196,10 @@ class ClassificationTask(Task):
     def fit(self, trainer, resume: bool = False) -> None:
         from gfnlm.em import run_em
 
-        run_em(trainer, self, resume)
+        if self.config.em_rounds == 0:  # E-step only: the "GFlowNet E-step only" method on its own compute
+            trainer.train(resume=resume)
+        else:
+            run_em(trainer, self, resume)
 
     @torch.no_grad()
     def seed_trajectories(self):
