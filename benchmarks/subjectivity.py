@@ -121,7 +121,7 @@ def main() -> int:
     for n in sizes:
         t = time.perf_counter()
         run_dir = OUT / f"subjectivity-n{n}"
-        separate = [m for m in METHODS if m == "gfn_e_step" and rounds > 1]
+        separate = ["gfn_e_step"] if rounds > 1 else []
         evaluation, seconds = train_and_evaluate(args.config, run_dir, overrides_for(n),
                                                  [m for m in METHODS if m not in separate])
         measured = evaluation["results"]
