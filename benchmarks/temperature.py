@@ -4,8 +4,8 @@ range of reward temperatures) against policies trained separately at one tempera
 Runs (in benchmarks/out/temperature/, each trained with `gfnlm train continuation` and the CPU preset
 unless it is already there):
 - single-T<T>-seed<S>: reward_temp_end T, seeds --single-seeds (0 and 1), for each T in --temperatures,
-  with the preset's learned log Z(X); with --single-log-z batch they estimate log Z from each batch as the conditional run
-  must (single-T<T>-batchlogz-seed<S>);
+  with the preset's learned log Z(X); with --single-log-z batch they estimate log Z from each batch as the
+  conditional run must (single-T<T>-batchlogz-seed<S>);
 - conditional-<input>-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
   -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
