@@ -24,6 +24,8 @@ import shutil
 import time
 from pathlib import Path
 
+from gfnlm.metrics_log import read_metrics  # light: the heavy imports wait until the arguments are checked
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 DATA = ROOT.parent / "shared" / "data" / "reference" / "subj"
@@ -32,14 +34,10 @@ NAMES = {"zero_shot": "zero-shot", "few_shot": "few-shot ICL (all N)", "supervis
          "gfn_e_step": "GFlowNet E-step only", "gfn_em": "GFlowNet + M-step"}
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def method_seconds(run_dir: Path, evaluation: dict, methods: list[str]) -> dict[str, float]:
     """Seconds of the run's evaluated ``methods``: scoring, plus the run's training for the GFlowNet rows."""
-    e_step = sum(r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl"))
-    m_step = sum(r["m_step_seconds"] for r in read_jsonl(run_dir / "em.jsonl"))
+    e_step = sum(r["seconds"] for r in read_metrics(run_dir / "metrics.jsonl"))
+    m_step = sum(r["m_step_seconds"] for r in read_metrics(run_dir / "em.jsonl"))
     out = {m: evaluation[m]["seconds"] for m in methods}
     for m, training in (("gfn_e_step", e_step), ("gfn_em", e_step + m_step)):
         if m in out:
@@ -136,7 +134,7 @@ def main() -> int:
             "accuracy": {m: measured[m]["accuracy"] for m in METHODS},
             "accuracy_majority": {m: measured[m].get("accuracy_majority") for m in METHODS},
             "accuracy_greedy": {m: measured[m].get("accuracy_greedy") for m in METHODS},
-            "seconds": seconds, "em": read_jsonl(run_dir / "em.jsonl"),
+            "seconds": seconds, "em": read_metrics(run_dir / "em.jsonl"),
             "e_step_run": "separate (task.em_rounds=0)" if separate else "the EM run's E-step (one round)",
             "test_sentences": evaluation["test_sentences"], "run_seconds": time.perf_counter() - t,
             "examples": evaluation["examples"][:4]}
