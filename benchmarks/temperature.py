@@ -10,18 +10,20 @@ unless it is already there):
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
   -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
   --stop-offset a learned offset on its stop token's logit, -stop, both at learning rate
-  x --logit-scale-lr-scale, -lslr<x>; seed --conditional-seed) or
+  x --logit-scale-lr-scale, -lslr<x>; one run per seed in --conditional-seeds) or
   a prompt tag (--input text), with as many steps as the
   single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
-of KL(q || p_T) and ESS / N. The check: at each T the conditional policy's (log-likelihood, diversity)
-point lies within the spread (min..max) of the single-temperature policies (two seeds unless --single-seeds).
+of KL(q || p_T) and ESS / N. The check, for each conditional seed: at each T the conditional policy's
+(log-likelihood, diversity) point lies within the spread (min..max) of the single-temperature policies (two
+seeds unless --single-seeds); also shown, whether its KL(q || p_T) estimate is no larger than the largest
+single-temperature one (no further from the target than a policy trained for that T alone).
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
                                    [--conditional-steps N] [--embedding-lr-scale X]
                                    [--single-log-z learned|batch] [--logit-scale] [--stop-offset]
-                                   [--logit-scale-lr-scale X] [--conditional-seed S] [--single-seeds 0,1]
+                                   [--logit-scale-lr-scale X] [--conditional-seeds 0,1] [--single-seeds 0,1]
 """
 
 from __future__ import annotations
@@ -79,10 +81,14 @@ def main() -> int:
     parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
                         help="with --logit-scale / --stop-offset: their scalars' learning rate as a multiple of lr "
                              "(run dir gains -lslr<x>)")
-    parser.add_argument("--conditional-seed", type=int, default=0, help="the conditional run's seed")
+    parser.add_argument("--conditional-seeds", "--conditional-seed", dest="conditional_seeds", default="0",
+                        help="the conditional runs' seeds (one run each; each is checked on its own)")
     parser.add_argument("--single-seeds", default="0,1", help="seeds of the single-temperature runs per T")
     args = parser.parse_args()
     single_seeds = [int(s) for s in args.single_seeds.split(",") if s.strip()]
+    conditional_seeds = [int(s) for s in args.conditional_seeds.split(",") if s.strip()]
+    if not conditional_seeds:
+        parser.error("--conditional-seeds needs at least one seed")
     if len(single_seeds) < 2:
         parser.error("--single-seeds needs at least two seeds: the check is against their spread")
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
@@ -105,16 +111,15 @@ def main() -> int:
     scaled += "-stop" if args.stop_offset else ""
     logit_scale_lr_scaled = (args.logit_scale or args.stop_offset) and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
-    conditional = out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{args.conditional_seed}"
-    train_seconds["conditional"] = train(conditional, ["--conditional_temperatures", args.range, "--log_z", "batch",
-                                                       "--temperature_input", args.input, "--steps", str(steps),
-                                                       "--temperature_embedding_lr_scale",
-                                                       str(args.embedding_lr_scale),
-                                                       "--seed", str(args.conditional_seed),
-                                                       "--temperature_logit_scale", str(args.logit_scale).lower(),
-                                                       "--temperature_stop_offset", str(args.stop_offset).lower(),
-                                                       "--temperature_logit_scale_lr_scale",
-                                                       str(args.logit_scale_lr_scale)])
+    conditional = {seed: out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{seed}"
+                   for seed in conditional_seeds}
+    for seed, run_dir in conditional.items():
+        train_seconds[f"conditional-seed{seed}"] = train(
+            run_dir, ["--conditional_temperatures", args.range, "--log_z", "batch", "--temperature_input", args.input,
+                      "--steps", str(steps), "--temperature_embedding_lr_scale", str(args.embedding_lr_scale),
+                      "--seed", str(seed), "--temperature_logit_scale", str(args.logit_scale).lower(),
+                      "--temperature_stop_offset", str(args.stop_offset).lower(),
+                      "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale)])
 
     from gfnlm.evaluation.plots import plot_frontier
     from gfnlm.evaluation.tables import markdown_table
@@ -146,23 +151,27 @@ def main() -> int:
                             "label": f"T={t:g} single, seed {seed}",
                             "kind": "single",
                             **evaluate(runs[name], t)})
-        print(f"evaluating the conditional policy at T = {t:g}", flush=True)
         lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
         lr_note += ", logit scale" if args.logit_scale else ""
         lr_note += ", stop offset" if args.stop_offset else ""
         lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
-        results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
-                                          f"seed {args.conditional_seed}",
-                        "label": f"T={t:g} conditional",
-                        "kind": "conditional",
-                        **evaluate(conditional, t)})
-    claims = {}
+        for seed, run_dir in conditional.items():
+            print(f"evaluating the conditional policy, seed {seed}, at T = {t:g}", flush=True)
+            results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
+                                              f"seed {seed}",
+                            "label": f"T={t:g} conditional, seed {seed}", "kind": "conditional", "seed": seed,
+                            **evaluate(run_dir, t)})
+    claims, closeness, failed = {}, {}, set()
     for t in temperatures:
         singles = [r for r in results if r["T"] == t and r["kind"] == "single"]
-        cond = next(r for r in results if r["T"] == t and r["kind"] == "conditional")
-        for key in ("mean_loglik", "diversity"):
-            claims[f"T = {t:g}: conditional {key} within the single-T spread"] = within(cond[key],
-                                                                                         [r[key] for r in singles])
+        for cond in (r for r in results if r["T"] == t and r["kind"] == "conditional"):
+            for key in ("mean_loglik", "diversity"):
+                ok = within(cond[key], [r[key] for r in singles])
+                claims[f"T = {t:g}: conditional seed {cond['seed']} {key} within the single-T spread"] = ok
+                failed |= set() if ok else {cond["seed"]}
+            closeness[f"T = {t:g}: conditional seed {cond['seed']} KL(q || p_T) <= the largest single-T one"] = (
+                cond["kl_q_p"] <= max(r["kl_q_p"] for r in singles))
+    passing = [seed for seed in conditional_seeds if seed not in failed]
     columns = ["T", "policy", "mean_loglik", "diversity", "mean_length", "kl_q_p", "ess_fraction", "seconds"]
     headers = {"mean_loglik": "mean log p(Z ∣ X)", "diversity": "embedding diversity", "mean_length": "tokens",
                "kl_q_p": "KL(q ‖ p_T) (IS)", "ess_fraction": "ESS / N", "seconds": "eval s"}
@@ -175,12 +184,15 @@ def main() -> int:
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
                "stop_offset": args.stop_offset, "logit_scale_lr_scale": args.logit_scale_lr_scale,
                "single_log_z": args.single_log_z, "single_seeds": single_seeds,
-               "results": results, "claims": claims,
+               "conditional_seeds": conditional_seeds, "results": results, "claims": claims,
+               "closeness": closeness, "seeds_passing": passing,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
     (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))
     print("\n" + table)
-    for claim, ok in claims.items():
+    for claim, ok in {**claims, **closeness}.items():
         print(f"  [{'yes' if ok else 'no '}] {claim}")
+    print(f"conditional seeds inside the single-T spread on both axes at every T: {len(passing)} of "
+          f"{len(conditional_seeds)} ({', '.join(map(str, passing)) or 'none'})")
     print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items()))
     print(f"Total {summary['total_seconds']:.0f} s. Plot: {plot}\nSaved {OUT / 'temperature.json'}")
     return 0
