@@ -179,7 +179,8 @@ def main() -> int:
     plot = plot_frontier(OUT / "temperature_frontier.png",
                          [{**r, "method": r["label"]} for r in results],
                          "diversity", "mean_loglik", "embedding diversity (1 - mean pairwise cosine)",
-                         "mean log p_LM(Z | X)", f"one conditional policy ({args.range}) vs single-temperature policies")
+                         "mean log p_LM(Z | X)", f"conditional policies ({args.range}, stars) vs single-temperature ones",
+                         highlight=lambda r: r["kind"] == "conditional")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
                "stop_offset": args.stop_offset, "logit_scale_lr_scale": args.logit_scale_lr_scale,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -64,9 +65,12 @@ def plot_histograms(path: Path, support: list, series: dict[str, dict], title: s
 
 
 def plot_frontier(path: Path, rows: list[dict], x: str, y: str, xlabel: str, ylabel: str, title: str,
-                  label: str = "method", curve: list[tuple[float, float]] | None = None, curve_label: str = "") -> Path:
+                  label: str = "method", curve: list[tuple[float, float]] | None = None, curve_label: str = "",
+                  highlight: Callable[[dict], bool] | None = None) -> Path:
     """One labelled point per method (e.g. diversity vs log-likelihood): up and right is better;
-    optionally a curve (e.g. one method swept over a parameter) drawn as a line."""
+    optionally a curve (e.g. one method swept over a parameter) drawn as a line. ``highlight`` picks the
+    rows drawn as red stars (default: labels starting with "gfn")."""
+    highlight = highlight or (lambda r: str(r[label]).startswith("gfn"))
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     if curve:
         ax.plot(*zip(*sorted(curve)), color="tab:gray", lw=1, ls="--", marker=".", label=curve_label, zorder=2)
@@ -74,9 +78,9 @@ def plot_frontier(path: Path, rows: list[dict], x: str, y: str, xlabel: str, yla
     for r in rows:
         if r.get(x) is None or r.get(y) is None:
             continue
-        highlight = str(r[label]).startswith("gfn")
-        ax.scatter(r[x], r[y], s=70 if highlight else 40, marker="*" if highlight else "o",
-                   color="tab:red" if highlight else "tab:blue", zorder=3)
+        star = highlight(r)
+        ax.scatter(r[x], r[y], s=70 if star else 40, marker="*" if star else "o",
+                   color="tab:red" if star else "tab:blue", zorder=3)
         ax.annotate(str(r[label]), (r[x], r[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
