@@ -168,7 +168,8 @@ def main() -> int:
             for key in ("mean_loglik", "diversity"):
                 ok = within(cond[key], [r[key] for r in singles])
                 claims[f"T = {t:g}: conditional seed {cond['seed']} {key} within the single-T spread"] = ok
-                failed |= set() if ok else {cond["seed"]}
+                if not ok:
+                    failed.add(cond["seed"])
             closeness[f"T = {t:g}: conditional seed {cond['seed']} KL(q || p_T) <= the largest single-T one"] = (
                 cond["kl_q_p"] <= max(r["kl_q_p"] for r in singles))
     passing = [seed for seed in conditional_seeds if seed not in failed]
