@@ -143,6 +143,10 @@ def main() -> int:
                 "prompts": len(task.test_set), "samples": task.config.eval_samples}
 
     results = []
+    lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
+    lr_note += ", logit scale" if args.logit_scale else ""
+    lr_note += ", stop offset" if args.stop_offset else ""
+    lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     for t in temperatures:
         for seed in single_seeds:
             name = f"single-T{t:g}{log_z}-seed{seed}"
@@ -151,10 +155,6 @@ def main() -> int:
                             "label": f"T={t:g} single, seed {seed}",
                             "kind": "single",
                             **evaluate(runs[name], t)})
-        lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
-        lr_note += ", logit scale" if args.logit_scale else ""
-        lr_note += ", stop offset" if args.stop_offset else ""
-        lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
         for seed, run_dir in conditional.items():
             print(f"evaluating the conditional policy, seed {seed}, at T = {t:g}", flush=True)
             results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
