@@ -3,9 +3,10 @@ few-shot in-context learning, supervised LoRA, GFlowNet E-step only and GFlowNet
 latent rationale), on the same test sentences of the SUBJ data (../shared/data/reference/subj or --data).
 
 Per training-set size N, one `gfnlm train subjectivity` run (configs/subjectivity-cpu.yaml) trains the
-E-step, runs the M-step and evaluates every method. With more than one EM round the later E-steps are
-trained against the M-step's likelihood, so "E-step only" then gets a run of its own (subjectivity-n<N>-estep,
-task.em_rounds=0: the same steps, the base model as the judge throughout). Times per method:
+E-step, runs the M-step and evaluates every method. "E-step only" gets a run of its own (subjectivity-n<N>-estep,
+task.em_rounds=0: the same steps, the base model as the judge throughout, all N examples) when the EM run's
+E-step differs from it: with more than one EM round (the later E-steps are trained against the M-step's
+likelihood) or with the M-step's held-out examples kept out of the E-step (the default). Times per method:
   zero_shot / few_shot   scoring only;
   supervised             TRL SFT of a fresh adapter + scoring;
   gfn_e_step             E-step training + sampling K rationales + scoring under the base model;
@@ -110,16 +111,18 @@ def main() -> int:
         return {**extra, "task": {"data": str(data / f"train.{n}.jsonl"), "test_data": str(data / "test.jsonl"),
                                   "eval_size": str(args.test), "eval_rationales": str(args.rationales), **extra_task}}
 
-    rounds = resolve("subjectivity", args.config, overrides_for(sizes[0])).task.config.em_rounds  # checks it all
-    if rounds < 1:
+    task_config = resolve("subjectivity", args.config, overrides_for(sizes[0])).task.config  # checks it all
+    if task_config.em_rounds < 1:
         parser.error("the benchmark compares EM with the E-step alone: task.em_rounds must be at least 1")
+    e_step_differs = task_config.em_rounds > 1 or (task_config.m_validation > 0
+                                                   and not task_config.m_validation_in_e_step)
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, dict] = {}
     for n in sizes:
         t = time.perf_counter()
         run_dir = OUT / f"subjectivity-n{n}"
-        separate = ["gfn_e_step"] if rounds > 1 else []
+        separate = ["gfn_e_step"] if e_step_differs else []
         evaluation, seconds = train_and_evaluate(args.config, run_dir, overrides_for(n),
                                                  [m for m in METHODS if m not in separate])
         measured = evaluation["results"]

@@ -188,7 +188,8 @@ def em_args(tmp_path, tiny_model_dir, run, rounds, steps, extra=()):
 
 def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
-    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=3, steps=6, extra=["--task.calibrate", "true"])) == 0
+    extra = ["--task.calibrate", "true", "--task.m_keep_only_if_better", "false"]  # every fit kept: EM's own effect
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=3, steps=6, extra=extra)) == 0
     rounds = [json.loads(line) for line in (run / "em.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3] and [r["step"] for r in rounds] == [2, 4, 6]
     for r in rounds:  # each M-step raises log p(Y_true | X, Z) of its rationales
@@ -228,6 +229,43 @@ def test_m_step_adds_rationales_drawn_with_the_adapter_off(tmp_path, tiny_model_
     record = json.loads((run / "em.jsonl").read_text())
     fitted = len(ROWS) - len(held_out_examples(len(ROWS), 0.2, 0))
     assert record["m_step_examples"] == fitted * (4 + 3)
+
+
+@pytest.mark.parametrize("rounds,in_e_step", [(1, False), (1, True), (0, False)])
+def test_m_step_held_out_examples_stay_out_of_the_e_step(tmp_path, rounds, in_e_step):
+    tok = char_tokenizer()
+    task = ClassificationTask(ClassificationConfig(data=str(write_rows(tmp_path / "d.jsonl", ROWS)), em_rounds=rounds,
+                                                   m_validation=0.4, m_validation_in_e_step=in_e_step))
+    task.setup(tok, len(tok))
+    held = held_out_examples(len(ROWS), 0.4, 0)
+    expected = [tp.key for i, tp in enumerate(task.train_set) if rounds == 0 or in_e_step or i not in held]
+    assert len(held) == 2 and [tp.key for tp in task.train_prompts()] == expected
+
+
+@pytest.mark.parametrize("fitted_better", [True, False])
+def test_m_step_keeps_the_fitted_likelihood_only_when_it_predicts_held_out_labels_better(
+        tmp_path, tiny_model_dir, monkeypatch, fitted_better):
+    calls = []
+
+    def forced(*args):  # the real held-out prediction; the fitted judge's then made better or worse
+        out = em_held_out_prediction(*args)
+        calls.append(out)
+        if len(calls) == 2:
+            out["log_prob"] = calls[0]["log_prob"] + (1.0 if fitted_better else -1.0)
+        return out
+
+    em_held_out_prediction = em.held_out_prediction
+    monkeypatch.setattr(em, "held_out_prediction", forced)
+    run = tmp_path / "run"
+    extra = ["--evaluate", "false", "--task.calibrate", "true", "--task.m_validation", "0.4"]
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=1, steps=2, extra=extra)) == 0
+    record = json.loads((run / "em.jsonl").read_text())
+    assert record["kept"] == ("fitted" if fitted_better else "base model") and len(calls) == 2
+    assert -50 < calls[0]["log_prob"] < 0 and 0 <= calls[0]["accuracy"] <= 1
+    lora_b = [v for k, v in load_file(run / "likelihood-round-1.safetensors").items() if "lora_B" in k]
+    assert lora_b and any(bool(v.any()) for v in lora_b) == fitted_better  # rejected: the fresh adapter, B = 0
+    if not fitted_better:  # ... so it judges exactly as the base model
+        assert record["label_log_likelihood_after"] == pytest.approx(record["label_log_likelihood_before"], abs=1e-5)
 
 
 def test_em_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):

@@ -20,7 +20,11 @@ gets).
 
 The M-step is early-stopped: a seeded share of the training examples (``m_validation``) is held out of
 its data, and the adapter of the epoch with the lowest loss on their labels is kept (``m_patience``
-epochs without improvement end it); their labels still guide the E-step.
+epochs without improvement end it). They are held out of the E-step too (unless ``m_validation_in_e_step``):
+q has not seen their labels, so its rationales for them are like a test sentence's, not label-revealing.
+With ``m_keep_only_if_better`` the fitted likelihood then has to beat the judge it would replace on them,
+scored as at test time (calibrated, the mean probability over q's rationales): otherwise the old judge stays
+(in round 1 the base model: a fresh LoRA adapter, B = 0), and its copy is saved as the round's adapter.
 
 Every round appends to em.jsonl the mean log p(Y_true | X, Z) of the training examples (normalized over
 the labels, Z ~ q) before and after its M-step: EM should raise it round after round.
@@ -95,16 +99,23 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     held = held_out_examples(len(prompts), c.m_validation, c.seed)
     fit_on = [[] if i in held else zs for i, zs in enumerate(fit_rationales)]
     check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
+    old_judge = {k: v.clone() for k, v in policy.adapter_state(LIKELIHOOD_ADAPTER).items()}
+    judged = {"old": held_out_prediction(policy, task, rationales, held)}
     with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
         fitted = supervised_finetune(policy, task.likelihood_examples(fit_on), SupervisedSettings(
             epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=c.seed + round_number,
             progress=trainer.config.progress), validation=task.likelihood_examples(check_on),
             patience=c.m_patience)
+    judged["fitted"] = held_out_prediction(policy, task, rationales, held)
+    kept = "fitted"
+    if c.m_keep_only_if_better and held and judged["fitted"]["log_prob"] <= judged["old"]["log_prob"]:
+        policy.set_adapter_state(old_judge, LIKELIHOOD_ADAPTER)
+        kept = "old judge" if round_number > 1 else "base model"
     record = {"round": round_number, "step": trainer.step, "label_log_likelihood_before": before,
               "label_log_likelihood_after": label_log_likelihood(policy, task, rationales),
               "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
               "held_out_examples": sorted(held), "best_epoch": fitted.get("best_epoch"),
-              "held_out_losses": fitted.get("validation_losses"),
+              "held_out_losses": fitted.get("validation_losses"), "held_out_prediction": judged, "kept": kept,
               "m_step_examples": sum(len(zs) for zs in fit_on), "m_step_seconds": time.perf_counter() - started,
               "examples": [task.tokenizer.decode(z) for z in rationales[0][:4]]}
     if trainer.processes.is_main:  # every process holds the same adapter (TRL trains it data-parallel)
@@ -113,7 +124,7 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
             fh.write(json.dumps(record) + "\n")
         print(f"EM round {round_number}: log p(Y_true | X, Z) of the training labels "
               f"{record['label_log_likelihood_before']:.3f} -> {record['label_log_likelihood_after']:.3f} after the "
-              "M-step", flush=True)
+              f"M-step (kept: {kept})", flush=True)
     trainer.processes.barrier()
     return record
 
@@ -125,6 +136,22 @@ def held_out_examples(count: int, share: float, seed: int) -> set[int]:
         return set()
     k = min(count - 1, max(1, round(count * share)))
     return set(random.Random(seed).sample(range(count), k))
+
+
+@torch.no_grad()
+def held_out_prediction(policy: Policy, task, rationales: list[list[list[int]]], held: set[int]) -> dict:
+    """How the likelihood adapter predicts the held-out examples' labels as a test sentence's: calibrated
+    label scores, averaged as probabilities over q's rationales; the mean log-probability of the true
+    label and the accuracy (None without held-out examples)."""
+    if not held:
+        return {"log_prob": None, "accuracy": None}
+    order = sorted(held)
+    prompts = [task.train_set[i].ids for i in order]
+    probs = torch.softmax(task.rationale_scores(policy, prompts, [rationales[i] for i in order], LIKELIHOOD_ADAPTER),
+                          dim=-1).mean(1)
+    true = torch.tensor([task.label_of[task.train_set[i].key] for i in order], device=probs.device)
+    return {"log_prob": float(probs[torch.arange(len(order)), true].log().mean()),
+            "accuracy": float((probs.argmax(-1) == true).float().mean())}
 
 
 @torch.no_grad()

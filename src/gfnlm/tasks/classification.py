@@ -89,6 +89,10 @@ class ClassificationConfig:
     m_batch_size: int = 8
     m_validation: float = 0.2  # share of the training examples held out to early-stop the M-step (0 = none)
     m_patience: int = 2  # M-step epochs without a better held-out loss before it stops
+    m_validation_in_e_step: bool = False  # the held-out examples also train the E-step; then q's rationales for
+    # them carry their labels, so the M-step is checked on rationales unlike a test sentence's
+    m_keep_only_if_better: bool = True  # keep the fitted likelihood only when it predicts the held-out labels
+    # better than the judge it would replace (the base model in round 1), scored as at test time
     supervised_epochs: float = 20.0
     supervised_lr: float = 5e-4
     eval_size: int = 200  # first this-many test sentences
@@ -175,7 +179,17 @@ class ClassificationTask(Task):
         return TaskPrompt(full, tuple(self.encode(full)), key)
 
     def train_prompts(self) -> list[TaskPrompt]:
-        return list(self.train_set)
+        """The E-step's examples: all training examples but the M-step's held-out ones (unless
+        ``m_validation_in_e_step``), so that q's rationales for those are drawn as for a test sentence."""
+        return [tp for i, tp in enumerate(self.train_set) if i not in self.e_step_held_out()]
+
+    def e_step_held_out(self) -> set[int]:
+        from gfnlm.em import held_out_examples
+
+        c = self.config
+        if c.em_rounds == 0 or c.m_validation_in_e_step:
+            return set()
+        return held_out_examples(len(self.train_set), c.m_validation, c.seed)
 
     def all_prompts(self) -> list[TaskPrompt]:
         return self.train_set + self.test_set
@@ -208,14 +222,15 @@ class ClassificationTask(Task):
         c = self.config
         if not c.seed_rationales:
             return []
+        prompts = self.train_prompts()
         hints = [tuple(self.encode(tp.text + c.seed_hint.format(label=self.labels[self.label_of[tp.key]])))
-                 for tp in self.train_set]
+                 for tp in prompts]
         generator = torch.Generator(device=self.policy.device).manual_seed(c.seed)
         space = self.action_space().to(self.policy.device)
         with self.policy.base() as model:
             drawn = sample_per_prompt(model, space, hints, c.seed_rationales, 1.0, generator, c.eval_batch)
         seeds = []
-        for tp, rationales in zip(self.train_set, drawn):
+        for tp, rationales in zip(prompts, drawn):
             for z in dict.fromkeys(tuple(z) for z in rationales if z):
                 seeds.append((tp.key, z, (True,) * len(z)))
         return seeds
