@@ -96,7 +96,7 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
             unlabelled = sample_per_prompt(policy.model, space, prompts, c.m_base_rationales, 1.0, generator,
                                            c.eval_batch)
         fit_rationales = [zs + bs for zs, bs in zip(rationales, unlabelled)]
-    held = held_out_examples(len(prompts), c.m_validation, c.seed)
+    held = task.m_step_held_out()
     fit_on = [[] if i in held else zs for i, zs in enumerate(fit_rationales)]
     check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
     old_judge = {k: v.clone() for k, v in policy.adapter_state(LIKELIHOOD_ADAPTER).items()}

@@ -181,15 +181,15 @@ class ClassificationTask(Task):
     def train_prompts(self) -> list[TaskPrompt]:
         """The E-step's examples: all training examples but the M-step's held-out ones (unless
         ``m_validation_in_e_step``), so that q's rationales for those are drawn as for a test sentence."""
-        return [tp for i, tp in enumerate(self.train_set) if i not in self.e_step_held_out()]
+        c = self.config
+        held = set() if c.em_rounds == 0 or c.m_validation_in_e_step else self.m_step_held_out()
+        return [tp for i, tp in enumerate(self.train_set) if i not in held]
 
-    def e_step_held_out(self) -> set[int]:
+    def m_step_held_out(self) -> set[int]:
+        """The training examples (indices) whose labels check the M-step."""
         from gfnlm.em import held_out_examples
 
-        c = self.config
-        if c.em_rounds == 0 or c.m_validation_in_e_step:
-            return set()
-        return held_out_examples(len(self.train_set), c.m_validation, c.seed)
+        return held_out_examples(len(self.train_set), self.config.m_validation, self.config.seed)
 
     def all_prompts(self) -> list[TaskPrompt]:
         return self.train_set + self.test_set
