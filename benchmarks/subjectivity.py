@@ -6,11 +6,13 @@ Per training-set size N, one `gfnlm train subjectivity` run (configs/subjectivit
 E-step, runs the M-step and evaluates every method. "E-step only" gets a run of its own (subjectivity-n<N>-estep,
 task.em_rounds=0: the same steps, the base model as the judge throughout, all N examples) when the EM run's
 E-step differs from it: with more than one EM round (the later E-steps are trained against the M-step's
-likelihood) or with the M-step's held-out examples kept out of the E-step (the default). Times per method:
+likelihood) or with the M-step's held-out examples kept out of the E-step (the default; not with
+task.m_cross_fit, whose E-step trains on all N). Times per method:
   zero_shot / few_shot   scoring only;
   supervised             TRL SFT of a fresh adapter + scoring;
   gfn_e_step             E-step training + sampling K rationales + scoring under the base model;
-  gfn_em                 E-steps + M-steps + sampling + scoring under the likelihood adapter.
+  gfn_em                 E-steps + M-steps (with cross-fitting: its fold E-steps) + sampling + scoring under
+                         the likelihood adapter.
 Prints and saves benchmarks/out/subjectivity.json, subjectivity.md and subjectivity_accuracy.png.
 
   python benchmarks/subjectivity.py [--sizes 10,20,50] [--test 500] [--steps 150] [--rationales 10]
@@ -114,7 +116,7 @@ def main() -> int:
     task_config = resolve("subjectivity", args.config, overrides_for(sizes[0])).task.config  # checks it all
     if task_config.em_rounds < 1:
         parser.error("the benchmark compares EM with the E-step alone: task.em_rounds must be at least 1")
-    e_step_differs = task_config.em_rounds > 1 or (task_config.m_validation > 0
+    e_step_differs = task_config.em_rounds > 1 or (task_config.m_validation > 0 and not task_config.m_cross_fit
                                                    and not task_config.m_validation_in_e_step)
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

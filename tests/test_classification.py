@@ -9,10 +9,11 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
-from gfnlm import em
+from gfnlm import cross_fit, em
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.cli import main
 from gfnlm.em import held_out_examples
+from gfnlm.cross_fit import cross_fit_folds
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.classification import vote
 from gfnlm.evaluation.sampling import sample_per_prompt
@@ -277,6 +278,78 @@ def test_em_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):
     (cut / "likelihood-round-2.safetensors").unlink()
     assert main(em_args(tmp_path, tiny_model_dir, cut, rounds=2, steps=4, extra=extra) + ["--resume"]) == 0
     for name in ("likelihood-round-2.safetensors", "checkpoints/step-0000004/adapter.safetensors"):
+        a, b = load_file(full / name), load_file(cut / name)
+        assert a.keys() == b.keys()
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_cross_fit_folds_partition_the_examples_evenly_and_reproducibly():
+    folds = cross_fit_folds(7, 3, 0)
+    assert sorted(i for f in folds for i in f) == list(range(7)) and sorted(map(len, folds)) == [2, 2, 3]
+    assert folds == cross_fit_folds(7, 3, 0) and folds != cross_fit_folds(7, 3, 1)
+    for bad in (1, 8):
+        with pytest.raises(GfnlmError, match="task.m_cross_fit needs between 2 and 7 folds"):
+            cross_fit_folds(7, bad, 0)
+
+
+def test_cross_fit_needs_two_folds_and_an_example_in_each(tmp_path):
+    with pytest.raises(GfnlmError, match="at least 2 folds"):
+        ClassificationConfig(m_cross_fit=1).validate()
+    task = ClassificationTask(ClassificationConfig(data=str(write_rows(tmp_path / "d.jsonl", ROWS)), m_cross_fit=7))
+    with pytest.raises(GfnlmError, match="7 folds, but .* has only 6 training examples"):
+        task.check_inputs()
+
+
+def test_cross_fitted_m_step_draws_each_examples_rationales_from_a_q_that_did_not_see_it(
+        tmp_path, tiny_model_dir, monkeypatch):
+    trained_on, checked = [], []
+    real_fold_trainer, real_prediction = cross_fit.fold_trainer, em.held_out_prediction
+
+    def spy_trainer(trainer, task, fold, f):
+        sub = real_fold_trainer(trainer, task, fold, f)
+        trained_on.append((set(fold), {p.key for p in sub.prompts}, sub.config.steps, sub.run_dir.name))
+        return sub
+
+    def spy_prediction(policy, task, rationales, held):
+        checked.append(set(held))
+        return real_prediction(policy, task, rationales, held)
+
+    monkeypatch.setattr(cross_fit, "fold_trainer", spy_trainer)
+    monkeypatch.setattr(em, "held_out_prediction", spy_prediction)
+    plain, crossed = tmp_path / "plain", tmp_path / "crossed"
+    extra = ["--evaluate", "false", "--task.calibrate", "true", "--task.m_validation", "0"]
+    assert main(em_args(tmp_path, tiny_model_dir, plain, rounds=1, steps=4, extra=extra)) == 0
+    assert main(em_args(tmp_path, tiny_model_dir, crossed, rounds=1, steps=4,
+                        extra=extra + ["--task.m_cross_fit", "2"])) == 0
+    folds = cross_fit_folds(len(ROWS), 2, 0)
+    keys = {f"train-{i}" for i in range(len(ROWS))}
+    assert trained_on == [(set(fold), keys - {f"train-{i}" for i in fold}, 2, f"fold-{f}")
+                          for f, fold in enumerate(folds)]  # each fold q: the other fold, half the steps
+    for f in range(2):
+        assert (crossed / "cross-fit" / f"fold-{f}" / "checkpoints" / "step-0000002" / "adapter.safetensors").is_file()
+    all_n = set(range(len(ROWS)))
+    assert checked[-3:] == [all_n, set(folds[0]), set(folds[1])]  # old judge on all N, then out of fold
+    record = json.loads((crossed / "em.jsonl").read_text())
+    assert record["cross_fit_folds"] == 2 and record["held_out_examples"] == []
+    assert record["m_step_examples"] == len(ROWS) * 4
+    # the main E-step trained on all N, and the folds put its q back: the same q as without cross-fitting
+    a = load_file(plain / "checkpoints" / "step-0000004" / "adapter.safetensors")
+    b = load_file(crossed / "checkpoints" / "step-0000004" / "adapter.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cross_fitted_em_resumes_exactly_from_inside_a_fold(tmp_path, tiny_model_dir):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    extra = ["--evaluate", "false", "--checkpoint_every", "1", "--task.m_cross_fit", "2"]
+    assert main(em_args(tmp_path, tiny_model_dir, full, rounds=2, steps=4, extra=extra)) == 0
+    shutil.copytree(full, cut)  # as if the run died inside fold 1's round-2 E-step
+    for step in ("step-0000003", "step-0000004"):
+        shutil.rmtree(cut / "checkpoints" / step, ignore_errors=True)
+    shutil.rmtree(cut / "cross-fit" / "fold-1" / "checkpoints" / "step-0000002")
+    (cut / "likelihood-round-2.safetensors").unlink()
+    assert main(em_args(tmp_path, tiny_model_dir, cut, rounds=2, steps=4, extra=extra) + ["--resume"]) == 0
+    for name in ("likelihood-round-2.safetensors", "checkpoints/step-0000004/adapter.safetensors",
+                 "cross-fit/fold-1/checkpoints/step-0000002/adapter.safetensors"):
         a, b = load_file(full / name), load_file(cut / name)
         assert a.keys() == b.keys()
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

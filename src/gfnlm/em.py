@@ -26,6 +26,10 @@ With ``m_keep_only_if_better`` the fitted likelihood then has to beat the judge 
 scored as at test time (calibrated, the mean probability over q's rationales): otherwise the old judge stays
 (in round 1 the base model: a fresh LoRA adapter, B = 0), and its copy is saved as the round's adapter.
 
+With ``m_cross_fit`` (F folds) the M-step's rationales and its check come from cross-fitting instead
+(cross_fit.py): auxiliary E-steps on F - 1 folds draw each example's rationales, the check is F-fold
+cross-validation on all N, and the E-step trains on all N.
+
 Every round appends to em.jsonl the mean log p(Y_true | X, Z) of the training examples (normalized over
 the labels, Z ~ q) before and after its M-step: EM should raise it round after round.
 """
@@ -40,6 +44,8 @@ from pathlib import Path
 import torch
 
 from gfnlm.checkpoint import write_atomic
+from gfnlm.cross_fit import cross_fitted_rationales, out_of_fold_prediction
+from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.policy import Policy
 from gfnlm.supervised import SupervisedSettings, supervised_finetune
@@ -65,6 +71,8 @@ def load_latest_likelihood(policy: Policy, run_dir: Path) -> bool:
 def run_em(trainer, task, resume: bool = False) -> None:
     c = task.config
     policy, run_dir = trainer.policy, trainer.run_dir
+    if c.m_cross_fit and trainer.processes.distributed:
+        raise GfnlmError("task.m_cross_fit trains its fold E-steps on one process; run it without a launcher.")
     if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
         policy.add_adapter(LIKELIHOOD_ADAPTER, seed=c.seed)
     for r in range(1, c.em_rounds + 1):
@@ -88,7 +96,10 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     generator = torch.Generator(device=policy.device).manual_seed(c.seed * 1000 + round_number)
     space = task.action_space().to(policy.device)
     prompts = [tp.ids for tp in task.train_set]
-    rationales = sample_per_prompt(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
+    if c.m_cross_fit:
+        rationales = cross_fitted_rationales(trainer, task, round_number, c.em_rounds)
+    else:
+        rationales = sample_per_prompt(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
     before = label_log_likelihood(policy, task, rationales)
     fit_rationales = rationales
     if c.m_base_rationales:
@@ -96,25 +107,30 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
             unlabelled = sample_per_prompt(policy.model, space, prompts, c.m_base_rationales, 1.0, generator,
                                            c.eval_batch)
         fit_rationales = [zs + bs for zs, bs in zip(rationales, unlabelled)]
-    held = task.m_step_held_out()
+    held = task.m_step_held_out()  # none with cross-fitting: the check is cross-validation on all N
+    checked = set(range(len(prompts))) if c.m_cross_fit else held
     fit_on = [[] if i in held else zs for i, zs in enumerate(fit_rationales)]
     check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
     old_judge = {k: v.clone() for k, v in policy.adapter_state(LIKELIHOOD_ADAPTER).items()}
-    judged = {"old": held_out_prediction(policy, task, rationales, held)}
+    judged = {"old": held_out_prediction(policy, task, rationales, checked)}
+    settings = SupervisedSettings(epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=c.seed + round_number,
+                                  progress=trainer.config.progress)
+    if c.m_cross_fit:
+        judged["fitted"] = out_of_fold_prediction(policy, task, rationales, fit_rationales, settings,
+                                                  LIKELIHOOD_ADAPTER)
     with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
-        fitted = supervised_finetune(policy, task.likelihood_examples(fit_on), SupervisedSettings(
-            epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=c.seed + round_number,
-            progress=trainer.config.progress), validation=task.likelihood_examples(check_on),
-            patience=c.m_patience)
-    judged["fitted"] = held_out_prediction(policy, task, rationales, held)
+        fitted = supervised_finetune(policy, task.likelihood_examples(fit_on), settings,
+                                     validation=task.likelihood_examples(check_on), patience=c.m_patience)
+    if not c.m_cross_fit:
+        judged["fitted"] = held_out_prediction(policy, task, rationales, held)
     kept = "fitted"
-    if c.m_keep_only_if_better and held and judged["fitted"]["log_prob"] <= judged["old"]["log_prob"]:
+    if c.m_keep_only_if_better and checked and judged["fitted"]["log_prob"] <= judged["old"]["log_prob"]:
         policy.set_adapter_state(old_judge, LIKELIHOOD_ADAPTER)
         kept = "old judge" if round_number > 1 else "base model"
     record = {"round": round_number, "step": trainer.step, "label_log_likelihood_before": before,
               "label_log_likelihood_after": label_log_likelihood(policy, task, rationales),
               "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
-              "held_out_examples": sorted(held), "best_epoch": fitted.get("best_epoch"),
+              "held_out_examples": sorted(held), "cross_fit_folds": c.m_cross_fit, "best_epoch": fitted.get("best_epoch"),
               "held_out_losses": fitted.get("validation_losses"), "held_out_prediction": judged, "kept": kept,
               "m_step_examples": sum(len(zs) for zs in fit_on), "m_step_seconds": time.perf_counter() - started,
               "examples": [task.tokenizer.decode(z) for z in rationales[0][:4]]}

@@ -19,6 +19,7 @@ scoring model's label prior on content-free sentences (evaluation/classification
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -93,6 +94,9 @@ class ClassificationConfig:
     # them carry their labels, so the M-step is checked on rationales unlike a test sentence's
     m_keep_only_if_better: bool = True  # keep the fitted likelihood only when it predicts the held-out labels
     # better than the judge it would replace (the base model in round 1), scored as at test time
+    m_cross_fit: int = 0  # folds (>= 2) to cross-fit the M-step: each example's rationales drawn by a q trained
+    # without it (an auxiliary E-step per fold), the keep check cross-validated on all N, the E-step on all N;
+    # m_validation is then unused (0 = off: the held-out share above)
     supervised_epochs: float = 20.0
     supervised_lr: float = 5e-4
     eval_size: int = 200  # first this-many test sentences
@@ -106,12 +110,15 @@ class ClassificationConfig:
         for name in ("max_len", "m_rationales", "m_batch_size", "m_patience", "eval_size",
                      "eval_rationales", "eval_batch"):
             check_range(f"task.{name}", getattr(self, name), low=1)
-        for name in ("min_len", "seed_rationales", "wrong_label_penalty", "m_base_rationales", "em_rounds"):
+        for name in ("min_len", "seed_rationales", "wrong_label_penalty", "m_base_rationales", "em_rounds",
+                     "m_cross_fit"):
             check_range(f"task.{name}", getattr(self, name), low=0)
         for name in ("m_epochs", "m_lr", "supervised_epochs", "supervised_lr", "eval_temperature"):
             check_range(f"task.{name}", getattr(self, name), low=0, low_open=True)
         if self.min_len > self.max_len:
             raise GfnlmError("task.min_len must not exceed task.max_len.")
+        if self.m_cross_fit == 1:
+            raise GfnlmError("task.m_cross_fit needs at least 2 folds (0 turns cross-fitting off).")
         if not 0 <= self.m_validation < 1:
             raise GfnlmError(f"task.m_validation must be in [0, 1), got {self.m_validation}.")
         for name, fields in (("prompt_template", ("{text}",)), ("answer_template", ("{label}",)),
@@ -130,6 +137,7 @@ class ClassificationTask(Task):
     training_metric_names = ("rationale_right",)
     evaluates_on_every_process = True  # the supervised baseline trains with TRL (data-parallel under a launcher)
     default_data = ("", "")  # (training file, test file) when the config names none
+    e_step_excluded: set[int] | None = None  # set on a cross-fitting fold's view (``excluding``)
 
     def check_inputs(self) -> None:
         c = self.config
@@ -139,6 +147,9 @@ class ClassificationTask(Task):
             raise GfnlmError(f"Task {self.name} needs its training data: --data FILE.jsonl (and --test_data FILE.jsonl to evaluate).")
         self.train_rows = load_labelled_jsonl(train_file, self.labels)
         self.test_rows = load_labelled_jsonl(test_file, self.labels)[: c.eval_size] if test_file else []
+        if c.m_cross_fit > len(self.train_rows):
+            raise GfnlmError(f"task.m_cross_fit = {c.m_cross_fit} folds, but {train_file} has only "
+                             f"{len(self.train_rows)} training examples (each fold needs one).")
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, tokenizer, vocab_size: int) -> None:
@@ -180,16 +191,28 @@ class ClassificationTask(Task):
 
     def train_prompts(self) -> list[TaskPrompt]:
         """The E-step's examples: all training examples but the M-step's held-out ones (unless
-        ``m_validation_in_e_step``), so that q's rationales for those are drawn as for a test sentence."""
+        ``m_validation_in_e_step``), so that q's rationales for those are drawn as for a test sentence; a
+        cross-fitting fold's E-step (``excluding``) leaves out its fold instead."""
         c = self.config
-        held = set() if c.em_rounds == 0 or c.m_validation_in_e_step else self.m_step_held_out()
+        if self.e_step_excluded is not None:
+            held = self.e_step_excluded
+        else:
+            held = set() if c.em_rounds == 0 or c.m_validation_in_e_step else self.m_step_held_out()
         return [tp for i, tp in enumerate(self.train_set) if i not in held]
 
     def m_step_held_out(self) -> set[int]:
-        """The training examples (indices) whose labels check the M-step."""
+        """The training examples (indices) whose labels check the M-step (none when it is cross-fitted)."""
         from gfnlm.em import held_out_examples
 
-        return held_out_examples(len(self.train_set), self.config.m_validation, self.config.seed)
+        share = 0.0 if self.config.m_cross_fit else self.config.m_validation
+        return held_out_examples(len(self.train_set), share, self.config.seed)
+
+    def excluding(self, indices: set[int]) -> "ClassificationTask":
+        """This task, but its E-step trains on every training example outside ``indices`` (a cross-fitting
+        fold's auxiliary E-step); it gets its own target when a trainer asks for one."""
+        view = copy.copy(self)
+        view.e_step_excluded = set(indices)
+        return view
 
     def all_prompts(self) -> list[TaskPrompt]:
         return self.train_set + self.test_set
