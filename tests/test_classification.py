@@ -20,6 +20,7 @@ from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.policy import LoraSettings, Policy
 from gfnlm.sampler import sample_trajectories
 from gfnlm.targets.rationale import RationaleLabelReward
+from gfnlm.trainer import Trainer
 from gfnlm.tasks.classification import ClassificationConfig, ClassificationTask, label_word_tokens
 from gfnlm.trajectories import Trajectories
 from tests.conftest import char_tokenizer, tiny_llama
@@ -267,6 +268,33 @@ def test_m_step_keeps_the_fitted_likelihood_only_when_it_predicts_held_out_label
     assert lora_b and any(bool(v.any()) for v in lora_b) == fitted_better  # rejected: the fresh adapter, B = 0
     if not fitted_better:  # ... so it judges exactly as the base model
         assert record["label_log_likelihood_after"] == pytest.approx(record["label_log_likelihood_before"], abs=1e-5)
+
+
+@pytest.mark.parametrize("fitted_better", [True, False])
+def test_buffers_are_rescored_only_when_the_judge_changed_and_another_e_step_follows(
+        tmp_path, tiny_model_dir, monkeypatch, fitted_better):
+    calls, rescored = [], []
+
+    def forced(*args):  # every round's fitted judge made better or worse than the old one
+        out = em_held_out_prediction(*args)
+        calls.append(out)
+        if len(calls) % 2 == 0:
+            out["log_prob"] = calls[-2]["log_prob"] + (1.0 if fitted_better else -1.0)
+        return out
+
+    def counted(self):
+        rescored.append(self.step)
+        return rescore(self)
+
+    em_held_out_prediction, rescore = em.held_out_prediction, Trainer.rescore_buffers
+    monkeypatch.setattr(em, "held_out_prediction", forced)
+    monkeypatch.setattr(Trainer, "rescore_buffers", counted)
+    run = tmp_path / "run"
+    extra = ["--evaluate", "false", "--task.m_validation", "0.4"]
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=3, steps=3, extra=extra)) == 0
+    kept = [json.loads(line)["kept"] for line in (run / "em.jsonl").read_text().splitlines()]
+    assert kept == (["fitted"] * 3 if fitted_better else ["base model", "old judge", "old judge"])
+    assert rescored == ([1, 2] if fitted_better else [])  # never after round 3: no E-step follows
 
 
 def test_em_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):

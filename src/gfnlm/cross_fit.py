@@ -67,9 +67,11 @@ def fold_trainer(trainer, task, fold: list[int], f: int):
                    trainer.processes)
 
 
-def cross_fitted_rationales(trainer, task, round_number: int, rounds: int) -> list[list[list[int]]]:
+def cross_fitted_rationales(trainer, task, round_number: int, rounds: int,
+                            rescore: bool = True) -> list[list[list[int]]]:
     """``m_rationales`` rationales for every training example, each drawn by the fold q that did not see it,
-    trained through EM round ``round_number`` of ``rounds``."""
+    trained through EM round ``round_number`` of ``rounds`` (``rescore``: the last M-step changed the judge,
+    so a fold's buffers are re-scored when its round starts)."""
     c = task.config
     policy = trainer.policy
     main_q = {k: v.clone() for k, v in policy.adapter_state().items()}
@@ -82,8 +84,8 @@ def cross_fitted_rationales(trainer, task, round_number: int, rounds: int) -> li
             sub = fold_trainer(trainer, task, fold, f)
             sub.target.likelihood_adapter = trainer.target.likelihood_adapter  # the main E-step's judge
             round_start = sub.config.steps * (round_number - 1) // rounds
-            if sub.restore() is not None and sub.step == round_start and round_number > 1:
-                sub.rescore_buffers()  # the judge changed in the last M-step, as for the main run
+            if sub.restore() is not None and sub.step == round_start and rescore:
+                sub.rescore_buffers()  # as the main run's after the last M-step
                 sub.save()
             sub.train(until=sub.config.steps * round_number // rounds)
             generator = torch.Generator(device=policy.device).manual_seed(c.seed * 1000 + round_number * 10 + f)

@@ -4,8 +4,9 @@ fine-tunes a second LoRA adapter, the likelihood p(Y | X, Z), on rationales draw
 The run's steps are split evenly over ``em_rounds``. After each round's E-step: draw ``m_rationales``
 Z ~ q per training example, train the likelihood adapter on (X, Z) -> Y_true (TRL SFT, label tokens in
 the loss), save it atomically as likelihood-round-R.safetensors, make the E-step target use it, re-score
-the replay buffers under it and checkpoint. On resume a round whose adapter file exists is loaded, not
-retrained (re-scoring is a pure function of the adapters, so it is simply repeated).
+the replay buffers under it and checkpoint (not after the last round, whose buffers no E-step reads, nor
+when the M-step kept the old judge: the rewards are the same). On resume a round whose adapter file exists
+is loaded, not retrained (re-scoring is a pure function of the adapters, so it is simply repeated).
 
 Under a launcher (torchrun / accelerate launch) every process runs the same EM: each E-step is the
 trainer's (its share of trajectories, gradients all-reduced); each process draws the same M-step
@@ -75,21 +76,31 @@ def run_em(trainer, task, resume: bool = False) -> None:
         raise GfnlmError("task.m_cross_fit trains its fold E-steps on one process; run it without a launcher.")
     if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
         policy.add_adapter(LIKELIHOOD_ADAPTER, seed=c.seed)
+    judge_changed = False  # by the last M-step: only then do buffered rewards need re-scoring
     for r in range(1, c.em_rounds + 1):
         end = trainer.config.steps * r // c.em_rounds
         trainer.train(resume=resume and r == 1, until=end)
         path = likelihood_file(run_dir, r)
+        judge = judge_state(policy)
         if trainer.processes.broadcast(path.is_file()):  # rank 0's view of the run folder decides for all
             policy.load_adapter(path, LIKELIHOOD_ADAPTER)
         else:
-            m_step(trainer, task, r, path)
-        trainer.target.likelihood_adapter = LIKELIHOOD_ADAPTER
-        if trainer.step == end:  # resumed past this round: the restored checkpoint is already later
+            m_step(trainer, task, r, path, rescore_folds=judge_changed)
+        judge_changed = judge_state(policy).keys() != judge.keys() or not all(
+            torch.equal(v, judge[k]) for k, v in judge_state(policy).items())
+        trainer.target.likelihood_adapter = LIKELIHOOD_ADAPTER  # a kept fresh adapter judges as the base model
+        # resumed past this round: the restored checkpoint is already later; after the last round no E-step
+        # reads the buffers again
+        if trainer.step == end and judge_changed and r < c.em_rounds:
             trainer.rescore_buffers()
             trainer.save()
 
 
-def m_step(trainer, task, round_number: int, path: Path) -> dict:
+def judge_state(policy: Policy) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in policy.adapter_state(LIKELIHOOD_ADAPTER).items()}
+
+
+def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = True) -> dict:
     c = task.config
     policy = trainer.policy
     started = time.perf_counter()
@@ -97,7 +108,7 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     space = task.action_space().to(policy.device)
     prompts = [tp.ids for tp in task.train_set]
     if c.m_cross_fit:
-        rationales = cross_fitted_rationales(trainer, task, round_number, c.em_rounds)
+        rationales = cross_fitted_rationales(trainer, task, round_number, c.em_rounds, rescore_folds)
     else:
         rationales = sample_per_prompt(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
     before = label_log_likelihood(policy, task, rationales)
@@ -111,7 +122,7 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     checked = set(range(len(prompts))) if c.m_cross_fit else held
     fit_on = [[] if i in held else zs for i, zs in enumerate(fit_rationales)]
     check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
-    old_judge = {k: v.clone() for k, v in policy.adapter_state(LIKELIHOOD_ADAPTER).items()}
+    old_judge = judge_state(policy)
     judged = {"old": held_out_prediction(policy, task, rationales, checked)}
     settings = SupervisedSettings(epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=c.seed + round_number,
                                   progress=trainer.config.progress)
