@@ -86,8 +86,8 @@ def run_em(trainer, task, resume: bool = False) -> None:
             policy.load_adapter(path, LIKELIHOOD_ADAPTER)
         else:
             m_step(trainer, task, r, path, rescore_folds=judge_changed)
-        judge_changed = judge_state(policy).keys() != judge.keys() or not all(
-            torch.equal(v, judge[k]) for k, v in judge_state(policy).items())
+        now = judge_state(policy)
+        judge_changed = now.keys() != judge.keys() or not all(torch.equal(v, judge[k]) for k, v in now.items())
         trainer.target.likelihood_adapter = LIKELIHOOD_ADAPTER  # a kept fresh adapter judges as the base model
         # resumed past this round: the restored checkpoint is already later; after the last round no E-step
         # reads the buffers again
@@ -141,8 +141,9 @@ def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = T
     record = {"round": round_number, "step": trainer.step, "label_log_likelihood_before": before,
               "label_log_likelihood_after": label_log_likelihood(policy, task, rationales),
               "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
-              "held_out_examples": sorted(held), "cross_fit_folds": c.m_cross_fit, "best_epoch": fitted.get("best_epoch"),
-              "held_out_losses": fitted.get("validation_losses"), "held_out_prediction": judged, "kept": kept,
+              "held_out_examples": sorted(held), "cross_fit_folds": c.m_cross_fit,
+              "best_epoch": fitted.get("best_epoch"), "held_out_losses": fitted.get("validation_losses"),
+              "held_out_prediction": judged, "kept": kept,
               "m_step_examples": sum(len(zs) for zs in fit_on), "m_step_seconds": time.perf_counter() - started,
               "examples": [task.tokenizer.decode(z) for z in rationales[0][:4]]}
     if trainer.processes.is_main:  # every process holds the same adapter (TRL trains it data-parallel)
