@@ -259,10 +259,12 @@ def test_m_step_keeps_the_fitted_likelihood_only_when_it_predicts_held_out_label
     em_held_out_prediction = em.held_out_prediction
     monkeypatch.setattr(em, "held_out_prediction", forced)
     run = tmp_path / "run"
-    extra = ["--evaluate", "false", "--task.calibrate", "true", "--task.m_validation", "0.4"]
+    extra = ["--task.eval_methods", "gfn_e_step,gfn_em", "--task.calibrate", "true", "--task.m_validation", "0.4"]
     assert main(em_args(tmp_path, tiny_model_dir, run, rounds=1, steps=2, extra=extra)) == 0
     record = json.loads((run / "em.jsonl").read_text())
     assert record["kept"] == ("fitted" if fitted_better else "base model") and len(calls) == 2
+    results = json.loads((run / "eval_classification.json").read_text())["results"]
+    assert ("judge" in results["gfn_em"]) != fitted_better  # rejected: the E-step's scores, not scored again
     assert -50 < calls[0]["log_prob"] < 0 and 0 <= calls[0]["accuracy"] <= 1
     lora_b = [v for k, v in load_file(run / "likelihood-round-1.safetensors").items() if "lora_B" in k]
     assert lora_b and any(bool(v.any()) for v in lora_b) == fitted_better  # rejected: the fresh adapter, B = 0

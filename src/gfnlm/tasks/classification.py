@@ -343,6 +343,10 @@ class ClassificationTask(Task):
             for method in rationale_methods:
                 started = time.perf_counter()
                 adapter = LIKELIHOOD_ADAPTER if method == "gfn_em" else None
+                if adapter and "gfn_e_step" in results and judges_as_base_model(policy, adapter):
+                    # no M-step was kept: the same rationales, judged by the same (base) model
+                    results[method] = {**results["gfn_e_step"], "judge": "the base model (no M-step fit kept)"}
+                    continue
                 lp = everyone(lambda: self.rationale_scores(policy, prompts, sampled, adapter, progress=config.progress))
                 greedy_lp = everyone(lambda: self.rationale_scores(policy, prompts, greedy, adapter,
                                                                    progress=config.progress))[:, 0]
@@ -398,7 +402,8 @@ class ClassificationTask(Task):
             if "skipped" in r:
                 lines.append(f"| {method} | skipped: {r['skipped']} | | | |")
                 continue
-            lines.append(f"| {method} | {r['accuracy']:.3f} | {fmt(r.get('accuracy_majority'))} | "
+            name = f"{method} (judge: {r['judge']})" if "judge" in r else method
+            lines.append(f"| {name} | {r['accuracy']:.3f} | {fmt(r.get('accuracy_majority'))} | "
                          f"{fmt(r.get('accuracy_greedy'))} | {r['seconds']:.0f} |")
         lines += ["", "Examples (true label: rationales):", ""]
         lines += [f"- {e['label']}: \"{e['text'][:70]}\" -> {e['rationales']} (greedy {e['greedy']!r})" for e in examples]
@@ -411,6 +416,12 @@ class SubjectivityTask(ClassificationTask):
 
     name = "subjectivity"
     default_data = (builtin_file("subjectivity_train.jsonl"), builtin_file("subjectivity_test.jsonl"))
+
+
+def judges_as_base_model(policy: Policy, adapter: str) -> bool:
+    """Whether the adapter is still a fresh one (every LoRA B zero): its outputs are the base model's."""
+    b = [v for k, v in policy.adapter_state(adapter).items() if "lora_B" in k]
+    return bool(b) and not any(bool(v.any()) for v in b)
 
 
 def accuracy(predicted: torch.Tensor, truth: torch.Tensor) -> float:
