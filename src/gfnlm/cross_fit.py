@@ -14,8 +14,9 @@ is the one used at test time and is put back afterwards.
 
 The check is F-fold cross-validation: for each fold, a likelihood fitted (from the judge it would replace) on the
 other folds' rationales predicts fold f's labels as at test time (calibrated, probability averaged over the
-rationales). The likelihood fitted on all N then replaces the old judge only when these out-of-fold predictions
-beat the old judge's on the same rationales (``m_keep_only_if_better``).
+rationales). The likelihood fitted on all N (``m_epochs``, no early stopping: every example is in its data)
+then replaces the old judge only when these out-of-fold predictions beat the old judge's on the same
+rationales (``m_keep_only_if_better``).
 """
 
 from __future__ import annotations
