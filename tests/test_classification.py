@@ -12,16 +12,16 @@ from safetensors.torch import load_file
 from gfnlm import cross_fit, em
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.cli import main
-from gfnlm.em import held_out_examples
 from gfnlm.cross_fit import cross_fit_folds
+from gfnlm.em import held_out_examples
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.classification import vote
 from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.policy import LoraSettings, Policy
 from gfnlm.sampler import sample_trajectories
 from gfnlm.targets.rationale import RationaleLabelReward
-from gfnlm.trainer import Trainer
 from gfnlm.tasks.classification import ClassificationConfig, ClassificationTask, label_word_tokens
+from gfnlm.trainer import Trainer
 from gfnlm.trajectories import Trajectories
 from tests.conftest import char_tokenizer, tiny_llama
 

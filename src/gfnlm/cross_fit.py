@@ -75,7 +75,7 @@ def cross_fitted_rationales(trainer, task, round_number: int, rounds: int,
     so a fold's buffers are re-scored when its round starts)."""
     c = task.config
     policy = trainer.policy
-    main_q = {k: v.clone() for k, v in policy.adapter_state().items()}
+    main_q = policy.adapter_copy()
     start = fresh_policy_state(policy, c.seed)
     space = task.action_space().to(policy.device)
     drawn: list[list[list[int]] | None] = [None] * len(task.train_set)
@@ -105,7 +105,7 @@ def out_of_fold_prediction(policy, task, rationales, fit_rationales, settings: S
     from gfnlm.em import held_out_prediction
 
     c = task.config
-    judge = {k: v.clone() for k, v in policy.adapter_state(adapter).items()}
+    judge = policy.adapter_copy(adapter)
     log_prob, right = 0.0, 0.0
     try:
         for f, fold in enumerate(cross_fit_folds(len(task.train_set), c.m_cross_fit, c.seed)):

@@ -81,12 +81,12 @@ def run_em(trainer, task, resume: bool = False) -> None:
         end = trainer.config.steps * r // c.em_rounds
         trainer.train(resume=resume and r == 1, until=end)
         path = likelihood_file(run_dir, r)
-        judge = judge_state(policy)
+        judge = policy.adapter_copy(LIKELIHOOD_ADAPTER)
         if trainer.processes.broadcast(path.is_file()):  # rank 0's view of the run folder decides for all
             policy.load_adapter(path, LIKELIHOOD_ADAPTER)
         else:
             m_step(trainer, task, r, path, rescore_folds=judge_changed)
-        now = judge_state(policy)
+        now = policy.adapter_state(LIKELIHOOD_ADAPTER)
         judge_changed = now.keys() != judge.keys() or not all(torch.equal(v, judge[k]) for k, v in now.items())
         trainer.target.likelihood_adapter = LIKELIHOOD_ADAPTER  # a kept fresh adapter judges as the base model
         # resumed past this round: the restored checkpoint is already later; after the last round no E-step
@@ -94,10 +94,6 @@ def run_em(trainer, task, resume: bool = False) -> None:
         if trainer.step == end and judge_changed and r < c.em_rounds:
             trainer.rescore_buffers()
             trainer.save()
-
-
-def judge_state(policy: Policy) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in policy.adapter_state(LIKELIHOOD_ADAPTER).items()}
 
 
 def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = True) -> dict:
@@ -122,7 +118,7 @@ def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = T
     checked = set(range(len(prompts))) if c.m_cross_fit else held
     fit_on = [[] if i in held else zs for i, zs in enumerate(fit_rationales)]
     check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
-    old_judge = judge_state(policy)
+    old_judge = policy.adapter_copy(LIKELIHOOD_ADAPTER)
     judged = {"old": held_out_prediction(policy, task, rationales, checked)}
     settings = SupervisedSettings(epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=c.seed + round_number,
                                   progress=trainer.config.progress)

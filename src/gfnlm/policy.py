@@ -139,6 +139,11 @@ class Policy:
             state.update(self.temperature_state())
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
+    def adapter_copy(self, name: str = POLICY_ADAPTER) -> dict[str, torch.Tensor]:
+        """The adapter's weights, copied: unlike ``adapter_state`` (which on CPU shares the parameters'
+        storage), later training does not change them; ``set_adapter_state`` puts them back."""
+        return {k: v.clone() for k, v in self.adapter_state(name).items()}
+
     def save_adapter(self, path: Path, name: str = POLICY_ADAPTER) -> None:
         save_file(self.adapter_state(name), str(path))
 

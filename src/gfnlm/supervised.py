@@ -119,7 +119,7 @@ def _best_epoch_keeper(policy: Policy, patience: int):
             self.losses.append(loss)
             if loss <= min(self.losses):
                 name = policy.model.active_adapter
-                self.best_state = {k: v.clone() for k, v in policy.adapter_state(name).items()}
+                self.best_state = policy.adapter_copy(name)
             elif len(self.losses) - 1 - self.losses.index(min(self.losses)) >= patience:
                 control.should_training_stop = True
             return control
