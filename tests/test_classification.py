@@ -188,12 +188,15 @@ def em_args(tmp_path, tiny_model_dir, run, rounds, steps, extra=()):
             "--task.supervised_epochs", "2", *extra]
 
 
-def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("objective", ["sft", "calibrated"])
+def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, tiny_model_dir, objective):
     run = tmp_path / "run"
-    extra = ["--task.calibrate", "true", "--task.m_keep_only_if_better", "false"]  # every fit kept: EM's own effect
+    extra = ["--task.calibrate", "true", "--task.m_keep_only_if_better", "false",  # every fit kept: EM's own effect
+             "--task.m_objective", objective]
     assert main(em_args(tmp_path, tiny_model_dir, run, rounds=3, steps=6, extra=extra)) == 0
     rounds = [json.loads(line) for line in (run / "em.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3] and [r["step"] for r in rounds] == [2, 4, 6]
+    assert {r["m_objective"] for r in rounds} == {objective}
     for r in rounds:  # each M-step raises log p(Y_true | X, Z) of its rationales
         assert r["label_log_likelihood_after"] > r["label_log_likelihood_before"]
     assert rounds[-1]["label_log_likelihood_after"] > rounds[0]["label_log_likelihood_before"] + 0.1
@@ -392,5 +395,7 @@ def test_classify_needs_data_and_valid_templates(tmp_path, tiny_model_dir, capsy
     data = write_rows(tmp_path / "train.jsonl", ROWS)
     assert main(base + ["--data", str(data), "--task.answer_template", "so it is"]) == 2
     assert "answer_template must contain {label}" in capsys.readouterr().err
+    assert main(base + ["--data", str(data), "--task.m_objective", "ce"]) == 2
+    assert "task.m_objective must be one of sft, calibrated, got 'ce'" in capsys.readouterr().err
     assert main(base + ["--data", str(data), "--task.data", str(data)]) == 2
     assert "given both as --data and as --task.data" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import torch
 
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.sampling import sample_per_prompt
-from gfnlm.supervised import SupervisedSettings, supervised_finetune
+from gfnlm.supervised import SupervisedSettings
 
 FOLD_START_ADAPTER = "cross-fit-start"
 
@@ -112,8 +112,7 @@ def out_of_fold_prediction(policy, task, rationales, fit_rationales, settings: S
             policy.set_adapter_state(judge, adapter)
             others = [[] if i in fold else zs for i, zs in enumerate(fit_rationales)]
             with policy.adapter(adapter, train=True):
-                supervised_finetune(policy, task.likelihood_examples(others),
-                                    dataclasses.replace(settings, seed=settings.seed + 100 * (f + 1)))
+                task.fit_likelihood(policy, others, dataclasses.replace(settings, seed=settings.seed + 100 * (f + 1)))
             scores = held_out_prediction(policy, task, rationales, set(fold))
             log_prob += scores["log_prob"] * len(fold)
             right += scores["accuracy"] * len(fold)

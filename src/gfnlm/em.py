@@ -2,11 +2,12 @@
 fine-tunes a second LoRA adapter, the likelihood p(Y | X, Z), on rationales drawn from q.
 
 The run's steps are split evenly over ``em_rounds``. After each round's E-step: draw ``m_rationales``
-Z ~ q per training example, train the likelihood adapter on (X, Z) -> Y_true (TRL SFT, label tokens in
-the loss), save it atomically as likelihood-round-R.safetensors, make the E-step target use it, re-score
-the replay buffers under it and checkpoint (not after the last round, whose buffers no E-step reads, nor
-when the M-step kept the old judge: the rewards are the same). On resume a round whose adapter file exists
-is loaded, not retrained (re-scoring is a pure function of the adapters, so it is simply repeated).
+Z ~ q per training example, train the likelihood adapter on (X, Z) -> Y_true (``m_objective``: TRL SFT
+with the label tokens in the loss, or the calibrated label score it is judged by, calibrated_fit.py), save
+it atomically as likelihood-round-R.safetensors, make the E-step target use it, re-score the replay buffers
+under it and checkpoint (not after the last round, whose buffers no E-step reads, nor when the M-step kept
+the old judge: the rewards are the same). On resume a round whose adapter file exists is loaded, not
+retrained (re-scoring is a pure function of the adapters, so it is simply repeated).
 
 Under a launcher (torchrun / accelerate launch) every process runs the same EM: each E-step is the
 trainer's (its share of trajectories, gradients all-reduced); each process draws the same M-step
@@ -49,7 +50,7 @@ from gfnlm.cross_fit import cross_fitted_rationales, out_of_fold_prediction
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.sampling import sample_per_prompt
 from gfnlm.policy import Policy
-from gfnlm.supervised import SupervisedSettings, supervised_finetune
+from gfnlm.supervised import SupervisedSettings
 
 LIKELIHOOD_ADAPTER = "likelihood"
 
@@ -74,6 +75,9 @@ def run_em(trainer, task, resume: bool = False) -> None:
     policy, run_dir = trainer.policy, trainer.run_dir
     if c.m_cross_fit and trainer.processes.distributed:
         raise GfnlmError("task.m_cross_fit trains its fold E-steps on one process; run it without a launcher.")
+    if c.m_objective == "calibrated" and trainer.processes.distributed:
+        raise GfnlmError("task.m_objective calibrated fits the likelihood on one process; run it without a launcher "
+                         "or use m_objective sft (TRL, data-parallel).")
     if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
         policy.add_adapter(LIKELIHOOD_ADAPTER, seed=c.seed)
     judge_changed = False  # by the last M-step: only then do buffered rewards need re-scoring
@@ -126,8 +130,7 @@ def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = T
         judged["fitted"] = out_of_fold_prediction(policy, task, rationales, fit_rationales, settings,
                                                   LIKELIHOOD_ADAPTER)
     with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
-        fitted = supervised_finetune(policy, task.likelihood_examples(fit_on), settings,
-                                     validation=task.likelihood_examples(check_on), patience=c.m_patience)
+        fitted = task.fit_likelihood(policy, fit_on, settings, validation=check_on, patience=c.m_patience)
     if not c.m_cross_fit:
         judged["fitted"] = held_out_prediction(policy, task, rationales, held)
     kept = "fitted"
@@ -137,7 +140,7 @@ def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = T
     record = {"round": round_number, "step": trainer.step, "label_log_likelihood_before": before,
               "label_log_likelihood_after": label_log_likelihood(policy, task, rationales),
               "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
-              "held_out_examples": sorted(held), "cross_fit_folds": c.m_cross_fit,
+              "held_out_examples": sorted(held), "cross_fit_folds": c.m_cross_fit, "m_objective": c.m_objective,
               "best_epoch": fitted.get("best_epoch"), "held_out_losses": fitted.get("validation_losses"),
               "held_out_prediction": judged, "kept": kept,
               "m_step_examples": sum(len(zs) for zs in fit_on), "m_step_seconds": time.perf_counter() - started,

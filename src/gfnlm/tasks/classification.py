@@ -31,17 +31,20 @@ from pathlib import Path
 import torch
 
 from gfnlm.action_space import ActionSpace
+from gfnlm.calibrated_fit import LabelledRationale, fit_calibrated
 from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.config import check_range, method_list
 from gfnlm.errors import GfnlmError
-from gfnlm.evaluation.classification import CONTENT_FREE_TEXTS, content_free_offsets, label_log_probs, vote
+from gfnlm.evaluation.classification import (CONTENT_FREE_TEXTS, content_free_offsets, label_log_probs,
+                                             rationale_label_log_probs, vote)
 from gfnlm.evaluation.sampling import sample_per_prompt
-from gfnlm.lm_forward import common_prefix, continuation_log_probs
+from gfnlm.lm_forward import common_prefix
 from gfnlm.policy import Policy
-from gfnlm.supervised import SupervisedExample
+from gfnlm.supervised import SupervisedExample, SupervisedSettings, supervised_finetune
 from gfnlm.targets.rationale import RationaleLabelReward
 from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
 
+M_OBJECTIVES = ("sft", "calibrated")
 METHODS = ("zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em")
 WORD_TOKEN = re.compile(r" ?[A-Za-z]*")  # a word piece, with or without its leading space
 SUPERVISED_ADAPTER = "supervised"
@@ -94,6 +97,8 @@ class ClassificationConfig:
     # them carry their labels, so the M-step is checked on rationales unlike a test sentence's
     m_keep_only_if_better: bool = True  # keep the fitted likelihood only when it predicts the held-out labels
     # better than the judge it would replace (the base model in round 1), scored as at test time
+    m_objective: str = "sft"  # the M-step's loss: "sft" (TRL, the label tokens' next-token loss) or "calibrated"
+    # (cross-entropy over the labels of the score used at test time: minus the prior when calibrate)
     m_cross_fit: int = 0  # folds (>= 2) to cross-fit the M-step: each example's rationales drawn by a q trained
     # without it (an auxiliary E-step per fold), the keep check cross-validated on all N, the E-step on all N;
     # m_validation is then unused (0 = off: the held-out share above)
@@ -119,6 +124,8 @@ class ClassificationConfig:
             raise GfnlmError("task.min_len must not exceed task.max_len.")
         if self.m_cross_fit == 1:
             raise GfnlmError("task.m_cross_fit needs at least 2 folds (0 turns cross-fitting off).")
+        if self.m_objective not in M_OBJECTIVES:
+            raise GfnlmError(f"task.m_objective must be one of {', '.join(M_OBJECTIVES)}, got {self.m_objective!r}.")
         if not 0 <= self.m_validation < 1:
             raise GfnlmError(f"task.m_validation must be in [0, 1), got {self.m_validation}.")
         for name, fields in (("prompt_template", ("{text}",)), ("answer_template", ("{label}",)),
@@ -278,6 +285,22 @@ class ClassificationTask(Task):
                 out.append(SupervisedExample(tp.ids + tuple(z), answer, [i >= lead for i in range(len(answer))]))
         return out
 
+    def labelled_rationales(self, rationales: list[list[list[int]]]) -> list[LabelledRationale]:
+        """(X, Z, Y_true) for the calibrated M-step objective."""
+        return [LabelledRationale(tp.ids, tuple(z), self.label_of[tp.key]) for tp, zs in zip(self.train_set, rationales)
+                for z in zs]
+
+    def fit_likelihood(self, policy: Policy, rationales: list[list[list[int]]], settings: SupervisedSettings,
+                       validation: list[list[list[int]]] | None = None, patience: int = 2) -> dict:
+        """Train the active (likelihood) adapter on each training example's rationales -> its true label, by
+        ``m_objective``; with ``validation`` rationales (of held-out examples) early-stopped on them."""
+        held = validation or []
+        if self.config.m_objective == "calibrated":
+            return fit_calibrated(policy, self.labelled_rationales(rationales), self.answers, self.content_free,
+                                  settings, self.labelled_rationales(held), patience)
+        return supervised_finetune(policy, self.likelihood_examples(rationales), settings,
+                                   validation=self.likelihood_examples(held), patience=patience)
+
     def direct_examples(self) -> list[SupervisedExample]:
         """X -> " <label>." for the supervised baseline (the label's own tokens in the loss)."""
         lead = len(common_prefix(self.direct_answers))
@@ -369,8 +392,6 @@ class ClassificationTask(Task):
 
     def train_supervised(self, policy: Policy, config) -> None:
         """Supervised LoRA baseline: a fresh adapter trained on X -> " <label>." (TRL SFT)."""
-        from gfnlm.supervised import SupervisedSettings, supervised_finetune
-
         c = self.config
         if SUPERVISED_ADAPTER not in policy.model.peft_config:
             policy.add_adapter(SUPERVISED_ADAPTER, seed=c.seed)
@@ -381,16 +402,12 @@ class ClassificationTask(Task):
 
     def rationale_scores(self, policy: Policy, prompts, rationales: list[list[list[int]]],
                          adapter: str | None, progress: bool = False, calibrated: bool = True) -> torch.Tensor:
-        """(N, K, labels) log p(Z_k Y_y | X) under the base model or the named likelihood adapter: log p(Y_y |
-        X, Z_k) plus a term that does not depend on the label, so normalized over the labels it is
-        p(y | X, Z_k) (minus the label prior when calibrated). Each X is run once for all its rationales
-        and labels."""
-        pairs = [(tuple(p), tuple(z) + tuple(a)) for p, zs in zip(prompts, rationales) for z in zs for a in self.answers]
+        """(N, K, labels) label scores of every rationale (``rationale_label_log_probs``) under the base model
+        or the named likelihood adapter, minus the label prior when calibrated."""
         with policy.adapter(adapter) if adapter else policy.base() as model:
-            lp = continuation_log_probs(model, [c for c, _ in pairs], [z for _, z in pairs], progress=progress,
-                                        desc=f"score rationales ({adapter or 'base model'})")
-            prior = content_free_offsets(model, self.content_free if calibrated else [], self.answers)
-        return lp.view(len(prompts), len(rationales[0]), len(self.answers)) - prior.to(lp.device)
+            return rationale_label_log_probs(model, prompts, rationales, self.answers,
+                                             self.content_free if calibrated else [], progress=progress,
+                                             desc=f"score rationales ({adapter or 'base model'})")
 
     def markdown(self, results: dict, examples: list, n: int) -> str:
         c = self.config
