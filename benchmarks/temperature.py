@@ -44,13 +44,14 @@ OUT = ROOT / "benchmarks" / "out"
 
 
 def train(run_dir: Path, extra: list[str]) -> float:
-    """Train one run unless it finished before; its training wall time (from its report when reused)."""
+    """Train one run unless it finished before (a run stopped part-way continues from its last checkpoint);
+    its training wall time (from its report when reused; of this call's part when continued)."""
     if (run_dir / "adapter").is_dir():
         found = re.search(r"training wall time: (\d+) s", (run_dir / "report.md").read_text())
         return float(found.group(1)) if found else float("nan")
     command = [sys.executable, "-m", "gfnlm.cli", "train", "continuation", "--config",
                str(ROOT / "configs" / "continuation-cpu.yaml"), "--evaluate", "false", "--output_dir", str(run_dir),
-               *extra]
+               "--resume", *extra]
     print("$ " + " ".join(command), flush=True)
     started = time.perf_counter()
     if subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode != 0:
