@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.classification import rationale_label_log_probs
@@ -63,6 +64,7 @@ def fit_calibrated(policy: Policy, examples: Sequence[LabelledRationale], answer
     held_losses: list[float] = []
     best_state = None
     started, step = time.perf_counter(), 0
+    bar = tqdm(total=total, desc="calibrated M-step", disable=not settings.progress, dynamic_ncols=True, leave=False)
     while step < total:
         model.train()
         order = torch.randperm(len(examples), generator=shuffle).tolist()
@@ -77,6 +79,8 @@ def fit_calibrated(policy: Policy, examples: Sequence[LabelledRationale], answer
             optimizer.step()
             epoch_losses.append(float(loss.detach()))
             step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}")
         model.eval()
         losses.append(sum(epoch_losses) / len(epoch_losses))
         if validation:
@@ -87,6 +91,7 @@ def fit_calibrated(policy: Policy, examples: Sequence[LabelledRationale], answer
                 best_state = policy.adapter_copy(model.active_adapter)
             elif len(held_losses) - 1 - held_losses.index(min(held_losses)) >= patience:
                 break
+    bar.close()
     out = {"loss": losses[-1], "steps": step, "seconds": time.perf_counter() - started, "epoch_losses": losses}
     if validation:
         policy.set_adapter_state(best_state, model.active_adapter)
