@@ -3,6 +3,7 @@ posterior-predictive vote, and EM end to end on a tiny model (likelihood rises o
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -386,6 +387,14 @@ def test_cross_fitted_em_resumes_exactly_from_inside_a_fold(tmp_path, tiny_model
         a, b = load_file(full / name), load_file(cut / name)
         assert a.keys() == b.keys()
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("option", [{"m_cross_fit": 2}, {"m_objective": "calibrated"}])
+def test_one_process_m_step_options_refuse_a_launcher(tmp_path, option):
+    task = ClassificationTask(ClassificationConfig(data=str(write_rows(tmp_path / "d.jsonl", ROWS)), **option))
+    trainer = SimpleNamespace(policy=None, run_dir=tmp_path, processes=SimpleNamespace(distributed=True))
+    with pytest.raises(GfnlmError, match="without a launcher"):
+        em.run_em(trainer, task)
 
 
 def test_classify_needs_data_and_valid_templates(tmp_path, tiny_model_dir, capsys):

@@ -3,8 +3,8 @@ score it is judged by at test time, not on the raw next-token loss of the label.
 
 At test time a label's score is log p(Y_y | X, Z) normalized over the labels, minus the judge's own label
 prior on content-free sentences (contextual calibration). TRL's SFT loss instead raises the raw probability
-of the true label's tokens, which a small model mostly meets by moving its label prior; the calibration
-then subtracts that move again, so a lower SFT loss need not mean better calibrated predictions. Here the
+of the true label's tokens, which a model can partly meet by moving its label prior; the calibration then
+subtracts that move again, so a lower SFT loss need not mean better calibrated predictions. Here the
 loss is the cross-entropy of the true label under softmax_y(log p(Y_y | X, Z) - prior_y), with the prior
 recomputed from the adapter being trained and differentiated through, as in the test-time score.
 
