@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.classification import rationale_label_log_probs
 from gfnlm.policy import Policy
-from gfnlm.supervised import SupervisedSettings
+from gfnlm.supervised import BestEpoch, SupervisedSettings
 
 
 @dataclass
@@ -61,8 +61,7 @@ def fit_calibrated(policy: Policy, examples: Sequence[LabelledRationale], answer
     per_epoch = math.ceil(len(examples) / settings.batch_size)
     total = max(1, round(settings.epochs * per_epoch))
     losses: list[float] = []
-    held_losses: list[float] = []
-    best_state = None
+    keeper = BestEpoch(policy, patience) if validation else None
     started, step = time.perf_counter(), 0
     bar = tqdm(total=total, desc="calibrated M-step", disable=not settings.progress, dynamic_ncols=True, leave=False)
     while step < total:
@@ -83,17 +82,13 @@ def fit_calibrated(policy: Policy, examples: Sequence[LabelledRationale], answer
             bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}")
         model.eval()
         losses.append(sum(epoch_losses) / len(epoch_losses))
-        if validation:
+        if keeper:
             with torch.no_grad():
                 held = float(calibrated_label_loss(model, validation, answers, content_free))
-            held_losses.append(held)
-            if held <= min(held_losses):
-                best_state = policy.adapter_copy(model.active_adapter)
-            elif len(held_losses) - 1 - held_losses.index(min(held_losses)) >= patience:
+            if keeper.record(held):
                 break
     bar.close()
     out = {"loss": losses[-1], "steps": step, "seconds": time.perf_counter() - started, "epoch_losses": losses}
-    if validation:
-        policy.set_adapter_state(best_state, model.active_adapter)
-        out.update(best_epoch=held_losses.index(min(held_losses)) + 1, validation_losses=held_losses)
+    if keeper:
+        out.update(keeper.restore())
     return out

@@ -104,30 +104,39 @@ def supervised_finetune(policy: Policy, examples: Sequence[SupervisedExample],
     return out
 
 
+class BestEpoch:
+    """Early stopping on a validation loss measured after every epoch: keeps a copy of the active adapter at
+    its lowest loss, says when ``patience`` epochs have passed without improvement, and puts the best copy
+    back (``restore``)."""
+
+    def __init__(self, policy: Policy, patience: int):
+        self.policy, self.patience = policy, patience
+        self.losses: list[float] = []
+        self.best_state = None
+
+    def record(self, loss: float) -> bool:
+        """Note an epoch's validation loss; True when training should stop."""
+        self.losses.append(loss)
+        if loss <= min(self.losses):
+            self.best_state = self.policy.adapter_copy(self.policy.model.active_adapter)
+            return False
+        return len(self.losses) - 1 - self.losses.index(min(self.losses)) >= self.patience
+
+    def restore(self) -> dict:
+        if self.best_state is not None:
+            self.policy.set_adapter_state(self.best_state, self.policy.model.active_adapter)
+        best = self.losses.index(min(self.losses)) if self.losses else None
+        return {"best_epoch": None if best is None else best + 1, "validation_losses": self.losses}
+
+
 def _best_epoch_keeper(policy: Policy, patience: int):
-    """A trainer callback that keeps a copy of the active adapter at its lowest validation loss, stops
-    training after ``patience`` evaluations without improvement, and puts the best copy back (restore())."""
+    """``BestEpoch`` as a trainer callback on TRL's per-epoch evaluation."""
     from transformers import TrainerCallback  # heavy: imported when a validation set is given
 
-    class BestEpoch(TrainerCallback):
-        def __init__(self):
-            self.losses: list[float] = []
-            self.best_state = None
-
+    class BestEpochCallback(TrainerCallback, BestEpoch):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            loss = float(metrics["eval_loss"])
-            self.losses.append(loss)
-            if loss <= min(self.losses):
-                name = policy.model.active_adapter
-                self.best_state = policy.adapter_copy(name)
-            elif len(self.losses) - 1 - self.losses.index(min(self.losses)) >= patience:
+            if self.record(float(metrics["eval_loss"])):
                 control.should_training_stop = True
             return control
 
-        def restore(self) -> dict:
-            if self.best_state is not None:
-                policy.set_adapter_state(self.best_state, policy.model.active_adapter)
-            best = self.losses.index(min(self.losses)) if self.losses else None
-            return {"best_epoch": None if best is None else best + 1, "validation_losses": self.losses}
-
-    return BestEpoch()
+    return BestEpochCallback(policy, patience)
