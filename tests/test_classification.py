@@ -219,6 +219,46 @@ def test_zero_em_rounds_trains_the_e_step_alone(tmp_path, tiny_model_dir):
     assert results["gfn_em"] == {"skipped": "no M-step adapter in the run folder"}
 
 
+@pytest.mark.parametrize("calibrate", ["false", "true"])
+def test_eval_again_scores_a_fixed_rationale_as_naive_passes_do(tmp_path, tiny_model_dir, calibrate, capsys):
+    """`gfnlm eval` with evaluation overrides: the fixed_rationale method (the same rationale for every test
+    sentence, judged by the base model) against one full forward per (sentence, label); overrides that
+    would change training are refused before any model loads."""
+    from gfnlm.runs import load_run, load_trained_policy
+
+    run = tmp_path / "run"
+    extra = ["--task.eval_methods", "gfn_e_step", "--task.calibrate", calibrate]
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=0, steps=2, extra=extra)) == 0
+    assert main(["eval", "classify", "--run", str(run), "--task.m_lr", "1e-2", "--lr", "1"]) == 2
+    assert "not how it was trained: --lr, --task.m_lr" in capsys.readouterr().err
+    assert main(["eval", "classify", "--run", str(run), "--m_lr", "1e-2"]) == 2  # a task option without task.
+    assert "not how it was trained: --task.m_lr" in capsys.readouterr().err
+    for phrase in [" ab", ""]:
+        overrides = ["--task.eval_methods", "fixed_rationale", "--task.fixed_rationale", phrase,
+                     "--task.eval_size", "5", "--progress", "false"]
+        assert main(["eval", "classify", "--run", str(run), *overrides]) == 0
+        saved = json.loads((run / "eval_classification.json").read_text())
+        assert saved["test_sentences"] == 5 and set(saved["results"]) == {"fixed_rationale"}
+        assert saved["results"]["fixed_rationale"]["rationale"] == phrase
+        spec = load_run(run, {"task": {"fixed_rationale": phrase, "eval_size": "5"}})
+        policy = load_trained_policy(spec, run)
+        task = spec.task
+        rationale = task.encode(phrase)
+        with policy.base() as model:
+            offsets = torch.zeros(len(task.answers))
+            for c in task.content_free:
+                raw = torch.tensor([sequence_log_prob(model, list(c), a) for a in task.answers])
+                offsets += torch.log_softmax(raw, -1) / len(task.content_free)
+            scores = torch.tensor([[sequence_log_prob(model, list(x.ids) + rationale, a) for a in task.answers]
+                                   for x in task.test_set]) - offsets
+        assert len(scores) == 5 and (calibrate == "true") == bool(task.content_free)
+        result = saved["results"]["fixed_rationale"]
+        assert torch.tensor(result["label_probs"]) == pytest.approx(torch.softmax(scores, -1), abs=1e-5)
+        truth = torch.tensor([row.label for row in task.test_rows])
+        assert result["accuracy"] == pytest.approx(float((scores.argmax(-1) == truth).float().mean()))
+        assert "fixed_rationale" in (run / "report.md").read_text()
+
+
 def test_m_step_adds_rationales_drawn_with_the_adapter_off(tmp_path, tiny_model_dir, monkeypatch):
     draws = []
 

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="correct the proposal towards the exact target: importance sampling or SMC")
     p_sample.add_argument("--particles", type=int, default=16, help="particles per output with --correct")
     p_sample.add_argument("--ess-threshold", type=float, default=0.5, help="SMC resamples when ESS/N falls below")
-    p_eval = sub.add_parser("eval", help="evaluate a trained policy")
+    p_eval = sub.add_parser("eval", help="evaluate a trained policy (again: evaluation options such as "
+                                         "--task.eval_size may be changed)")
     p_eval.add_argument("task")
     p_eval.add_argument("--run", required=True, help="run folder")
 
@@ -74,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, rest)
         if args.command == "prior":
             return _prior(args, rest)
+        if args.command == "eval":
+            return _eval(args, rest)
         if rest:
             raise GfnlmError(f"Unexpected arguments {' '.join(rest)}.")
         if args.command == "sample":
             return _sample(args)
-        if args.command == "compare":
-            return _compare(args)
-        return _eval(args)
+        return _compare(args)
     except GfnlmError as exc:
         print(f"gfnlm: error: {exc}", file=sys.stderr)
         return 2
@@ -217,11 +218,11 @@ def _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperat
     return 0
 
 
-def _eval(args) -> int:
+def _eval(args, rest: list[str]) -> int:
     from gfnlm.distributed import start
     from gfnlm.runs import load_run, load_trained_policy, report
 
-    spec = load_run(args.run)
+    spec = load_run(args.run, parse_overrides(rest))
     if spec.task_name != args.task:
         raise GfnlmError(f"{args.run} is a {spec.task_name!r} run, not {args.task!r}.")
     spec.config.evaluate = True

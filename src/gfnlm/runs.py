@@ -60,7 +60,12 @@ def task_options_to_section(overrides: dict, task_config: type) -> dict:
     return {**{k: v for k, v in overrides.items() if k not in moved}, "task": {**section, **moved}}
 
 
-def load_run(run_dir: str | Path) -> RunSpec:
+EVALUATION_TRAINER_OPTIONS = ("progress", "device")  # trainer options that `gfnlm eval` may change
+
+
+def load_run(run_dir: str | Path, evaluation_overrides: dict | None = None) -> RunSpec:
+    """The run's saved config; ``evaluation_overrides`` may change how it is evaluated (progress, device, a
+    task's eval_* options and its ``evaluation_options``), never how it was trained."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise GfnlmError(f"{run_dir} is not a gfnlm run folder (no {CONFIG_FILE}); pass the folder a training run wrote.")
@@ -70,7 +75,24 @@ def load_run(run_dir: str | Path) -> RunSpec:
         raise GfnlmError(f"{path} names no task_name.")
     if values.get("conditional_temperatures") and "temperature_input" not in values:
         values["temperature_input"] = "text"  # written before the embedding existed: the prompt tag was the only way
+    if evaluation_overrides:
+        values = merge(values, check_evaluation_overrides(task_name, evaluation_overrides))
     return resolve(task_name, None, values)
+
+
+def check_evaluation_overrides(task_name: str, overrides: dict) -> dict:
+    """The overrides (task options moved into their section), or a clear error for any option that would
+    change the trained run rather than its evaluation."""
+    cls = task_class(task_name)
+    overrides = task_options_to_section(overrides, cls.Config)
+    section = overrides.get("task", {})
+    trained = sorted(k for k in overrides if k not in ("task",) + EVALUATION_TRAINER_OPTIONS)
+    trained += sorted(f"task.{k}" for k in section if not k.startswith("eval_") and k not in cls.evaluation_options)
+    if trained:
+        allowed = ", ".join([*EVALUATION_TRAINER_OPTIONS, "task.eval_*", *(f"task.{k}" for k in cls.evaluation_options)])
+        raise GfnlmError(f"gfnlm eval can change how a run is evaluated ({allowed}), not how it was trained: "
+                         f"{', '.join('--' + k for k in trained)}.")
+    return overrides
 
 
 def prepare_model(spec: RunSpec, processes=None):
@@ -94,7 +116,8 @@ def prepare_model(spec: RunSpec, processes=None):
     if c.conditional_temperatures and c.temperature_input == "embedding":
         temperatures = parse_temperatures(c.conditional_temperatures)[1]
         stop_token = spec.task.action_space().terminator[0] if c.temperature_stop_offset else None
-        policy.add_temperature_embedding(min(temperatures), max(temperatures), c.temperature_logit_scale, stop_token)
+        policy.add_temperature_embedding(min(temperatures), max(temperatures), c.temperature_logit_scale, stop_token,
+                                         c.temperature_stop_offset_bias)
     if c.init_adapter:
         policy.load_adapter(adapter_file(c.init_adapter))
     if c.gradient_checkpointing:

@@ -45,7 +45,8 @@ from gfnlm.targets.rationale import RationaleLabelReward
 from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
 
 M_OBJECTIVES = ("sft", "calibrated")
-METHODS = ("zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em")
+DEFAULT_METHODS = ("zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em")
+METHODS = DEFAULT_METHODS + ("fixed_rationale",)
 WORD_TOKEN = re.compile(r" ?[A-Za-z]*")  # a word piece, with or without its leading space
 SUPERVISED_ADAPTER = "supervised"
 GREEDY_TEMPERATURE = 1e-4  # sampling this cold is argmax decoding (up to exact ties), in one batched pass
@@ -108,7 +109,9 @@ class ClassificationConfig:
     eval_rationales: int = 10  # K rationales per test sentence
     eval_temperature: float = 1.0
     eval_batch: int = 16  # test sentences sampled together
-    eval_methods: str = ",".join(METHODS)
+    eval_methods: str = ",".join(DEFAULT_METHODS)  # also fixed_rationale
+    fixed_rationale: str = ""  # method fixed_rationale: this text as the rationale of every test sentence, judged
+    # by the base model as the GFlowNet rows are (a control: what the judge does without q; "" = no rationale)
 
     def validate(self) -> None:
         parse_labels(self.labels)
@@ -143,6 +146,7 @@ class ClassificationTask(Task):
     Config = ClassificationConfig
     training_metric_names = ("rationale_right",)
     evaluates_on_every_process = True  # the supervised baseline trains with TRL (data-parallel under a launcher)
+    evaluation_options = ("fixed_rationale",)
     default_data = ("", "")  # (training file, test file) when the config names none
     e_step_excluded: set[int] | None = None  # set on a cross-fitting fold's view (``excluding``)
 
@@ -349,6 +353,14 @@ class ClassificationTask(Task):
                     lp = everyone(lambda: label_log_probs(model, prompts, self.direct_answers, shared))
                     lp = lp - content_free_offsets(model, self.content_free, self.direct_answers, shared).cpu()
             results[method] = {"accuracy": accuracy(lp.argmax(-1), truth), "seconds": time.perf_counter() - started}
+        if "fixed_rationale" in methods:
+            started = time.perf_counter()
+            fixed = [[self.encode(c.fixed_rationale)] for _ in prompts]
+            lp = everyone(lambda: self.rationale_scores(policy, prompts, fixed, None, progress=config.progress))[:, 0]
+            results["fixed_rationale"] = {"accuracy": accuracy(lp.argmax(-1), truth), "rationale": c.fixed_rationale,
+                                          "seconds": time.perf_counter() - started,
+                                          # per test sentence: which ones a phrase alone gets right
+                                          "label_probs": torch.softmax(lp.float(), -1).tolist()}
         rationale_methods = [m for m in methods if m in ("gfn_e_step", "gfn_em")]
         source = Path(processes.broadcast(str(run_dir)))  # the other processes evaluate into a scratch folder
         if "gfn_em" in rationale_methods and not load_latest_likelihood(policy, source):
@@ -420,6 +432,7 @@ class ClassificationTask(Task):
                 lines.append(f"| {method} | skipped: {r['skipped']} | | | |")
                 continue
             name = f"{method} (judge: {r['judge']})" if "judge" in r else method
+            name += f" ({r['rationale']!r} for every sentence)" if "rationale" in r else ""
             lines.append(f"| {name} | {r['accuracy']:.3f} | {fmt(r.get('accuracy_majority'))} | "
                          f"{fmt(r.get('accuracy_greedy'))} | {r['seconds']:.0f} |")
         lines += ["", "Examples (true label: rationales):", ""]
