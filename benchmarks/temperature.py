@@ -9,7 +9,8 @@ unless it is already there):
 - conditional-<input>-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
   -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
-  --stop-offset a learned offset on its stop token's logit, -stop, both at learning rate
+  --stop-offset a learned offset b + x(T) w on its stop token's logit, -stop (-stopw with --stop-slope-only:
+  w alone, b = 0), both at learning rate
   x --logit-scale-lr-scale, -lslr<x>; one run per seed in --conditional-seeds) or
   a prompt tag (--input text), with as many steps as the
   single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
@@ -22,7 +23,7 @@ single-temperature one (no further from the target than a policy trained for tha
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
                                    [--conditional-steps N] [--embedding-lr-scale X]
-                                   [--single-log-z learned|batch] [--logit-scale] [--stop-offset]
+                                   [--single-log-z learned|batch] [--logit-scale] [--stop-offset [--stop-slope-only]]
                                    [--logit-scale-lr-scale X] [--conditional-seeds 0,1] [--single-seeds 0,1]
 """
 
@@ -79,6 +80,8 @@ def main() -> int:
     parser.add_argument("--stop-offset", action="store_true",
                         help="the conditional policy also learns an offset b + x(T) w on its stop token's logit "
                              "(run dir gains -stop)")
+    parser.add_argument("--stop-slope-only", action="store_true",
+                        help="with --stop-offset: learn only w, b stays 0 (run dir gains -stopw instead of -stop)")
     parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
                         help="with --logit-scale / --stop-offset: their scalars' learning rate as a multiple of lr "
                              "(run dir gains -lslr<x>)")
@@ -90,6 +93,8 @@ def main() -> int:
     conditional_seeds = [int(s) for s in args.conditional_seeds.split(",") if s.strip()]
     if not conditional_seeds:
         parser.error("--conditional-seeds needs at least one seed")
+    if args.stop_slope_only and not args.stop_offset:
+        parser.error("--stop-slope-only needs --stop-offset")
     if len(single_seeds) < 2:
         parser.error("--single-seeds needs at least two seeds: the check is against their spread")
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
@@ -109,7 +114,7 @@ def main() -> int:
     steps = args.conditional_steps or 2 * preset["steps"]
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
-    scaled += "-stop" if args.stop_offset else ""
+    scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
     logit_scale_lr_scaled = (args.logit_scale or args.stop_offset) and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     conditional = {seed: out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{seed}"
@@ -120,6 +125,7 @@ def main() -> int:
                       "--steps", str(steps), "--temperature_embedding_lr_scale", str(args.embedding_lr_scale),
                       "--seed", str(seed), "--temperature_logit_scale", str(args.logit_scale).lower(),
                       "--temperature_stop_offset", str(args.stop_offset).lower(),
+                      "--temperature_stop_offset_bias", str(not args.stop_slope_only).lower(),
                       "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale)])
 
     from gfnlm.evaluation.plots import plot_frontier
@@ -146,7 +152,7 @@ def main() -> int:
     results = []
     lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     lr_note += ", logit scale" if args.logit_scale else ""
-    lr_note += ", stop offset" if args.stop_offset else ""
+    lr_note += (", stop offset (w only)" if args.stop_slope_only else ", stop offset") if args.stop_offset else ""
     lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     for t in temperatures:
         for seed in single_seeds:
@@ -185,7 +191,8 @@ def main() -> int:
                          highlight=lambda r: r["kind"] == "conditional")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
-               "stop_offset": args.stop_offset, "logit_scale_lr_scale": args.logit_scale_lr_scale,
+               "stop_offset": args.stop_offset, "stop_slope_only": args.stop_slope_only,
+               "logit_scale_lr_scale": args.logit_scale_lr_scale,
                "single_log_z": args.single_log_z, "single_seeds": single_seeds,
                "conditional_seeds": conditional_seeds, "results": results, "claims": claims,
                "closeness": closeness, "seeds_passing": passing,

@@ -123,7 +123,8 @@ def test_temperature_conditional_run_samples_at_a_chosen_temperature(capsys, tmp
               "--task.prompt", "numbers: 4, 7,", "--task.high", "20"]
     assert "needs log_z: batch" in error_of(capsys, ["train", "rng", "--conditional_temperatures", "0.5:1.0", *common])
     assert main(["train", "rng", "--output_dir", str(run), "--steps", "2", "--conditional_temperatures", "0.5:1.0",
-                 "--log_z", "batch", "--temperature_stop_offset", "true", *common]) == 0
+                 "--log_z", "batch", "--temperature_stop_offset", "true", "--temperature_stop_offset_bias", "false",
+                 *common]) == 0
     assert "Temperature-conditional policy" in (run / "report.md").read_text()
     capsys.readouterr()
     assert main(["sample", "--run", str(run), "--n", "3", "--target-temperature", "0.7"]) == 0
@@ -145,9 +146,11 @@ def test_temperature_conditional_run_samples_at_a_chosen_temperature(capsys, tmp
     trained = load_trained_policy(spec, run).temperature_embedding
     assert float(trained.weight.abs().max()) > 0 and float(trained.stop_offset.abs().max()) > 0
     assert trained.stop_token == spec.task.action_space().terminator[0]
+    assert trained.stop_offset.numel() == 1  # the slope w alone: b stays 0
     again = prepare_model(resolve("rng", None, {"model": str(tiny_model_dir), "lora_r": 4, "init_adapter": str(run),
                                                 "conditional_temperatures": "0.5:1.0", "log_z": "batch",
-                                                "temperature_stop_offset": True}))
+                                                "temperature_stop_offset": True,
+                                                "temperature_stop_offset_bias": False}))
     for name in ("weight", "stop_offset"):  # the peft folder keeps them beside the adapter
         assert torch.equal(getattr(again.temperature_embedding, name), getattr(trained, name))
     text = tmp_path / "text"  # the policy reads T as a prompt tag instead of its learned embedding

@@ -155,20 +155,21 @@ def test_logit_scale_multiplies_the_policy_logits_alone(tmp_path):
         TrainConfig(temperature_logit_scale=True).validate()
 
 
-def test_stop_offset_shifts_the_stop_logit_of_the_policy_alone(tmp_path):
+@pytest.mark.parametrize("bias", [True, False])
+def test_stop_offset_shifts_the_stop_logit_of_the_policy_alone(tmp_path, bias):
     """With temperature_stop_offset the policy's logit of the stop token at T is shifted by b + x(T) w (after
-    the logit scale) and every other logit is unchanged; the base model is unchanged, and b, w are saved
-    with the adapter."""
+    the logit scale; b = 0 without temperature_stop_offset_bias) and every other logit is unchanged; the base
+    model is unchanged, and b, w are saved with the adapter."""
     stop = EnumerableTask().space.terminator[0]
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
-    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=stop)
+    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=stop, stop_offset_bias=bias)
     conditioning = TemperatureConditioning("0.5:1.0", lambda t: (), reads="embedding")
     plain = logits(policy)
     with conditioning.at(policy, 0.5):
         assert torch.equal(logits(policy), plain)  # b = w = 0: the policy starts as the base model
     with torch.no_grad():
         embedding.logit_scale.copy_(torch.tensor([0.2, 0.1]))
-        embedding.stop_offset.copy_(torch.tensor([-0.7, 1.5]))
+        embedding.stop_offset.copy_(torch.tensor([-0.7, 1.5] if bias else [1.5]))
     with policy.base():
         base = logits(policy)
     others = [i for i in range(VOCAB) if i != stop]
@@ -177,14 +178,14 @@ def test_stop_offset_shifts_the_stop_logit_of_the_policy_alone(tmp_path):
             scaled = plain * math.exp(0.2 + 0.1 * embedding.position(t))
             shifted = logits(policy)
             assert torch.allclose(shifted[..., others], scaled[..., others], atol=1e-6)
-            shift = -0.7 + 1.5 * embedding.position(t)
+            shift = (-0.7 if bias else 0.0) + 1.5 * embedding.position(t)
             assert torch.allclose(shifted[..., stop], scaled[..., stop] + shift, atol=1e-6)
             with policy.base():
                 assert torch.equal(logits(policy), base)
     assert any(p is embedding.stop_offset for p in policy.trainable_parameters())
     policy.save_adapter(tmp_path / "a.safetensors")
     again = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
-    again.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=stop)
+    again.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=stop, stop_offset_bias=bias)
     again.load_adapter(tmp_path / "a.safetensors")
     with conditioning.at(again, 0.75), conditioning.at(policy, 0.75):
         assert torch.allclose(logits(again), logits(policy), atol=1e-6)
@@ -192,11 +193,17 @@ def test_stop_offset_shifts_the_stop_logit_of_the_policy_alone(tmp_path):
     without.add_temperature_embedding(0.5, 1.0, logit_scale=True)
     with pytest.raises(GfnlmError, match="temperature_stop_offset"):
         without.load_adapter(tmp_path / "a.safetensors")
+    other = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+    other.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=stop, stop_offset_bias=not bias)
+    with pytest.raises(GfnlmError, match="temperature_stop_offset_bias"):
+        other.load_adapter(tmp_path / "a.safetensors")
     with pytest.raises(GfnlmError, match="outside the vocabulary"):
         Policy(tiny_llama(VOCAB, seed=0), None, LoraSettings(r=4, alpha=8)).add_temperature_embedding(
             0.5, 1.0, stop_token=VOCAB)
     with pytest.raises(GfnlmError, match="temperature_stop_offset needs"):
         TrainConfig(temperature_stop_offset=True).validate()
+    with pytest.raises(GfnlmError, match="only acts with temperature_stop_offset"):
+        TrainConfig(temperature_stop_offset_bias=False).validate()
 
 
 def test_range_draws_favour_the_ends():

@@ -46,15 +46,17 @@ class TemperatureEmbedding(torch.nn.Module):
     the scale of the tempered log-reward). a = b = 0 at the start, so the policy starts as the base model.
     With ``logit_scale`` the policy's logits are also multiplied by exp(c(T)), c(T) = u + x(T) v, u = v = 0
     at the start. With a ``stop_token`` the logit of that token (the first token of the task's terminator)
-    is then shifted by s(T) = b + x(T) w, b = w = 0 at the start. ``temperature`` is set only inside
+    is then shifted by s(T) = b + x(T) w, b = w = 0 at the start (without ``stop_offset_bias``, b stays 0 and
+    ``stop_offset`` holds w alone). ``temperature`` is set only inside
     ``TemperatureConditioning.at``; ``Policy`` applies them while it is set and the policy's own adapter runs."""
 
     def __init__(self, hidden_size: int, low: float, high: float, logit_scale: bool = False,
-                 stop_token: int | None = None):
+                 stop_token: int | None = None, stop_offset_bias: bool = True):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(2, hidden_size))
         self.logit_scale = torch.nn.Parameter(torch.zeros(2)) if logit_scale else None
-        self.stop_offset = torch.nn.Parameter(torch.zeros(2)) if stop_token is not None else None
+        self.stop_offset = (torch.nn.Parameter(torch.zeros(2 if stop_offset_bias else 1))
+                            if stop_token is not None else None)
         self.stop_token = stop_token
         self.low, self.high = low, high
         self.temperature: float | None = None
@@ -71,7 +73,8 @@ class TemperatureEmbedding(torch.nn.Module):
         return torch.exp(self.logit_scale[0] + self.position(self.temperature) * self.logit_scale[1])
 
     def stop_shift(self) -> torch.Tensor:
-        return self.stop_offset[0] + self.position(self.temperature) * self.stop_offset[1]
+        slope = self.position(self.temperature) * self.stop_offset[-1]
+        return self.stop_offset[0] + slope if len(self.stop_offset) == 2 else slope
 
     def logit_parameters(self) -> list[torch.nn.Parameter]:
         """The scalars that act on the logits (trained at their own learning rate)."""

@@ -80,6 +80,9 @@ class TrainConfig:
     temperature_stop_offset: bool = field(default=False, metadata={
         "help": "a temperature-conditional policy reading T as an embedding also adds a learned b + x(T) w "
                 "(starting at 0) to the logit of the task's stop token, so T can move when sequences end"})
+    temperature_stop_offset_bias: bool = field(default=True, metadata={
+        "help": "with temperature_stop_offset: also learn b, the part of the offset shared by every T (false: b "
+                "stays 0, so only the offset's dependence on T is learned and it is 0 mid-range)"})
     temperature_embedding_lr_scale: float = field(default=1.0, metadata={
         "help": "learning rate of the temperature embedding e(T) as a multiple of lr (its two vectors start "
                 "at zero and are shared by every position)"})
@@ -148,6 +151,8 @@ class TrainConfig:
         for name in ("temperature_logit_scale", "temperature_stop_offset"):
             if getattr(self, name) and not (self.conditional_temperatures and self.temperature_input == "embedding"):
                 raise GfnlmError(f"{name} needs conditional_temperatures with temperature_input: embedding.")
+        if not self.temperature_stop_offset_bias and not self.temperature_stop_offset:
+            raise GfnlmError("temperature_stop_offset_bias: false only acts with temperature_stop_offset: true.")
         if self.tempered_min > self.tempered_max:
             raise GfnlmError("tempered_min must not exceed tempered_max.")
         if self.log_reward_floor >= 0:

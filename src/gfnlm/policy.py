@@ -59,10 +59,11 @@ class Policy:
         self.temperature_embedding: TemperatureEmbedding | None = None
 
     def add_temperature_embedding(self, low: float, high: float, logit_scale: bool = False,
-                                  stop_token: int | None = None) -> TemperatureEmbedding:
+                                  stop_token: int | None = None, stop_offset_bias: bool = True) -> TemperatureEmbedding:
         """Let the policy read a reward temperature in [low, high] as a learned vector e(T) added to its
         input embeddings (and with ``logit_scale`` a learned factor on its logits, with ``stop_token`` a
-        learned offset on that token's logit; see gfnlm.conditioning).
+        learned offset on that token's logit, without its shared part b unless ``stop_offset_bias``; see
+        gfnlm.conditioning).
         It is a trainable submodule of the model (so the optimizer and DDP see it) and is saved with the
         policy's adapter; the base model (adapter off) and other adapters never see it."""
         if self.temperature_embedding is not None:
@@ -70,7 +71,8 @@ class Policy:
         embeddings = self.model.get_input_embeddings()
         if stop_token is not None and not 0 <= stop_token < self.vocab_size:
             raise GfnlmError(f"The stop token {stop_token} is outside the vocabulary (size {self.vocab_size}).")
-        module = TemperatureEmbedding(embeddings.embedding_dim, low, high, logit_scale, stop_token).to(self.device)
+        module = TemperatureEmbedding(embeddings.embedding_dim, low, high, logit_scale, stop_token,
+                                      stop_offset_bias).to(self.device)
         self.model.add_module("temperature_embedding", module)
         self.temperature_embedding = module
         lora_layer = next(m for m in self.model.modules() if isinstance(m, BaseTunerLayer))
@@ -175,8 +177,8 @@ class Policy:
                 self.temperature_embedding.load_state_dict(embedding)
             except RuntimeError as exc:  # another hidden size, or saved with(out) the logit scale / stop offset
                 raise GfnlmError(f"The temperature embedding of {path} does not fit this policy (another model, "
-                                 "or a run trained with another temperature_logit_scale or "
-                                 "temperature_stop_offset?).") from exc
+                                 "or a run trained with another temperature_logit_scale, "
+                                 "temperature_stop_offset or temperature_stop_offset_bias?).") from exc
         try:
             result = set_peft_model_state_dict(self.model, state, adapter_name=name)
         except RuntimeError as exc:  # shape mismatch: another rank or model
