@@ -2,8 +2,10 @@
 few-shot in-context learning, supervised LoRA, GFlowNet E-step only and GFlowNet + M-step (EM with a
 latent rationale), on the same test sentences of the SUBJ data (../shared/data/reference/subj or --data).
 
-Per training-set size N, one `gfnlm train subjectivity` run (configs/subjectivity-cpu.yaml) trains the
-E-step, runs the M-step and evaluates every method. "E-step only" gets a run of its own (subjectivity-n<N>-estep,
+Per training-set size N and seed (--seeds: the run's seed and task.seed, i.e. q's initialization, the
+wishful buffer seeds, every sampled rationale, the few-shot order and the supervised adapter), one `gfnlm
+train subjectivity` run (configs/subjectivity-cpu.yaml) trains the E-step, runs the M-step and evaluates
+every method. "E-step only" gets a run of its own (subjectivity-n<N>-estep,
 task.em_rounds=0: the same steps, the base model as the judge throughout, all N examples) when the EM run's
 E-step differs from it: with more than one EM round (the later E-steps are trained against the M-step's
 likelihood) or with the M-step's held-out examples kept out of the E-step (the default; not with
@@ -13,9 +15,13 @@ task.m_cross_fit, whose E-step trains on all N). Times per method:
   gfn_e_step             E-step training + sampling K rationales + scoring under the base model;
   gfn_em                 E-steps + M-steps (with cross-fitting: its fold E-steps) + sampling + scoring under
                          the likelihood adapter.
+The table gives each method's mean accuracy over the seeds (with their range when more than one), a
+second table every seed's. Runs live in benchmarks/out/subjectivity-n<N>-seed<S>[-estep]: a run of the
+same configuration that finished is reused, one stopped part-way continues from its last checkpoint,
+anything else is trained afresh, so the benchmark can be run in pieces.
 Prints and saves benchmarks/out/subjectivity.json, subjectivity.md and subjectivity_accuracy.png.
 
-  python benchmarks/subjectivity.py [--sizes 10,20,50] [--test 500] [--steps 150] [--rationales 10]
+  python benchmarks/subjectivity.py [--sizes 10,20,50] [--seeds 0] [--test 500] [--steps 150] [--rationales 10]
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -49,15 +56,29 @@ def method_seconds(run_dir: Path, evaluation: dict, methods: list[str]) -> dict[
 
 
 def train_and_evaluate(config: str, run_dir: Path, overrides: dict, methods: list[str]) -> tuple[dict, dict]:
-    """One `gfnlm train subjectivity` run evaluating ``methods``: their results and seconds."""
-    from gfnlm.runs import resolve, train
+    """One `gfnlm train subjectivity` run evaluating ``methods``: their results and seconds. A run of the same
+    configuration already in run_dir is reused when evaluated, else continued."""
+    from gfnlm.runs import holds_run_of, resolve, train
 
-    shutil.rmtree(run_dir, ignore_errors=True)
     overrides = {**overrides, "output_dir": str(run_dir),
                  "task": {**overrides["task"], "eval_methods": ",".join(methods)}}
-    train(resolve("subjectivity", config, overrides))
-    evaluation = json.loads((run_dir / "eval_classification.json").read_text())
+    spec = resolve("subjectivity", config, overrides)
+    saved = run_dir / "eval_classification.json"
+    same = holds_run_of(run_dir, spec)
+    if same and saved.is_file() and set(methods) <= set(json.loads(saved.read_text())["results"]):
+        print(f"reusing {run_dir}", flush=True)
+    else:
+        if not same:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        train(spec, resume=same)
+    evaluation = json.loads(saved.read_text())
     return evaluation, method_seconds(run_dir, evaluation["results"], methods)
+
+
+def spread(values: list[float]) -> str:
+    """The mean, and the range when there is more than one value."""
+    mean = f"{statistics.mean(values):.3f}"
+    return mean if len(values) == 1 else f"{mean} ({min(values):.3f}-{max(values):.3f})"
 
 
 def plot(results: dict, path: Path, test: int) -> Path:
@@ -68,8 +89,13 @@ def plot(results: dict, path: Path, test: int) -> Path:
 
     sizes = sorted(int(n) for n in results)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in METHODS:
-        ax.plot(sizes, [results[str(n)]["accuracy"][method] for n in sizes], marker="o", label=NAMES[method])
+    for i, method in enumerate(METHODS):  # the mean over seeds, bars from the lowest to the highest seed
+        per_seed = [[r["accuracy"][method] for r in results[str(n)]["seeds"].values()] for n in sizes]
+        means = [statistics.mean(v) for v in per_seed]
+        x = [n * 1.03 ** (i - 2) for n in sizes]  # side by side, so the bars do not hide each other
+        ax.errorbar(x, means, yerr=[[m - min(v) for m, v in zip(means, per_seed)],
+                                    [max(v) - m for m, v in zip(means, per_seed)]],
+                    marker="o", capsize=3, label=NAMES[method])
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -77,7 +103,9 @@ def plot(results: dict, path: Path, test: int) -> Path:
     ax.set_ylabel(f"accuracy on {test} SUBJ test sentences")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=8)
-    ax.set_title("Subjectivity, SmolLM2-135M-Instruct (CPU)", fontsize=10)
+    seeds = len(next(iter(results.values()))["seeds"])
+    ax.set_title(f"Subjectivity, SmolLM2-135M-Instruct (CPU): mean of {seeds} seed(s), bars from the lowest to "
+                 "the highest", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -89,6 +117,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "subjectivity-cpu.yaml"))
     parser.add_argument("--data", default=str(DATA), help="folder with train.10/20/50.jsonl and test.jsonl")
     parser.add_argument("--sizes", default="10,20,50")
+    parser.add_argument("--seeds", default="0", help="seeds per N (rows are their mean)")
     parser.add_argument("--test", type=int, default=500, help="test sentences (the first of test.jsonl)")
     parser.add_argument("--steps", type=int, default=None, help="E-step steps (default: the preset's)")
     parser.add_argument("--rationales", type=int, default=10, help="K rationales per test sentence")
@@ -97,6 +126,9 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     data = Path(args.data)
     sizes = [int(n) for n in args.sizes.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not seeds:
+        parser.error("--seeds needs at least one seed")
     missing = [p for p in [data / "test.jsonl"] + [data / f"train.{n}.jsonl" for n in sizes] if not p.is_file()]
     if missing:
         parser.error(f"missing data file(s): {', '.join(map(str, missing))}")
@@ -109,9 +141,11 @@ def main() -> int:
     if args.steps is not None:
         extra["steps"] = str(args.steps)
 
-    def overrides_for(n: int) -> dict:
-        return {**extra, "task": {"data": str(data / f"train.{n}.jsonl"), "test_data": str(data / "test.jsonl"),
-                                  "eval_size": str(args.test), "eval_rationales": str(args.rationales), **extra_task}}
+    def overrides_for(n: int, seed: int = 0) -> dict:
+        return {**extra, "seed": str(seed),
+                "task": {"data": str(data / f"train.{n}.jsonl"), "test_data": str(data / "test.jsonl"),
+                         "eval_size": str(args.test), "eval_rationales": str(args.rationales), "seed": str(seed),
+                         **extra_task}}
 
     task_config = resolve("subjectivity", args.config, overrides_for(sizes[0])).task.config  # checks it all
     if task_config.em_rounds < 1:
@@ -122,40 +156,51 @@ def main() -> int:
     started = time.perf_counter()
     results: dict[str, dict] = {}
     for n in sizes:
-        t = time.perf_counter()
-        run_dir = OUT / f"subjectivity-n{n}"
-        separate = ["gfn_e_step"] if e_step_differs else []
-        evaluation, seconds = train_and_evaluate(args.config, run_dir, overrides_for(n),
-                                                 [m for m in METHODS if m not in separate])
-        measured = evaluation["results"]
-        if separate:
-            e_step_only = overrides_for(n)
-            e_step_only["task"]["em_rounds"] = "0"
-            alone, alone_seconds = train_and_evaluate(args.config, OUT / f"subjectivity-n{n}-estep", e_step_only,
-                                                      separate)
-            measured = {**measured, **{m: alone["results"][m] for m in separate}}
-            seconds.update(alone_seconds)
-        results[str(n)] = {
-            "accuracy": {m: measured[m]["accuracy"] for m in METHODS},
-            "accuracy_majority": {m: measured[m].get("accuracy_majority") for m in METHODS},
-            "accuracy_greedy": {m: measured[m].get("accuracy_greedy") for m in METHODS},
-            "seconds": seconds, "em": read_metrics(run_dir / "em.jsonl"),
-            "e_step_run": "separate (task.em_rounds=0)" if separate else "the EM run's E-step (one round)",
-            "test_sentences": evaluation["test_sentences"], "run_seconds": time.perf_counter() - t,
-            "examples": evaluation["examples"][:4]}
-        (OUT / "subjectivity.json").write_text(json.dumps(results, indent=1))  # a crash keeps the sizes done
-        print(f"N={n}: " + ", ".join(f"{m} {results[str(n)]['accuracy'][m]:.3f}" for m in METHODS), flush=True)
+        results[str(n)] = {"seeds": {}}
+        for seed in seeds:
+            t = time.perf_counter()
+            run_dir = OUT / f"subjectivity-n{n}-seed{seed}"
+            separate = ["gfn_e_step"] if e_step_differs else []
+            evaluation, seconds = train_and_evaluate(args.config, run_dir, overrides_for(n, seed),
+                                                     [m for m in METHODS if m not in separate])
+            measured = evaluation["results"]
+            if separate:
+                e_step_only = overrides_for(n, seed)
+                e_step_only["task"]["em_rounds"] = "0"
+                alone, alone_seconds = train_and_evaluate(args.config, OUT / f"subjectivity-n{n}-seed{seed}-estep",
+                                                          e_step_only, separate)
+                measured = {**measured, **{m: alone["results"][m] for m in separate}}
+                seconds.update(alone_seconds)
+            results[str(n)]["seeds"][str(seed)] = {
+                "accuracy": {m: measured[m]["accuracy"] for m in METHODS},
+                "accuracy_majority": {m: measured[m].get("accuracy_majority") for m in METHODS},
+                "accuracy_greedy": {m: measured[m].get("accuracy_greedy") for m in METHODS},
+                "seconds": seconds, "em": read_metrics(run_dir / "em.jsonl"),
+                "e_step_run": "separate (task.em_rounds=0)" if separate else "the EM run's E-step (one round)",
+                "test_sentences": evaluation["test_sentences"], "run_seconds": time.perf_counter() - t,
+                "examples": evaluation["examples"][:4]}
+            (OUT / "subjectivity.json").write_text(json.dumps(results, indent=1))  # a crash keeps the runs done
+            print(f"N={n}, seed {seed}: " + ", ".join(
+                f"{m} {results[str(n)]['seeds'][str(seed)]['accuracy'][m]:.3f}" for m in METHODS), flush=True)
 
-    header = "| method | " + " | ".join(f"N={n}: accuracy (majority, greedy) | s" for n in sizes) + " |"
+    what = "mean accuracy over the seeds (range)" if len(seeds) > 1 else "accuracy"
+    header = "| method | " + " | ".join(f"N={n}: {what} [majority, greedy] | s" for n in sizes) + " |"
     lines = [header, "|---|" + "---|---|" * len(sizes)]
     for m in METHODS:
         cells = []
         for n in sizes:
-            r = results[str(n)]
-            more = [r[k][m] for k in ("accuracy_majority", "accuracy_greedy") if r[k][m] is not None]
-            cells.append(f"{r['accuracy'][m]:.3f}" + (f" ({', '.join(f'{v:.3f}' for v in more)})" if more else "")
-                         + f" | {r['seconds'][m]:.0f}")
+            runs = list(results[str(n)]["seeds"].values())
+            more = [[r[k][m] for r in runs] for k in ("accuracy_majority", "accuracy_greedy") if runs[0][k][m] is not None]
+            cells.append(spread([r["accuracy"][m] for r in runs])
+                         + (f" [{', '.join(f'{statistics.mean(v):.3f}' for v in more)}]" if more else "")
+                         + f" | {statistics.mean(r['seconds'][m] for r in runs):.0f}")
         lines.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    if len(seeds) > 1:  # every seed's accuracy
+        lines += ["", "| method | " + " | ".join(f"N={n}: seeds {', '.join(map(str, seeds))}" for n in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        lines += [f"| {NAMES[m]} | " + " | ".join(" / ".join(f"{r['accuracy'][m]:.3f}" for r in
+                                                           results[str(n)]["seeds"].values()) for n in sizes) + " |"
+                  for m in METHODS]
     table = "\n".join(lines)
     total = time.perf_counter() - started
     (OUT / "subjectivity.md").write_text(f"{table}\n\nTotal {total:.0f} s.\n")

@@ -103,3 +103,18 @@ def test_run_lock_refuses_a_second_run_and_takes_over_stale_locks(tmp_path):
     assert (tmp_path / "run.lock").read_text() == str(os.getpid())
     other.release()
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_run_folder_is_recognised_only_by_the_same_configuration(tmp_path, tiny_model_dir):
+    """What benchmarks use to reuse or continue a run: config.yaml as a run writes it matches exactly the
+    configuration that wrote it, and no other."""
+    from gfnlm.runs import CONFIG_FILE, config_text, holds_run_of, resolve
+
+    def spec(**options):
+        return resolve("rng", None, {"model": str(tiny_model_dir), "output_dir": str(tmp_path), **options})
+
+    assert not holds_run_of(tmp_path, spec())  # no config.yaml yet
+    (tmp_path / CONFIG_FILE).write_text(config_text(spec(steps=5, task={"high": 20})))
+    assert holds_run_of(tmp_path, spec(steps="5", task={"high": "20"}))  # the same values, given as text
+    assert not holds_run_of(tmp_path, spec(steps=6, task={"high": 20}))
+    assert not holds_run_of(tmp_path, spec(steps=5, task={"high": 21}))

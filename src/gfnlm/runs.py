@@ -163,8 +163,7 @@ def train(spec: RunSpec, resume: bool = False) -> Path:
     try:
         started = time.perf_counter()
         if processes.is_main:
-            (run_dir / CONFIG_FILE).write_text(yaml.safe_dump({"task_name": spec.task_name, **to_dict(c)},
-                                                              sort_keys=False))
+            (run_dir / CONFIG_FILE).write_text(config_text(spec))
         policy = prepare_model(spec, processes)
         trainer = Trainer(c, spec.task, policy, run_dir, processes)
         spec.task.fit(trainer, resume=resume)
@@ -177,6 +176,17 @@ def train(spec: RunSpec, resume: bool = False) -> Path:
             lock.release()
     processes.close()
     return run_dir
+
+
+def config_text(spec: RunSpec) -> str:
+    """A run folder's config.yaml: every resolved option (the run can be loaded, resumed and compared)."""
+    return yaml.safe_dump({"task_name": spec.task_name, **to_dict(spec.config)}, sort_keys=False)
+
+
+def holds_run_of(run_dir: str | Path, spec: RunSpec) -> bool:
+    """Whether the folder holds a run (finished or part-trained) of exactly this configuration."""
+    path = Path(run_dir) / CONFIG_FILE
+    return path.is_file() and yaml.safe_load(path.read_text()) == yaml.safe_load(config_text(spec))
 
 
 def load_trained_policy(spec: RunSpec, run_dir: Path, processes=None):
