@@ -208,6 +208,30 @@ def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, t
     assert (run / "classification_accuracy.png").stat().st_size > 0
 
 
+def test_the_likelihood_adapter_can_be_smaller_than_the_policys(tmp_path, tiny_model_dir, capsys):
+    """task.m_lora_r / m_lora_layers: the M-step fits (and the evaluation loads) a likelihood adapter of that
+    rank on the last layers only; the policy's adapter keeps its own rank on every layer."""
+    run = tmp_path / "run"
+    extra = ["--task.m_lora_r", "2", "--task.m_lora_layers", "1", "--task.m_keep_only_if_better", "false",
+             "--task.eval_methods", "gfn_em"]
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=1, steps=2, extra=extra)) == 0
+    likelihood = load_file(str(run / "likelihood-round-1.safetensors"))
+    a_matrices = {k: v for k, v in likelihood.items() if "lora_A" in k}
+    assert a_matrices and all(v.shape[0] == 2 for v in a_matrices.values())
+    assert all(".layers.1." in k for k in a_matrices)  # the tiny model has 2 layers: only the last is adapted
+    assert any(bool(v.any()) for k, v in likelihood.items() if "lora_B" in k)  # and it was fitted
+    policy_a = {k: v for k, v in load_file(str(run / "adapter" / "adapter_model.safetensors")).items() if "lora_A" in k}
+    assert any(".layers.0." in k for k in policy_a) and all(v.shape[0] == 4 for v in policy_a.values())
+    rounds = [json.loads(line) for line in (run / "em.jsonl").read_text().splitlines()]
+    assert (rounds[0]["m_lora_r"], rounds[0]["m_lora_layers"]) == (2, 1)
+    results = json.loads((run / "eval_classification.json").read_text())["results"]
+    assert 0 <= results["gfn_em"]["accuracy"] <= 1 and "judge" not in results["gfn_em"]
+    too_many = em_args(tmp_path, tiny_model_dir, tmp_path / "bad", rounds=1, steps=2,
+                       extra=["--task.m_lora_layers", "3"])
+    assert main(too_many) == 2
+    assert "last 3 layers; the model has 2" in capsys.readouterr().err
+
+
 def test_zero_em_rounds_trains_the_e_step_alone(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     extra = ["--task.eval_methods", "gfn_e_step,gfn_em"]

@@ -59,13 +59,19 @@ def likelihood_file(run_dir: Path, round_number: int) -> Path:
     return Path(run_dir) / f"likelihood-round-{round_number}.safetensors"
 
 
-def load_latest_likelihood(policy: Policy, run_dir: Path) -> bool:
+def add_likelihood_adapter(policy: Policy, config) -> None:
+    """The likelihood p(Y | X, Z): a second adapter, the policy's rank or task.m_lora_r on every layer or the
+    last task.m_lora_layers (fewer free weights for a fit on 10-50 labels). Added once."""
+    if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
+        policy.add_adapter(LIKELIHOOD_ADAPTER, seed=config.seed, r=config.m_lora_r, last_layers=config.m_lora_layers)
+
+
+def load_latest_likelihood(policy: Policy, run_dir: Path, config) -> bool:
     """Load the run's last M-step adapter as the likelihood; False when no M-step has finished."""
     saved = sorted(Path(run_dir).glob("likelihood-round-*.safetensors"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     if not saved:
         return False
-    if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
-        policy.add_adapter(LIKELIHOOD_ADAPTER)
+    add_likelihood_adapter(policy, config)
     policy.load_adapter(saved[-1], LIKELIHOOD_ADAPTER)
     return True
 
@@ -78,8 +84,7 @@ def run_em(trainer, task, resume: bool = False) -> None:
     if c.m_objective == "calibrated" and trainer.processes.distributed:
         raise GfnlmError("task.m_objective calibrated fits the likelihood on one process; run it without a launcher "
                          "or use m_objective sft (TRL, data-parallel).")
-    if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
-        policy.add_adapter(LIKELIHOOD_ADAPTER, seed=c.seed)
+    add_likelihood_adapter(policy, c)
     judge_changed = False  # by the last M-step: only then do buffered rewards need re-scoring
     for r in range(1, c.em_rounds + 1):
         end = trainer.config.steps * r // c.em_rounds
@@ -141,6 +146,7 @@ def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = T
               "label_log_likelihood_after": label_log_likelihood(policy, task, rationales),
               "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
               "held_out_examples": sorted(held), "cross_fit_folds": c.m_cross_fit, "m_objective": c.m_objective,
+              "m_lora_r": c.m_lora_r, "m_lora_layers": c.m_lora_layers,
               "best_epoch": fitted.get("best_epoch"), "held_out_losses": fitted.get("validation_losses"),
               "held_out_prediction": judged, "kept": kept,
               "m_step_examples": sum(len(zs) for zs in fit_on), "m_step_seconds": time.perf_counter() - started,

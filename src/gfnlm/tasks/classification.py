@@ -98,6 +98,8 @@ class ClassificationConfig:
     # them carry their labels, so the M-step is checked on rationales unlike a test sentence's
     m_keep_only_if_better: bool = True  # keep the fitted likelihood only when it predicts the held-out labels
     # better than the judge it would replace (the base model in round 1), scored as at test time
+    m_lora_r: int = 0  # the likelihood adapter's LoRA rank (0: the policy's lora_r; alpha / r kept)
+    m_lora_layers: int = 0  # it adapts only the model's last this-many layers (0: every layer)
     m_objective: str = "sft"  # the M-step's loss: "sft" (TRL, the label tokens' next-token loss) or "calibrated"
     # (cross-entropy over the labels of the score used at test time: minus the prior when calibrate)
     m_cross_fit: int = 0  # folds (>= 2) to cross-fit the M-step: each example's rationales drawn by a q trained
@@ -119,7 +121,7 @@ class ClassificationConfig:
                      "eval_rationales", "eval_batch"):
             check_range(f"task.{name}", getattr(self, name), low=1)
         for name in ("min_len", "seed_rationales", "wrong_label_penalty", "m_base_rationales", "em_rounds",
-                     "m_cross_fit"):
+                     "m_cross_fit", "m_lora_r", "m_lora_layers"):
             check_range(f"task.{name}", getattr(self, name), low=0)
         for name in ("m_epochs", "m_lr", "supervised_epochs", "supervised_lr", "eval_temperature"):
             check_range(f"task.{name}", getattr(self, name), low=0, low_open=True)
@@ -363,7 +365,7 @@ class ClassificationTask(Task):
                                           "label_probs": torch.softmax(lp.float(), -1).tolist()}
         rationale_methods = [m for m in methods if m in ("gfn_e_step", "gfn_em")]
         source = Path(processes.broadcast(str(run_dir)))  # the other processes evaluate into a scratch folder
-        if "gfn_em" in rationale_methods and not load_latest_likelihood(policy, source):
+        if "gfn_em" in rationale_methods and not load_latest_likelihood(policy, source, c):
             rationale_methods.remove("gfn_em")
             results["gfn_em"] = {"skipped": "no M-step adapter in the run folder"}
         if rationale_methods:
