@@ -5,7 +5,7 @@ latent rationale), on the same test sentences of the SUBJ data (../shared/data/r
 Per training-set size N and seed (--seeds: the run's seed and task.seed, i.e. q's initialization, the
 wishful buffer seeds, every sampled rationale, the few-shot order and the supervised adapter), one `gfnlm
 train subjectivity` run (configs/subjectivity-cpu.yaml) trains the E-step, runs the M-step and evaluates
-every method. "E-step only" gets a run of its own (subjectivity-n<N>-estep,
+every method. "E-step only" gets a run of its own (subjectivity-n<N>-seed<S>-estep,
 task.em_rounds=0: the same steps, the base model as the judge throughout, all N examples) when the EM run's
 E-step differs from it: with more than one EM round (the later E-steps are trained against the M-step's
 likelihood) or with the M-step's held-out examples kept out of the E-step (the default; not with
