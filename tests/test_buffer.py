@@ -57,6 +57,17 @@ def test_sampling_returns_the_requested_size_and_prioritizes_by_reward():
         buf.sample("missing", 1)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampling_with_the_trainers_generator_on_a_gpu():
+    """On a GPU the trainer's generator lives on cuda while the buffer's weights are built on the CPU;
+    torch.multinomial refuses the mix, which stopped every GPU run at its first replay batch."""
+    buf = ReplayBuffer(capacity=10, tolerance=0.0, sampling="prioritized")
+    buf.add("a", item([1], 0.0))
+    buf.add("a", item([2], math.log(9.0)))
+    picks = buf.sample("a", 4000, torch.Generator(device="cuda").manual_seed(0))
+    assert sum(p.tokens == (2,) for p in picks) / len(picks) == pytest.approx(0.9, abs=0.02)
+
+
 def test_save_and_load_round_trip(tmp_path):
     buf = ReplayBuffer(capacity=5, tolerance=0.0)
     buf.add("x y", item([1, 2], -1.5, mask=[True, False]))

@@ -84,6 +84,8 @@ class ReplayBuffer:
         else:
             scores = torch.tensor([e.score for e in entries], dtype=torch.float64) / self.priority_temperature
             weights = torch.softmax(scores, 0)
+        if generator is not None:  # the trainer's generator lives on the model's device (cuda on a GPU)
+            weights = weights.to(generator.device)
         picks = torch.multinomial(weights, n, replacement=True, generator=generator)
         return [entries[int(i)] for i in picks]
 
