@@ -5,7 +5,8 @@ Runs (in benchmarks/out/temperature/, each trained with `gfnlm train continuatio
 unless it is already there):
 - single-T<T>-seed<S>: reward_temp_end T, seeds --single-seeds (0 and 1), for each T in --temperatures,
   with the preset's learned log Z(X); with --single-log-z batch they estimate log Z from each batch as the
-  conditional run must (single-T<T>-batchlogz-seed<S>);
+  conditional run must (single-T<T>-batchlogz-seed<S>); --single-steps N other than the preset's adds
+  -<N>steps;
 - conditional-<input>-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
   -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
@@ -16,32 +17,56 @@ unless it is already there):
   single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
-of KL(q || p_T) and ESS / N. The check, for each conditional seed: at each T the conditional policy's
-(log-likelihood, diversity) point lies within the spread (min..max) of the single-temperature policies (two
-seeds unless --single-seeds); also shown, whether its KL(q || p_T) estimate is no larger than the largest
-single-temperature one (no further from the target than a policy trained for that T alone).
+of KL(q || p_T) and ESS / N. Each run (training, then its evaluations) is one job; --workers K runs K jobs
+at a time in separate processes (on a GPU, where one small run leaves the device mostly idle).
+--saved-only trains nothing and tabulates the runs whose evaluations are saved (e.g. runs trained on
+another machine, of which only the run folders without adapters came back).
+
+The checks, at each T:
+- per conditional seed: its (log-likelihood, diversity) point lies within the spread (min..max) of the
+  single-temperature policies (two seeds unless --single-seeds); also shown, whether its KL(q || p_T) estimate
+  is no larger than the largest single-temperature one;
+- over seeds (with two or more conditional seeds): the conditional seeds' mean lies within the single-T
+  seeds' spread on both axes, with both sides' mean, standard deviation and Welch's t statistic in a table.
+  With several seeds per side this is the comparison of distributions that a min-max check against one
+  conditional seed cannot give when seeds differ by more than the settings do.
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
-                                   [--conditional-steps N] [--embedding-lr-scale X]
+                                   [--conditional-steps N] [--single-steps N] [--embedding-lr-scale X]
                                    [--single-log-z learned|batch] [--logit-scale] [--stop-offset [--stop-slope-only]]
                                    [--logit-scale-lr-scale X] [--conditional-seeds 0,1] [--single-seeds 0,1]
+                                   [--workers K] [--saved-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
+
+
+@dataclass
+class Job:
+    """One run: trained with ``train_args`` unless already there, then evaluated at ``temperatures``."""
+    key: str
+    run_dir: Path
+    train_args: list[str]
+    temperatures: list[float]
 
 
 def train(run_dir: Path, extra: list[str]) -> float:
@@ -60,8 +85,91 @@ def train(run_dir: Path, extra: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def saved_evaluation(run_dir: Path, temperature: float) -> dict | None:
+    """The run's saved evaluation at T (the same harness, prompts and samples), if it is complete."""
+    saved = run_dir / f"eval_T{temperature:g}.json"
+    config = run_dir / "config.yaml"
+    if not (saved.is_file() and config.is_file()):
+        return None
+    earlier = json.loads(saved.read_text())
+    run_config = yaml.safe_load(config.read_text())
+    if earlier["n"] != run_config["task"]["eval_samples"] or earlier["temperature"] != temperature:
+        return None
+    return {**earlier["methods"][0], "steps": run_config["steps"], "prompts": earlier["prompts"],
+            "samples": earlier["n"]}
+
+
+def evaluate(run_dir: Path, temperature: float) -> dict:
+    earlier = saved_evaluation(run_dir, temperature)
+    if earlier is not None:
+        print(f"  reusing {run_dir / f'eval_T{temperature:g}.json'}", flush=True)
+        return earlier
+    from gfnlm.runs import load_run, load_trained_policy
+
+    spec = load_run(run_dir)
+    task = spec.task
+    policy = load_trained_policy(spec, run_dir)
+    t0 = time.perf_counter()
+    result = task.evaluate_at(policy, run_dir, spec.config, temperature, methods=["gfn"],
+                              stem=f"eval_T{temperature:g}")
+    return {**result.metrics["gfn"], "seconds": time.perf_counter() - t0, "steps": spec.config.steps,
+            "prompts": len(task.test_set), "samples": task.config.eval_samples}
+
+
+def run_job(job: Job, saved_only: bool = False) -> tuple[float, dict[float, dict]] | None:
+    """Train then evaluate one run; with ``saved_only`` its saved evaluations, or None if any is missing."""
+    if saved_only:
+        found = {t: saved_evaluation(job.run_dir, t) for t in job.temperatures}
+        return None if None in found.values() else (float("nan"), found)
+    seconds = train(job.run_dir, job.train_args)
+    return seconds, {t: evaluate(job.run_dir, t) for t in job.temperatures}
+
+
+def run_jobs(jobs: list[Job], workers: int, saved_only: bool) -> dict[str, tuple[float, dict[float, dict]] | None]:
+    """Each job's result, in ``workers`` processes at a time (spawned: each loads its own model)."""
+    if workers <= 1 or saved_only:
+        return {job.key: run_job(job, saved_only) for job in jobs}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {job.key: pool.submit(run_job, job) for job in jobs}
+        try:
+            return {key: future.result() for key, future in futures.items()}
+        except BaseException:  # a failed run: start no further ones (the running ones finish their step)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
 def within(value: float, points: list[float]) -> bool:
     return min(points) <= value <= max(points)
+
+
+def welch_t(a: list[float], b: list[float]) -> float:
+    """Welch's t statistic of mean(a) - mean(b) (nan with fewer than two values on a side)."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return (statistics.fmean(a) - statistics.fmean(b)) / se if se > 0 else float("nan")
+
+
+def seed_means(results: list[dict], temperatures: list[float]) -> tuple[list[dict], dict[str, bool]]:
+    """Per T and axis: each side's mean and standard deviation over seeds, Welch's t (conditional minus
+    single), and whether the conditional mean lies within the single-T seeds' spread."""
+    rows, claims = [], {}
+    for t in temperatures:
+        for key in ("mean_loglik", "diversity", "mean_length"):
+            single = [r[key] for r in results if r["T"] == t and r["kind"] == "single"]
+            conditional = [r[key] for r in results if r["T"] == t and r["kind"] == "conditional"]
+            if len(conditional) < 2 or len(single) < 2:
+                continue
+            inside = within(statistics.fmean(conditional), single)
+            rows.append({"T": t, "axis": key, "single": f"{statistics.fmean(single):.3f} ± {statistics.stdev(single):.3f}"
+                         f" ({min(single):.3f}..{max(single):.3f}, n = {len(single)})",
+                         "conditional": f"{statistics.fmean(conditional):.3f} ± {statistics.stdev(conditional):.3f}"
+                         f" (n = {len(conditional)})",
+                         "welch_t": welch_t(conditional, single), "inside": "yes" if inside else "no"})
+            if key != "mean_length":
+                claims[f"T = {t:g}: the conditional seeds' mean {key} within the single-T seeds' spread"] = inside
+    return rows, claims
 
 
 def main() -> int:
@@ -70,7 +178,9 @@ def main() -> int:
     parser.add_argument("--range", default="0.8:1.0", help="the conditional policy's training range")
     parser.add_argument("--input", default="embedding", choices=["embedding", "text"], help="how it reads T")
     parser.add_argument("--conditional-steps", type=int, default=None,
-                        help="its training steps (default: 2 x the preset's, the compute of two single-T runs)")
+                        help="its training steps (default: 2 x the single-T runs', the compute of two of them)")
+    parser.add_argument("--single-steps", type=int, default=None,
+                        help="training steps of each single-temperature run (default: the preset's)")
     parser.add_argument("--single-log-z", default="learned", choices=["learned", "batch"],
                         help="log Z of the single-temperature runs (the conditional run always uses batch)")
     parser.add_argument("--embedding-lr-scale", type=float, default=1.0,
@@ -88,6 +198,9 @@ def main() -> int:
     parser.add_argument("--conditional-seeds", "--conditional-seed", dest="conditional_seeds", default="0",
                         help="the conditional runs' seeds (one run each; each is checked on its own)")
     parser.add_argument("--single-seeds", default="0,1", help="seeds of the single-temperature runs per T")
+    parser.add_argument("--workers", type=int, default=1, help="runs trained and evaluated at a time")
+    parser.add_argument("--saved-only", action="store_true",
+                        help="train and evaluate nothing: tabulate the runs whose evaluations are saved")
     args = parser.parse_args()
     single_seeds = [int(s) for s in args.single_seeds.split(",") if s.strip()]
     conditional_seeds = [int(s) for s in args.conditional_seeds.split(",") if s.strip()]
@@ -97,57 +210,53 @@ def main() -> int:
         parser.error("--stop-slope-only needs --stop-offset")
     if len(single_seeds) < 2:
         parser.error("--single-seeds needs at least two seeds: the check is against their spread")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
     out_dir = OUT / "temperature"
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    train_seconds = {}
-    runs = {}
-    log_z = "-batchlogz" if args.single_log_z == "batch" else ""
-    for t in temperatures:
-        for seed in single_seeds:
-            name = f"single-T{t:g}{log_z}-seed{seed}"
-            runs[name] = out_dir / name
-            train_seconds[name] = train(runs[name], ["--reward_temp_end", str(t), "--log_z", args.single_log_z,
-                                                     "--seed", str(seed)])
     preset = yaml.safe_load((ROOT / "configs" / "continuation-cpu.yaml").read_text())
-    steps = args.conditional_steps or 2 * preset["steps"]
+    single_steps = args.single_steps or preset["steps"]
+    steps = args.conditional_steps or 2 * single_steps
+    log_z = "-batchlogz" if args.single_log_z == "batch" else ""
+    log_z += f"-{single_steps}steps" if single_steps != preset["steps"] else ""
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
     scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
     logit_scale_lr_scaled = (args.logit_scale or args.stop_offset) and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
-    conditional = {seed: out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{seed}"
-                   for seed in conditional_seeds}
-    for seed, run_dir in conditional.items():
-        train_seconds[f"conditional-seed{seed}"] = train(
-            run_dir, ["--conditional_temperatures", args.range, "--log_z", "batch", "--temperature_input", args.input,
-                      "--steps", str(steps), "--temperature_embedding_lr_scale", str(args.embedding_lr_scale),
-                      "--seed", str(seed), "--temperature_logit_scale", str(args.logit_scale).lower(),
-                      "--temperature_stop_offset", str(args.stop_offset).lower(),
-                      "--temperature_stop_offset_bias", str(not args.stop_slope_only).lower(),
-                      "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale)])
+    # Seeds interleaved, longest run first within a seed: stopped early, the finished runs still pair up.
+    jobs = []
+    for i in range(max(len(single_seeds), len(conditional_seeds))):
+        if i < len(conditional_seeds):
+            seed = conditional_seeds[i]
+            jobs.append(Job(f"conditional-seed{seed}", out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{seed}",
+                            ["--conditional_temperatures", args.range, "--log_z", "batch", "--temperature_input",
+                             args.input, "--steps", str(steps), "--temperature_embedding_lr_scale",
+                             str(args.embedding_lr_scale), "--seed", str(seed), "--temperature_logit_scale",
+                             str(args.logit_scale).lower(), "--temperature_stop_offset", str(args.stop_offset).lower(),
+                             "--temperature_stop_offset_bias", str(not args.stop_slope_only).lower(),
+                             "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale)], temperatures))
+        if i < len(single_seeds):
+            seed = single_seeds[i]
+            for t in temperatures:
+                name = f"single-T{t:g}{log_z}-seed{seed}"
+                jobs.append(Job(name, out_dir / name, ["--reward_temp_end", str(t), "--log_z", args.single_log_z,
+                                                       "--seed", str(seed), "--steps", str(single_steps)], [t]))
+    outcomes = run_jobs(jobs, args.workers, args.saved_only)
+    missing = [key for key, outcome in outcomes.items() if outcome is None]
+    if missing:
+        print(f"without saved evaluations, left out: {', '.join(missing)}", flush=True)
+    train_seconds = {key: outcome[0] for key, outcome in outcomes.items() if outcome is not None}
+    single_seeds = [s for s in single_seeds
+                    if all(outcomes[f"single-T{t:g}{log_z}-seed{s}"] is not None for t in temperatures)]
+    conditional_seeds = [s for s in conditional_seeds if outcomes[f"conditional-seed{s}"] is not None]
+    if len(single_seeds) < 2 or not conditional_seeds:
+        raise SystemExit("fewer than two single-T seeds or no conditional seed with every evaluation saved")
 
     from gfnlm.evaluation.plots import plot_frontier
     from gfnlm.evaluation.tables import markdown_table
-    from gfnlm.runs import load_run, load_trained_policy
-
-    def evaluate(run_dir: Path, temperature: float) -> dict:
-        spec = load_run(run_dir)
-        task = spec.task
-        saved = run_dir / f"eval_T{temperature:g}.json"
-        if saved.is_file():  # evaluated by an earlier run of this script: the same harness, prompts and samples
-            earlier = json.loads(saved.read_text())
-            if earlier["n"] == task.config.eval_samples and earlier["temperature"] == temperature:
-                print(f"  reusing {saved}", flush=True)
-                return {**earlier["methods"][0], "steps": spec.config.steps, "prompts": earlier["prompts"],
-                        "samples": earlier["n"]}
-        policy = load_trained_policy(spec, run_dir)
-        t0 = time.perf_counter()
-        result = task.evaluate_at(policy, run_dir, spec.config, temperature, methods=["gfn"],
-                                  stem=f"eval_T{temperature:g}")
-        return {**result.metrics["gfn"], "seconds": time.perf_counter() - t0, "steps": spec.config.steps,
-                "prompts": len(task.test_set), "samples": task.config.eval_samples}
 
     results = []
     lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
@@ -156,18 +265,14 @@ def main() -> int:
     lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     for t in temperatures:
         for seed in single_seeds:
-            name = f"single-T{t:g}{log_z}-seed{seed}"
-            print(f"evaluating {name} at T = {t:g}", flush=True)
             results.append({"T": t, "policy": f"trained at T = {t:g} (log Z {args.single_log_z}), seed {seed}",
-                            "label": f"T={t:g} single, seed {seed}",
-                            "kind": "single",
-                            **evaluate(runs[name], t)})
-        for seed, run_dir in conditional.items():
-            print(f"evaluating the conditional policy, seed {seed}, at T = {t:g}", flush=True)
+                            "label": f"T={t:g} single, seed {seed}", "kind": "single", "seed": seed,
+                            **outcomes[f"single-T{t:g}{log_z}-seed{seed}"][1][t]})
+        for seed in conditional_seeds:
             results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
                                               f"seed {seed}",
                             "label": f"T={t:g} conditional, seed {seed}", "kind": "conditional", "seed": seed,
-                            **evaluate(run_dir, t)})
+                            **outcomes[f"conditional-seed{seed}"][1][t]})
     claims, closeness, failed = {}, {}, set()
     for t in temperatures:
         singles = [r for r in results if r["T"] == t and r["kind"] == "single"]
@@ -180,26 +285,33 @@ def main() -> int:
             closeness[f"T = {t:g}: conditional seed {cond['seed']} KL(q || p_T) <= the largest single-T one"] = (
                 cond["kl_q_p"] <= max(r["kl_q_p"] for r in singles))
     passing = [seed for seed in conditional_seeds if seed not in failed]
+    mean_rows, mean_claims = seed_means(results, temperatures)
     columns = ["T", "policy", "mean_loglik", "diversity", "mean_length", "kl_q_p", "ess_fraction", "seconds"]
     headers = {"mean_loglik": "mean log p(Z ∣ X)", "diversity": "embedding diversity", "mean_length": "tokens",
                "kl_q_p": "KL(q ‖ p_T) (IS)", "ess_fraction": "ESS / N", "seconds": "eval s"}
     table = markdown_table(results, columns, headers)
+    mean_table = markdown_table(mean_rows, ["T", "axis", "single", "conditional", "welch_t", "inside"],
+                                {"single": "single-T: mean ± sd (range, n)", "conditional": "conditional: mean ± sd",
+                                 "welch_t": "Welch t (cond. - single)", "inside": "cond. mean inside"})
     plot = plot_frontier(OUT / "temperature_frontier.png",
                          [{**r, "method": r["label"]} for r in results],
                          "diversity", "mean_loglik", "embedding diversity (1 - mean pairwise cosine)",
                          "mean log p_LM(Z | X)", f"conditional policies ({args.range}, stars) vs single-temperature ones",
                          highlight=lambda r: r["kind"] == "conditional")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
+               "single_steps": single_steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
                "stop_offset": args.stop_offset, "stop_slope_only": args.stop_slope_only,
                "logit_scale_lr_scale": args.logit_scale_lr_scale,
                "single_log_z": args.single_log_z, "single_seeds": single_seeds,
                "conditional_seeds": conditional_seeds, "results": results, "claims": claims,
-               "closeness": closeness, "seeds_passing": passing,
+               "closeness": closeness, "seeds_passing": passing, "seed_means": mean_rows, "mean_claims": mean_claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
     (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))
     print("\n" + table)
-    for claim, ok in {**claims, **closeness}.items():
+    if mean_rows:
+        print("\n" + mean_table + "\n")
+    for claim, ok in {**claims, **closeness, **mean_claims}.items():
         print(f"  [{'yes' if ok else 'no '}] {claim}")
     print(f"conditional seeds inside the single-T spread on both axes at every T: {len(passing)} of "
           f"{len(conditional_seeds)} ({', '.join(map(str, passing)) or 'none'})")

@@ -1,0 +1,52 @@
+"""benchmarks/temperature.py's seed statistics and its reading of saved evaluations."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "temperature.py"
+spec = importlib.util.spec_from_file_location("temperature_benchmark", SCRIPT)
+bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench  # its dataclass looks its module up
+spec.loader.exec_module(bench)
+
+
+def test_welch_t_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    a, b = [-20.1, -24.4, -22.0, -19.5], [-19.8, -20.2, -31.0]
+    assert bench.welch_t(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).statistic, rel=1e-12)
+    assert bench.welch_t([1.0], b) != bench.welch_t([1.0], b)  # nan with one value on a side
+
+
+def result(t, kind, seed, loglik, diversity, length=7.0):
+    return {"T": t, "kind": kind, "seed": seed, "mean_loglik": loglik, "diversity": diversity, "mean_length": length}
+
+
+def test_seed_means_checks_the_conditional_mean_against_the_single_spread():
+    results = [result(0.8, "single", 0, -20.0, 0.78), result(0.8, "single", 1, -24.0, 0.79),
+               result(0.8, "conditional", 0, -19.0, 0.70), result(0.8, "conditional", 1, -23.0, 0.74),
+               result(0.95, "single", 0, -30.0, 0.80), result(0.95, "single", 1, -40.0, 0.82),
+               result(0.95, "conditional", 0, -29.0, 0.81)]
+    rows, claims = bench.seed_means(results, [0.8, 0.95])
+    # conditional mean -21.0 lies in -24..-20, its diversity mean 0.72 below 0.78..0.79; T = 0.95 has one
+    # conditional seed only, so it has no row.
+    assert claims == {"T = 0.8: the conditional seeds' mean mean_loglik within the single-T seeds' spread": True,
+                      "T = 0.8: the conditional seeds' mean diversity within the single-T seeds' spread": False}
+    assert [(r["T"], r["axis"]) for r in rows] == [(0.8, "mean_loglik"), (0.8, "diversity"), (0.8, "mean_length")]
+    assert rows[0]["welch_t"] == pytest.approx(bench.welch_t([-19.0, -23.0], [-20.0, -24.0]))
+
+
+def test_saved_evaluation_is_read_only_when_it_matches_the_run(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"steps": 200, "task": {"eval_samples": 16}}))
+    row = {"method": "gfn", "mean_loglik": -20.0, "diversity": 0.8}
+    (tmp_path / "eval_T0.8.json").write_text(json.dumps({"methods": [row], "n": 16, "temperature": 0.8,
+                                                          "prompts": 20}))
+    assert bench.saved_evaluation(tmp_path, 0.8) == {**row, "steps": 200, "prompts": 20, "samples": 16}
+    assert bench.saved_evaluation(tmp_path, 0.95) is None  # not evaluated at that T
+    (tmp_path / "eval_T0.8.json").write_text(json.dumps({"methods": [row], "n": 8, "temperature": 0.8,
+                                                          "prompts": 20}))
+    assert bench.saved_evaluation(tmp_path, 0.8) is None  # evaluated with other settings than the run's
