@@ -11,6 +11,7 @@ import torch
 from gfnlm.action_space import ActionSpace
 from gfnlm.correction import importance_sample, smc
 from gfnlm.evaluation.exact import policy_distribution, total_variation
+from gfnlm.sampler import draw, draw_indices
 from gfnlm.targets import RuleTarget
 from tests.conftest import tiny_llama
 
@@ -94,3 +95,23 @@ def test_a_proposal_reading_its_own_prompt_is_weighted_against_the_bare_target(p
         assert torch.allclose(out.log_z, torch.zeros(4, dtype=torch.float64), atol=1e-4)
         assert torch.allclose(out.ess, torch.ones(4, dtype=torch.float64), atol=1e-6)
     assert seen_prompts == {PROMPT}
+
+
+def test_resampling_draws_on_the_cpu_are_torch_multinomial_with_the_same_generator():
+    weights = torch.softmax(torch.tensor([0.3, -1.0, 2.0, 0.0], dtype=torch.float64), 0)
+    ours = draw_indices(weights, 50, torch.Generator().manual_seed(5))
+    plain = torch.multinomial(weights, 50, replacement=True, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ours, plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_draws_for_cpu_weights_follow_a_seeded_cuda_generator():
+    """SMC keeps its particle weights on the CPU while a run's generator lives on cuda: the draws must
+    use that generator (reproducible) and come back on the weights' device."""
+    weights = torch.tensor([0.1, 0.9], dtype=torch.float64)
+    first = draw_indices(weights, 4000, torch.Generator(device="cuda").manual_seed(3))
+    again = draw_indices(weights, 4000, torch.Generator(device="cuda").manual_seed(3))
+    assert first.device.type == "cpu" and torch.equal(first, again)
+    assert first.double().mean().item() == pytest.approx(0.9, abs=0.02)
+    picks = draw(weights.repeat(4000, 1), torch.Generator(device="cuda").manual_seed(3))
+    assert picks.device.type == "cpu" and picks.double().mean().item() == pytest.approx(0.9, abs=0.02)

@@ -21,6 +21,7 @@ import torch
 from rapidfuzz.distance import Levenshtein
 
 from gfnlm.errors import GfnlmError
+from gfnlm.sampler import draw_indices
 
 
 @dataclass
@@ -84,10 +85,7 @@ class ReplayBuffer:
         else:
             scores = torch.tensor([e.score for e in entries], dtype=torch.float64) / self.priority_temperature
             weights = torch.softmax(scores, 0)
-        if generator is not None:  # the trainer's generator lives on the model's device (cuda on a GPU)
-            weights = weights.to(generator.device)
-        picks = torch.multinomial(weights, n, replacement=True, generator=generator)
-        return [entries[int(i)] for i in picks]
+        return [entries[int(i)] for i in draw_indices(weights, n, generator)]
 
     def to_text(self) -> str:
         """The buffer as JSON lines, one trajectory a line."""

@@ -29,7 +29,7 @@ import torch
 from gfnlm.action_space import ActionSpace
 from gfnlm.errors import GfnlmError
 from gfnlm.policy_scores import score_policy
-from gfnlm.sampler import draw, sample_trajectories
+from gfnlm.sampler import draw, draw_indices, sample_trajectories
 from gfnlm.targets import Target
 from gfnlm.trajectories import Trajectories
 
@@ -152,7 +152,7 @@ def smc(model, space: ActionSpace, target: Target, prompt: Sequence[int], groups
             order = torch.arange(B)
             for g in torch.nonzero(low).flatten().tolist():
                 log_z[g] += torch.logsumexp(log_w[g], 0) - math.log(N)
-                picks = torch.multinomial(torch.softmax(log_w[g], 0), N, replacement=True, generator=_cpu(generator))
+                picks = draw_indices(torch.softmax(log_w[g], 0), N, generator)
                 order[g * N: (g + 1) * N] = g * N + picks
                 log_w[g] = 0.0
                 resamplings[g] += 1
@@ -165,7 +165,3 @@ def smc(model, space: ActionSpace, target: Target, prompt: Sequence[int], groups
     return Corrected([grouped[g][int(chosen[g])] for g in range(G)], grouped, log_w, log_z, ess_fraction(log_w),
                      resamplings, generated)
 
-
-def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
-    """torch.multinomial on CPU tensors needs a CPU generator."""
-    return generator if generator is None or generator.device.type == "cpu" else None

@@ -34,9 +34,22 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     """One token per row by inverting the cumulative distribution (faster than multinomial on a
     large vocabulary, and reproducible through ``generator``)."""
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=generator_device(generator, probs),
+                   dtype=torch.float64).to(probs.device)
     picks = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return picks.squeeze(1).clamp(max=probs.shape[-1] - 1)
+
+
+def draw_indices(weights: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n indices drawn with replacement in proportion to ``weights`` (on the weights' device)."""
+    return torch.multinomial(weights.to(generator_device(generator, weights)), n, replacement=True,
+                             generator=generator).to(weights.device)
+
+
+def generator_device(generator: torch.Generator | None, tensor: torch.Tensor) -> torch.device:
+    """Where random numbers must be drawn: on the generator's device (a run seeded on cuda stays
+    reproducible when it draws for small CPU tensors such as buffer or particle weights)."""
+    return tensor.device if generator is None else generator.device
 
 
 @torch.no_grad()
