@@ -172,6 +172,36 @@ def seed_means(results: list[dict], temperatures: list[float]) -> tuple[list[dic
     return rows, claims
 
 
+def plot_seed_means(path: Path, results: list[dict], temperatures: list[float], title: str) -> Path:
+    """One panel per T: every seed's (diversity, log-likelihood) point, single-T (blue dots) and conditional
+    (red stars), and each side's mean with one standard deviation on both axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(temperatures), figsize=(5.2 * len(temperatures), 4.4), squeeze=False)
+    for ax, t in zip(axes[0], temperatures):
+        for kind, color, marker in (("single", "tab:blue", "o"), ("conditional", "tab:red", "*")):
+            side = [r for r in results if r["T"] == t and r["kind"] == kind]
+            xs, ys = [r["diversity"] for r in side], [r["mean_loglik"] for r in side]
+            ax.scatter(xs, ys, color=color, marker=marker, s=50 if marker == "*" else 25, alpha=0.6,
+                       label=f"{kind} (n = {len(side)})")
+            if len(side) >= 2:
+                ax.errorbar(statistics.fmean(xs), statistics.fmean(ys), xerr=statistics.stdev(xs),
+                            yerr=statistics.stdev(ys), color=color, capsize=4, lw=2, marker="s", ms=6)
+        ax.set_title(f"T = {t:g}", fontsize=10)
+        ax.set_xlabel("embedding diversity")
+        ax.set_ylabel("mean log p_LM(Z | X)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--temperatures", default="0.8,0.95", help="temperatures compared")
@@ -298,6 +328,8 @@ def main() -> int:
                          "diversity", "mean_loglik", "embedding diversity (1 - mean pairwise cosine)",
                          "mean log p_LM(Z | X)", f"conditional policies ({args.range}, stars) vs single-temperature ones",
                          highlight=lambda r: r["kind"] == "conditional")
+    means_plot = plot_seed_means(OUT / "temperature_seed_means.png", results, temperatures,
+                                 f"seeds and their mean ± sd: conditional ({args.range}{lr_note}) vs single-T")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
                "single_steps": single_steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
@@ -306,7 +338,8 @@ def main() -> int:
                "single_log_z": args.single_log_z, "single_seeds": single_seeds,
                "conditional_seeds": conditional_seeds, "results": results, "claims": claims,
                "closeness": closeness, "seeds_passing": passing, "seed_means": mean_rows, "mean_claims": mean_claims,
-               "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot)}
+               "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot),
+               "seed_means_plot": str(means_plot)}
     (OUT / "temperature.json").write_text(json.dumps(summary, indent=1))
     print("\n" + table)
     if mean_rows:
@@ -316,7 +349,7 @@ def main() -> int:
     print(f"conditional seeds inside the single-T spread on both axes at every T: {len(passing)} of "
           f"{len(conditional_seeds)} ({', '.join(map(str, passing)) or 'none'})")
     print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items()))
-    print(f"Total {summary['total_seconds']:.0f} s. Plot: {plot}\nSaved {OUT / 'temperature.json'}")
+    print(f"Total {summary['total_seconds']:.0f} s. Plots: {plot}, {means_plot}\nSaved {OUT / 'temperature.json'}")
     return 0
 
 

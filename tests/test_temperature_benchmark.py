@@ -50,3 +50,10 @@ def test_saved_evaluation_is_read_only_when_it_matches_the_run(tmp_path):
     (tmp_path / "eval_T0.8.json").write_text(json.dumps({"methods": [row], "n": 8, "temperature": 0.8,
                                                           "prompts": 20}))
     assert bench.saved_evaluation(tmp_path, 0.8) is None  # evaluated with other settings than the run's
+
+
+def test_seed_means_plot_is_written(tmp_path):
+    results = [result(t, kind, seed, -20.0 - seed - t, 0.78 + 0.01 * seed) for t in (0.8, 0.95)
+               for kind in ("single", "conditional") for seed in range(3)]
+    path = bench.plot_seed_means(tmp_path / "means.png", results, [0.8, 0.95], "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
