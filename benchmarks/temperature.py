@@ -30,6 +30,8 @@ The checks, at each T:
   seeds' spread on both axes, with both sides' mean, standard deviation and Welch's t statistic in a table.
   With several seeds per side this is the comparison of distributions that a min-max check against one
   conditional seed cannot give when seeds differ by more than the settings do.
+Plots: benchmarks/out/temperature_frontier.png (every run, labelled) and temperature_seed_means.png (per T,
+every seed and each side's mean ± sd).
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
                                    [--conditional-steps N] [--single-steps N] [--embedding-lr-scale X]
