@@ -228,7 +228,8 @@ def main() -> int:
                         help="with --logit-scale / --stop-offset: their scalars' learning rate as a multiple of lr "
                              "(run dir gains -lslr<x>)")
     parser.add_argument("--conditional-seeds", "--conditional-seed", dest="conditional_seeds", default="0",
-                        help="the conditional runs' seeds (one run each; each is checked on its own)")
+                        help="the conditional runs' seeds (one run each; each is checked on its own); '' trains "
+                             "and evaluates the single-temperature runs alone")
     parser.add_argument("--single-seeds", default="0,1", help="seeds of the single-temperature runs per T")
     parser.add_argument("--workers", type=int, default=1, help="runs trained and evaluated at a time")
     parser.add_argument("--saved-only", action="store_true",
@@ -236,8 +237,8 @@ def main() -> int:
     args = parser.parse_args()
     single_seeds = [int(s) for s in args.single_seeds.split(",") if s.strip()]
     conditional_seeds = [int(s) for s in args.conditional_seeds.split(",") if s.strip()]
-    if not conditional_seeds:
-        parser.error("--conditional-seeds needs at least one seed")
+    if args.saved_only and not conditional_seeds:
+        parser.error("--saved-only needs at least one conditional seed to compare")
     if args.stop_slope_only and not args.stop_offset:
         parser.error("--stop-slope-only needs --stop-offset")
     if len(single_seeds) < 2:
@@ -281,6 +282,10 @@ def main() -> int:
     if missing:
         print(f"without saved evaluations, left out: {', '.join(missing)}", flush=True)
     train_seconds = {key: outcome[0] for key, outcome in outcomes.items() if outcome is not None}
+    if not conditional_seeds:
+        print("single-temperature runs trained and evaluated (no conditional seeds to compare): "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in train_seconds.items()))
+        return 0
     single_seeds = [s for s in single_seeds
                     if all(outcomes[f"single-T{t:g}{log_z}-seed{s}"] is not None for t in temperatures)]
     conditional_seeds = [s for s in conditional_seeds if outcomes[f"conditional-seed{s}"] is not None]
