@@ -136,7 +136,7 @@ def run_jobs(jobs: list[Job], workers: int, saved_only: bool) -> dict[str, tuple
         futures = {job.key: pool.submit(run_job, job) for job in jobs}
         try:
             return {key: future.result() for key, future in futures.items()}
-        except BaseException:  # a failed run: start no further ones (the running ones finish their step)
+        except BaseException:  # a failed run: start no further ones (those running still finish)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
