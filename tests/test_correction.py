@@ -11,7 +11,8 @@ import torch
 from gfnlm.action_space import ActionSpace
 from gfnlm.correction import importance_sample, smc
 from gfnlm.evaluation.exact import policy_distribution, total_variation
-from gfnlm.sampler import draw, draw_indices
+from gfnlm.generator_draws import draw_indices
+from gfnlm.sampler import draw
 from gfnlm.targets import RuleTarget
 from tests.conftest import tiny_llama
 

@@ -21,7 +21,7 @@ import torch
 from rapidfuzz.distance import Levenshtein
 
 from gfnlm.errors import GfnlmError
-from gfnlm.sampler import draw_indices
+from gfnlm.generator_draws import draw_indices
 
 
 @dataclass

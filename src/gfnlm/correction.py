@@ -28,8 +28,9 @@ import torch
 
 from gfnlm.action_space import ActionSpace
 from gfnlm.errors import GfnlmError
+from gfnlm.generator_draws import draw_indices
 from gfnlm.policy_scores import score_policy
-from gfnlm.sampler import draw, draw_indices, sample_trajectories
+from gfnlm.sampler import draw, sample_trajectories
 from gfnlm.targets import Target
 from gfnlm.trajectories import Trajectories
 

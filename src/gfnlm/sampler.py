@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gfnlm.action_space import ActionSpace
+from gfnlm.generator_draws import generator_device
 from gfnlm.lm_forward import encode_prompts, forward_new_tokens, forward_some_rows, gather_rows
 from gfnlm.trajectories import Trajectories
 
@@ -38,18 +39,6 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
                    dtype=torch.float64).to(probs.device)
     picks = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return picks.squeeze(1).clamp(max=probs.shape[-1] - 1)
-
-
-def draw_indices(weights: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
-    """n indices drawn with replacement in proportion to ``weights`` (on the weights' device)."""
-    return torch.multinomial(weights.to(generator_device(generator, weights)), n, replacement=True,
-                             generator=generator).to(weights.device)
-
-
-def generator_device(generator: torch.Generator | None, tensor: torch.Tensor) -> torch.device:
-    """Where random numbers must be drawn: on the generator's device (a run seeded on cuda stays
-    reproducible when it draws for small CPU tensors such as buffer or particle weights)."""
-    return tensor.device if generator is None else generator.device
 
 
 @torch.no_grad()
