@@ -259,12 +259,19 @@ def main() -> int:
     scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
     logit_scale_lr_scaled = (args.logit_scale or args.stop_offset) and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
+
+    def single_key(t: float, seed: int) -> str:  # also the run's folder name
+        return f"single-T{t:g}{log_z}-seed{seed}"
+
+    def conditional_key(seed: int) -> str:
+        return f"conditional-seed{seed}"
+
     # Seeds interleaved, longest run first within a seed: stopped early, the finished runs still pair up.
     jobs = []
     for i in range(max(len(single_seeds), len(conditional_seeds))):
         if i < len(conditional_seeds):
             seed = conditional_seeds[i]
-            jobs.append(Job(f"conditional-seed{seed}", out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{seed}",
+            jobs.append(Job(conditional_key(seed), out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{seed}",
                             ["--conditional_temperatures", args.range, "--log_z", "batch", "--temperature_input",
                              args.input, "--steps", str(steps), "--temperature_embedding_lr_scale",
                              str(args.embedding_lr_scale), "--seed", str(seed), "--temperature_logit_scale",
@@ -274,8 +281,7 @@ def main() -> int:
         if i < len(single_seeds):
             seed = single_seeds[i]
             for t in temperatures:
-                name = f"single-T{t:g}{log_z}-seed{seed}"
-                jobs.append(Job(name, out_dir / name, ["--reward_temp_end", str(t), "--log_z", args.single_log_z,
+                jobs.append(Job(single_key(t, seed), out_dir / single_key(t, seed), ["--reward_temp_end", str(t), "--log_z", args.single_log_z,
                                                        "--seed", str(seed), "--steps", str(single_steps)], [t]))
     outcomes = run_jobs(jobs, args.workers, args.saved_only)
     missing = [key for key, outcome in outcomes.items() if outcome is None]
@@ -287,8 +293,8 @@ def main() -> int:
               + ", ".join(f"{k} {v:.0f} s" for k, v in train_seconds.items()))
         return 0
     single_seeds = [s for s in single_seeds
-                    if all(outcomes[f"single-T{t:g}{log_z}-seed{s}"] is not None for t in temperatures)]
-    conditional_seeds = [s for s in conditional_seeds if outcomes[f"conditional-seed{s}"] is not None]
+                    if all(outcomes[single_key(t, s)] is not None for t in temperatures)]
+    conditional_seeds = [s for s in conditional_seeds if outcomes[conditional_key(s)] is not None]
     if len(single_seeds) < 2 or not conditional_seeds:
         raise SystemExit("fewer than two single-T seeds or no conditional seed with every evaluation saved")
 
@@ -304,12 +310,12 @@ def main() -> int:
         for seed in single_seeds:
             results.append({"T": t, "policy": f"trained at T = {t:g} (log Z {args.single_log_z}), seed {seed}",
                             "label": f"T={t:g} single, seed {seed}", "kind": "single", "seed": seed,
-                            **outcomes[f"single-T{t:g}{log_z}-seed{seed}"][1][t]})
+                            **outcomes[single_key(t, seed)][1][t]})
         for seed in conditional_seeds:
             results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
                                               f"seed {seed}",
                             "label": f"T={t:g} conditional, seed {seed}", "kind": "conditional", "seed": seed,
-                            **outcomes[f"conditional-seed{seed}"][1][t]})
+                            **outcomes[conditional_key(seed)][1][t]})
     claims, closeness, failed = {}, {}, set()
     for t in temperatures:
         singles = [r for r in results if r["T"] == t and r["kind"] == "single"]
