@@ -18,9 +18,8 @@ unless it is already there):
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
 of KL(q || p_T) and ESS / N. Each run (training, then its evaluations) is one job; --workers K runs K jobs
-at a time in separate processes, each with 1/K of the cores' threads (on a GPU, where one small run leaves
-the device mostly idle; and on a small CPU, where one run does not keep two cores busy: on 2 cores, two
-one-thread runs train 1.8x the steps per second of one two-thread run).
+at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool: on a GPU, where one small run
+leaves the device mostly idle, and on a small CPU, where one run does not keep two cores busy).
 --saved-only trains nothing and tabulates the runs whose evaluations are saved (e.g. runs trained on
 another machine, of which only the run folders without adapters came back).
 
@@ -47,14 +46,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import re
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,31 +124,6 @@ def run_job(job: Job, saved_only: bool = False) -> tuple[float, dict[float, dict
         return None if None in found.values() else (float("nan"), found)
     seconds = train(job.run_dir, job.train_args)
     return seconds, {t: evaluate(job.run_dir, t) for t in job.temperatures}
-
-
-def share_cores(threads: int) -> None:
-    """A worker's share of the cores, for its own evaluation and the training it starts (which reads the
-    environment): workers each using every core slow one another down."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def run_jobs(jobs: list[Job], workers: int, saved_only: bool) -> dict[str, tuple[float, dict[float, dict]] | None]:
-    """Each job's result, in ``workers`` processes at a time (spawned: each loads its own model)."""
-    if workers <= 1 or saved_only:
-        return {job.key: run_job(job, saved_only) for job in jobs}
-    context = multiprocessing.get_context("spawn")
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=share_cores,
-                             initargs=(threads,)) as pool:
-        futures = {job.key: pool.submit(run_job, job) for job in jobs}
-        try:
-            return {key: future.result() for key, future in futures.items()}
-        except BaseException:  # a failed run: start no further ones (those running still finish)
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
 
 
 def within(value: float, points: list[float]) -> bool:
@@ -296,7 +268,10 @@ def main() -> int:
             for t in temperatures:
                 jobs.append(Job(single_key(t, seed), out_dir / single_key(t, seed), ["--reward_temp_end", str(t), "--log_z", args.single_log_z,
                                                        "--seed", str(seed), "--steps", str(single_steps)], [t]))
-    outcomes = run_jobs(jobs, args.workers, args.saved_only)
+    from gfnlm.job_pool import run_jobs
+
+    workers = 1 if args.saved_only else args.workers  # reading saved files needs no processes
+    outcomes = dict(zip([job.key for job in jobs], run_jobs(run_job, [(job, args.saved_only) for job in jobs], workers)))
     missing = [key for key, outcome in outcomes.items() if outcome is None]
     if missing:
         print(f"without saved evaluations, left out: {', '.join(missing)}", flush=True)

@@ -58,14 +58,3 @@ def test_seed_means_plot_is_written(tmp_path):
     path = bench.plot_seed_means(tmp_path / "means.png", results, [0.8, 0.95], "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-
-def test_a_worker_takes_its_share_of_the_cores(monkeypatch):
-    torch = pytest.importorskip("torch")
-    monkeypatch.setenv("OMP_NUM_THREADS", "8")
-    before = torch.get_num_threads()
-    try:
-        bench.share_cores(1)
-        # its own evaluation and the training subprocess it starts (which inherits the environment)
-        assert torch.get_num_threads() == 1 and bench.os.environ["OMP_NUM_THREADS"] == "1"
-    finally:
-        torch.set_num_threads(before)
