@@ -18,10 +18,12 @@ task.m_cross_fit, whose E-step trains on all N). Times per method:
 The table gives each method's mean accuracy over the seeds (with their range when more than one), a
 second table every seed's. Runs live in benchmarks/out/subjectivity-n<N>-seed<S>[-estep]: a run of the
 same configuration that finished is reused, one stopped part-way continues from its last checkpoint,
-anything else is trained afresh, so the benchmark can be run in pieces.
+anything else is trained afresh, so the benchmark can be run in pieces. --workers K trains and evaluates K
+(N, seed) runs at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool).
 Prints and saves benchmarks/out/subjectivity.json, subjectivity.md and subjectivity_accuracy.png.
 
   python benchmarks/subjectivity.py [--sizes 10,20,50] [--seeds 0] [--test 500] [--steps 150] [--rationales 10]
+                                    [--workers K]
 """
 
 from __future__ import annotations
@@ -75,6 +77,29 @@ def train_and_evaluate(config: str, run_dir: Path, overrides: dict, methods: lis
     return evaluation, method_seconds(run_dir, evaluation["results"], methods)
 
 
+def train_and_evaluate_size(config: str, n: int, seed: int, overrides: dict, e_step_differs: bool) -> dict:
+    """Every method's accuracy and seconds for N = n and one seed (a job of its own: --workers runs several
+    at a time); "E-step only" from a run of its own when the EM run's E-step differs from it."""
+    t = time.perf_counter()
+    run_dir = OUT / f"subjectivity-n{n}-seed{seed}"
+    separate = ["gfn_e_step"] if e_step_differs else []
+    evaluation, seconds = train_and_evaluate(config, run_dir, overrides, [m for m in METHODS if m not in separate])
+    measured = evaluation["results"]
+    if separate:
+        e_step_only = {**overrides, "task": {**overrides["task"], "em_rounds": "0"}}
+        alone, alone_seconds = train_and_evaluate(config, OUT / f"subjectivity-n{n}-seed{seed}-estep",
+                                                  e_step_only, separate)
+        measured = {**measured, **{m: alone["results"][m] for m in separate}}
+        seconds.update(alone_seconds)
+    return {"accuracy": {m: measured[m]["accuracy"] for m in METHODS},
+            "accuracy_majority": {m: measured[m].get("accuracy_majority") for m in METHODS},
+            "accuracy_greedy": {m: measured[m].get("accuracy_greedy") for m in METHODS},
+            "seconds": seconds, "em": read_metrics(run_dir / "em.jsonl"),
+            "e_step_run": "separate (task.em_rounds=0)" if separate else "the EM run's E-step (one round)",
+            "test_sentences": evaluation["test_sentences"], "run_seconds": time.perf_counter() - t,
+            "examples": evaluation["examples"][:4]}
+
+
 def spread(values: list[float]) -> str:
     """The mean, and the range when there is more than one value."""
     mean = f"{statistics.mean(values):.3f}"
@@ -122,6 +147,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="E-step steps (default: the preset's)")
     parser.add_argument("--rationales", type=int, default=10, help="K rationales per test sentence")
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides, e.g. task.m_epochs=5")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="(N, seed) runs at a time, each with its share of the cores")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     data = Path(args.data)
@@ -129,6 +156,8 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not seeds:
         parser.error("--seeds needs at least one seed")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     missing = [p for p in [data / "test.jsonl"] + [data / f"train.{n}.jsonl" for n in sizes] if not p.is_file()]
     if missing:
         parser.error(f"missing data file(s): {', '.join(map(str, missing))}")
@@ -154,34 +183,15 @@ def main() -> int:
                                                    and not task_config.m_validation_in_e_step)
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: dict[str, dict] = {}
-    for n in sizes:
-        results[str(n)] = {"seeds": {}}
-        for seed in seeds:
-            t = time.perf_counter()
-            run_dir = OUT / f"subjectivity-n{n}-seed{seed}"
-            separate = ["gfn_e_step"] if e_step_differs else []
-            evaluation, seconds = train_and_evaluate(args.config, run_dir, overrides_for(n, seed),
-                                                     [m for m in METHODS if m not in separate])
-            measured = evaluation["results"]
-            if separate:
-                e_step_only = overrides_for(n, seed)
-                e_step_only["task"]["em_rounds"] = "0"
-                alone, alone_seconds = train_and_evaluate(args.config, OUT / f"subjectivity-n{n}-seed{seed}-estep",
-                                                          e_step_only, separate)
-                measured = {**measured, **{m: alone["results"][m] for m in separate}}
-                seconds.update(alone_seconds)
-            results[str(n)]["seeds"][str(seed)] = {
-                "accuracy": {m: measured[m]["accuracy"] for m in METHODS},
-                "accuracy_majority": {m: measured[m].get("accuracy_majority") for m in METHODS},
-                "accuracy_greedy": {m: measured[m].get("accuracy_greedy") for m in METHODS},
-                "seconds": seconds, "em": read_metrics(run_dir / "em.jsonl"),
-                "e_step_run": "separate (task.em_rounds=0)" if separate else "the EM run's E-step (one round)",
-                "test_sentences": evaluation["test_sentences"], "run_seconds": time.perf_counter() - t,
-                "examples": evaluation["examples"][:4]}
-            (OUT / "subjectivity.json").write_text(json.dumps(results, indent=1))  # a crash keeps the runs done
-            print(f"N={n}, seed {seed}: " + ", ".join(
-                f"{m} {results[str(n)]['seeds'][str(seed)]['accuracy'][m]:.3f}" for m in METHODS), flush=True)
+    from gfnlm.job_pool import run_jobs
+
+    cases = [(n, seed) for n in sizes for seed in seeds]
+    jobs = [(args.config, n, seed, overrides_for(n, seed), e_step_differs) for n, seed in cases]
+    results: dict[str, dict] = {str(n): {"seeds": {}} for n in sizes}
+    for (n, seed), result in zip(cases, run_jobs(train_and_evaluate_size, jobs, args.workers)):
+        results[str(n)]["seeds"][str(seed)] = result
+        (OUT / "subjectivity.json").write_text(json.dumps(results, indent=1))  # a crash keeps the runs done
+        print(f"N={n}, seed {seed}: " + ", ".join(f"{m} {result['accuracy'][m]:.3f}" for m in METHODS), flush=True)
 
     what = "mean accuracy over the seeds (range)" if len(seeds) > 1 else "accuracy"
     header = "| method | " + " | ".join(f"N={n}: {what} [majority, greedy] | s" for n in sizes) + " |"
