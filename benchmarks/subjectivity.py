@@ -100,6 +100,26 @@ def train_and_evaluate_size(config: str, n: int, seed: int, overrides: dict, e_s
             "examples": evaluation["examples"][:4]}
 
 
+def m_step_checks(results: dict) -> list[str]:
+    """Per N and seed, what the M-step's keep check saw on the training labels, beside the test accuracies:
+    the base judge's and the fitted likelihood's out-of-fold prediction (from rationales drawn by a q that
+    did not see the label; with cross-fitting, of every training example), and which judge was kept. The
+    base judge's column is the only estimate of the E-step's accuracy on unseen sentences that training
+    itself can see."""
+    rows = [(n, seed, r, r["em"][-1]) for n, per_n in results.items() for seed, r in per_n["seeds"].items()
+            if r["em"] and r["em"][-1].get("held_out_prediction")]
+    if not rows:
+        return []
+    lines = ["", "| N | seed | out of fold on the training labels: base judge -> fitted (log p / accuracy) | kept "
+             "| test: E-step only / + M-step |", "|---|---|---|---|---|"]
+    for n, seed, r, em in rows:
+        old, fitted = em["held_out_prediction"]["old"], em["held_out_prediction"]["fitted"]
+        lines.append(f"| {n} | {seed} | {old['log_prob']:.3f} / {old['accuracy']:.2f} -> {fitted['log_prob']:.3f} / "
+                     f"{fitted['accuracy']:.2f} | {em['kept']} | {r['accuracy']['gfn_e_step']:.3f} / "
+                     f"{r['accuracy']['gfn_em']:.3f} |")
+    return lines
+
+
 def spread(values: list[float]) -> str:
     """The mean, and the range when there is more than one value."""
     mean = f"{statistics.mean(values):.3f}"
@@ -211,6 +231,7 @@ def main() -> int:
         lines += [f"| {NAMES[m]} | " + " | ".join(" / ".join(f"{r['accuracy'][m]:.3f}" for r in
                                                            results[str(n)]["seeds"].values()) for n in sizes) + " |"
                   for m in METHODS]
+    lines += m_step_checks(results)
     table = "\n".join(lines)
     total = time.perf_counter() - started
     (OUT / "subjectivity.md").write_text(f"{table}\n\nTotal {total:.0f} s.\n")
