@@ -86,8 +86,10 @@ def train(run_dir: Path, extra: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def saved_evaluation(run_dir: Path, temperature: float) -> dict | None:
-    """The run's saved evaluation at T (the same harness, prompts and samples), if it is complete."""
+def saved_evaluation(run_dir: Path, temperature: float, every_metric: bool = True) -> dict | None:
+    """The run's saved evaluation at T (the same harness, prompts and samples), if it is complete: with
+    ``every_metric``, only one that has every metric the harness writes now (an older one is evaluated
+    again, ~70 s here)."""
     saved = run_dir / f"eval_T{temperature:g}.json"
     config = run_dir / "config.yaml"
     if not (saved.is_file() and config.is_file()):
@@ -95,6 +97,8 @@ def saved_evaluation(run_dir: Path, temperature: float) -> dict | None:
     earlier = json.loads(saved.read_text())
     run_config = yaml.safe_load(config.read_text())
     if earlier["n"] != run_config["task"]["eval_samples"] or earlier["temperature"] != temperature:
+        return None
+    if every_metric and "target_loglik_est" not in earlier["methods"][0]:
         return None
     return {**earlier["methods"][0], "steps": run_config["steps"], "prompts": earlier["prompts"],
             "samples": earlier["n"]}
@@ -120,7 +124,7 @@ def evaluate(run_dir: Path, temperature: float) -> dict:
 def run_job(job: Job, saved_only: bool = False) -> tuple[float, dict[float, dict]] | None:
     """Train then evaluate one run; with ``saved_only`` its saved evaluations, or None if any is missing."""
     if saved_only:
-        found = {t: saved_evaluation(job.run_dir, t) for t in job.temperatures}
+        found = {t: saved_evaluation(job.run_dir, t, every_metric=False) for t in job.temperatures}
         return None if None in found.values() else (float("nan"), found)
     seconds = train(job.run_dir, job.train_args)
     return seconds, {t: evaluate(job.run_dir, t) for t in job.temperatures}
@@ -140,10 +144,15 @@ def welch_t(a: list[float], b: list[float]) -> float:
 
 def seed_means(results: list[dict], temperatures: list[float]) -> tuple[list[dict], dict[str, bool]]:
     """Per T and axis: each side's mean and standard deviation over seeds, Welch's t (conditional minus
-    single), and whether the conditional mean lies within the single-T seeds' spread."""
+    single), and whether the conditional mean lies within the single-T seeds' spread. Also, where every run
+    has it, the importance estimate of p_T's own mean log-likelihood (each side's estimate of the same
+    number: where the target lies, to see which side is too sharp)."""
     rows, claims = [], {}
+    axes = ["mean_loglik", "diversity", "mean_length"]
+    if all(r.get("target_loglik_est") is not None for r in results):
+        axes.append("target_loglik_est")
     for t in temperatures:
-        for key in ("mean_loglik", "diversity", "mean_length"):
+        for key in axes:
             single = [r[key] for r in results if r["T"] == t and r["kind"] == "single"]
             conditional = [r[key] for r in results if r["T"] == t and r["kind"] == "conditional"]
             if len(conditional) < 2 or len(single) < 2:
@@ -154,7 +163,7 @@ def seed_means(results: list[dict], temperatures: list[float]) -> tuple[list[dic
                          "conditional": f"{statistics.fmean(conditional):.3f} ± {statistics.stdev(conditional):.3f}"
                          f" (n = {len(conditional)})",
                          "welch_t": welch_t(conditional, single), "inside": "yes" if inside else "no"})
-            if key != "mean_length":
+            if key in ("mean_loglik", "diversity"):
                 claims[f"T = {t:g}: the conditional seeds' mean {key} within the single-T seeds' spread"] = inside
     return rows, claims
 
@@ -317,9 +326,11 @@ def main() -> int:
                 cond["kl_q_p"] <= max(r["kl_q_p"] for r in singles))
     passing = [seed for seed in conditional_seeds if seed not in failed]
     mean_rows, mean_claims = seed_means(results, temperatures)
-    columns = ["T", "policy", "mean_loglik", "diversity", "mean_length", "kl_q_p", "ess_fraction", "seconds"]
+    columns = ["T", "policy", "mean_loglik", "diversity", "mean_length", "kl_q_p", "ess_fraction",
+               "target_loglik_est", "seconds"]
     headers = {"mean_loglik": "mean log p(Z ∣ X)", "diversity": "embedding diversity", "mean_length": "tokens",
-               "kl_q_p": "KL(q ‖ p_T) (IS)", "ess_fraction": "ESS / N", "seconds": "eval s"}
+               "kl_q_p": "KL(q ‖ p_T) (IS)", "ess_fraction": "ESS / N",
+               "target_loglik_est": "p_T's mean log p(Z ∣ X) (IS)", "seconds": "eval s"}
     table = markdown_table(results, columns, headers)
     mean_table = markdown_table(mean_rows, ["T", "axis", "single", "conditional", "welch_t", "inside"],
                                 {"single": "single-T: mean ± sd (range, n)", "conditional": "conditional: mean ± sd",

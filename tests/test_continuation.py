@@ -84,6 +84,10 @@ def test_conditional_run_is_evaluated_at_each_temperature_with_corrected_methods
             assert by[method]["tokens_per_output"] >= by[method]["particles"] >= 1
         assert by["gfn_is"]["particles"] == 4 and by["gfn_smc"]["kl_q_p"] is None and by["base_is"]["kl_q_p"] >= -1e-6
         assert by["gfn"]["tokens_per_output"] == by["gfn"]["mean_length"] + 1
+        # p_T's mean log-likelihood, estimated from the samples of each sampler whose q is exact
+        for method in ("gfn", "sampling"):
+            assert by[method]["target_loglik_est"] <= by[method]["max_loglik"] + 1e-6
+        assert by["gfn_is"]["target_loglik_est"] is None
     out = tmp_path / "compare"
     assert main(["compare", str(run), "--out", str(out)]) == 0
     labels = [r["method"] for r in read_table(out / "compare.csv")]

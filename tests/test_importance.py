@@ -37,6 +37,10 @@ def test_estimates_from_samples_converge_to_the_exact_values(enumerated, tempera
     assert est["log_z"] == pytest.approx(exact["log_z"], abs=0.02)
     assert est["kl_q_p"] == pytest.approx(exact["kl_q_p"], abs=0.02)
     assert est["ess_fraction"] == pytest.approx(exact["ess_fraction"], abs=0.02)
+    # the target's mean log-reward, which differs from q's own
+    q_mean = sum(math.exp(log_q[z]) * log_reward[z] for z in outcomes)
+    assert abs(exact["target_log_reward"] - q_mean) > 0.2
+    assert est["target_log_reward"] == pytest.approx(exact["target_log_reward"], abs=0.02)
 
 
 def test_a_perfect_sampler_has_zero_gap_and_full_ess(enumerated):
@@ -47,6 +51,8 @@ def test_a_perfect_sampler_has_zero_gap_and_full_ess(enumerated):
     assert est["log_z"] == pytest.approx(2.5, abs=1e-9)
     assert est["kl_q_p"] == pytest.approx(0.0, abs=1e-9)
     assert est["ess_fraction"] == pytest.approx(1.0, abs=1e-9)
+    # p_T = q: the estimate is the plain sample mean
+    assert est["target_log_reward"] == pytest.approx(sum(shifted[z] for z in samples) / 50, abs=1e-9)
     exact = exact_divergences(log_q, shifted)
     assert exact["log_z"] == pytest.approx(2.5, abs=1e-6) and abs(exact["kl_q_p"]) < 1e-6
 

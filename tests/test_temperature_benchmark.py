@@ -38,11 +38,23 @@ def test_seed_means_checks_the_conditional_mean_against_the_single_spread():
                       "T = 0.8: the conditional seeds' mean diversity within the single-T seeds' spread": False}
     assert [(r["T"], r["axis"]) for r in rows] == [(0.8, "mean_loglik"), (0.8, "diversity"), (0.8, "mean_length")]
     assert rows[0]["welch_t"] == pytest.approx(bench.welch_t([-19.0, -23.0], [-20.0, -24.0]))
+    # with p_T's estimated mean log-likelihood on every run, it gets a row of its own (no claim)
+    with_target = [{**r, "target_loglik_est": r["mean_loglik"] - 1} for r in results]
+    rows, claims_too = bench.seed_means(with_target, [0.8, 0.95])
+    assert [r["axis"] for r in rows] == ["mean_loglik", "diversity", "mean_length", "target_loglik_est"]
+    assert claims_too == claims
 
 
 def test_saved_evaluation_is_read_only_when_it_matches_the_run(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"steps": 200, "task": {"eval_samples": 16}}))
-    row = {"method": "gfn", "mean_loglik": -20.0, "diversity": 0.8}
+    older = {"method": "gfn", "mean_loglik": -20.0, "diversity": 0.8}
+    (tmp_path / "eval_T0.8.json").write_text(json.dumps({"methods": [older], "n": 16, "temperature": 0.8,
+                                                          "prompts": 20}))
+    # written before the harness estimated p_T's mean log-likelihood: evaluated again, unless saved-only
+    assert bench.saved_evaluation(tmp_path, 0.8) is None
+    assert bench.saved_evaluation(tmp_path, 0.8, every_metric=False) == {**older, "steps": 200, "prompts": 20,
+                                                                         "samples": 16}
+    row = {**older, "target_loglik_est": -18.0}
     (tmp_path / "eval_T0.8.json").write_text(json.dumps({"methods": [row], "n": 16, "temperature": 0.8,
                                                           "prompts": 20}))
     assert bench.saved_evaluation(tmp_path, 0.8) == {**row, "steps": 200, "prompts": 20, "samples": 16}

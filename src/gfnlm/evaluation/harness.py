@@ -3,8 +3,9 @@ likelihood, diversity and (where q is known exactly) how well the sampler matche
 
 Methods: "gfn" (the trained policy) and the decoding baselines of ``decoding.py`` run on the base
 model (adapter off). For "gfn" and plain "sampling" (the policy before training: the base model
-under the same action space) q(Z) is exact, so importance estimates of log Z(X), KL(q || p_T) and
-the ESS are reported; for the other methods they are undefined. The corrected methods ("gfn_is",
+under the same action space) q(Z) is exact, so importance estimates of log Z(X), KL(q || p_T), the
+ESS and p_T's own mean log-likelihood (whether q is sharper or flatter than its target) are reported; for
+the other methods they are undefined. The corrected methods ("gfn_is",
 "gfn_smc", "base_is", "base_smc", see ``corrected.py``) spend ``particles`` policy samples' worth of
 generated tokens on each output and report their own log Z and ESS estimates (and KL for IS).
 
@@ -45,12 +46,13 @@ from gfnlm.tasks.base import TaskPrompt
 from gfnlm.trajectories import Trajectories
 
 COLUMNS = ["method", "mean_loglik", "max_loglik", "diversity", "distinct_1", "distinct_2", "unique",
-           "mean_length", "tokens_per_output", "particles", "log_z_est", "kl_q_p", "ess_fraction", "seconds"]
+           "mean_length", "tokens_per_output", "particles", "log_z_est", "kl_q_p", "ess_fraction", "target_loglik_est",
+           "seconds"]
 HEADERS = {"mean_loglik": "mean log p(Z ∣ X)", "max_loglik": "max log p(Z ∣ X)", "diversity": "embedding diversity",
            "distinct_1": "distinct-1", "distinct_2": "distinct-2", "unique": "unique fraction",
            "mean_length": "tokens", "tokens_per_output": "generated tokens / output",
            "particles": "particles / output", "log_z_est": "log Z(X) estimate", "kl_q_p": "KL(q ‖ p_T) (IS)",
-           "ess_fraction": "ESS / N"}
+           "ess_fraction": "ESS / N", "target_loglik_est": "p_T's mean log p(Z ∣ X) (IS)"}
 
 
 def _trajectories(prompt: Sequence[int], rows: Sequence[Sequence[int]], device) -> Trajectories:
@@ -133,7 +135,8 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
                     with policy.base() as model:
                         log_q = sequence_log_probs(model, space, prompt.ids, rows, device)
                 est = importance_estimates(loglik, log_q, temperature)
-                metrics.update(log_z_est=est["log_z"], kl_q_p=est["kl_q_p"], ess_fraction=est["ess_fraction"])
+                metrics.update(log_z_est=est["log_z"], kl_q_p=est["kl_q_p"], ess_fraction=est["ess_fraction"],
+                               target_loglik_est=est["target_log_reward"])
             mine.append((p_index, method, metrics, {"prompt": prompt.text, "method": method, "completions": texts,
                                                     "log_likelihoods": loglik}))
     everything = sorted(gather_flat(mine), key=lambda r: (r[0], methods.index(r[1])))  # one process's order
