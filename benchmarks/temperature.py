@@ -18,9 +18,10 @@ unless it is already there):
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
 of KL(q || p_T), ESS / N and p_T's own mean log p_LM(Z | X) (a saved evaluation without that estimate is
-made again: the same samples, one more column). Each run (training, then its evaluations) is one job; --workers K runs K jobs
-at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool: on a GPU, where one small run
-leaves the device mostly idle, and on a small CPU, where one run does not keep two cores busy).
+made again: the same samples, one more column). Each run (training, then its evaluations) is one job;
+--workers K runs K jobs at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool: on a
+GPU, where one small run leaves the device mostly idle, and on a small CPU, where one run does not keep two
+cores busy).
 --saved-only trains nothing and tabulates the runs whose evaluations are saved (e.g. runs trained on
 another machine, of which only the run folders without adapters came back).
 
@@ -276,12 +277,14 @@ def main() -> int:
         if i < len(single_seeds):
             seed = single_seeds[i]
             for t in temperatures:
-                jobs.append(Job(single_key(t, seed), out_dir / single_key(t, seed), ["--reward_temp_end", str(t), "--log_z", args.single_log_z,
-                                                       "--seed", str(seed), "--steps", str(single_steps)], [t]))
+                jobs.append(Job(single_key(t, seed), out_dir / single_key(t, seed),
+                                ["--reward_temp_end", str(t), "--log_z", args.single_log_z, "--seed", str(seed),
+                                 "--steps", str(single_steps)], [t]))
     from gfnlm.job_pool import run_jobs
 
     workers = 1 if args.saved_only else args.workers  # reading saved files needs no processes
-    outcomes = dict(zip([job.key for job in jobs], run_jobs(run_job, [(job, args.saved_only) for job in jobs], workers)))
+    outcomes = dict(zip([job.key for job in jobs],
+                        run_jobs(run_job, [(job, args.saved_only) for job in jobs], workers)))
     missing = [key for key, outcome in outcomes.items() if outcome is None]
     if missing:
         print(f"without saved evaluations, left out: {', '.join(missing)}", flush=True)

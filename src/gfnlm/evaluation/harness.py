@@ -5,9 +5,9 @@ Methods: "gfn" (the trained policy) and the decoding baselines of ``decoding.py`
 model (adapter off). For "gfn" and plain "sampling" (the policy before training: the base model
 under the same action space) q(Z) is exact, so importance estimates of log Z(X), KL(q || p_T), the
 ESS and p_T's own mean log-likelihood (whether q is sharper or flatter than its target) are reported; for
-the other methods they are undefined. The corrected methods ("gfn_is",
-"gfn_smc", "base_is", "base_smc", see ``corrected.py``) spend ``particles`` policy samples' worth of
-generated tokens on each output and report their own log Z and ESS estimates (and KL for IS).
+the other methods they are undefined. The corrected methods ("gfn_is", "gfn_smc", "base_is", "base_smc",
+see ``corrected.py``) spend ``particles`` policy samples' worth of generated tokens on each output and
+report their own log Z and ESS estimates (and KL for IS).
 
 Under a launcher the prompts are split over the processes (contiguous blocks) and the results gathered
 on every process; each prompt's samples are seeded by (seed, prompt index), so the table equals one
@@ -46,8 +46,8 @@ from gfnlm.tasks.base import TaskPrompt
 from gfnlm.trajectories import Trajectories
 
 COLUMNS = ["method", "mean_loglik", "max_loglik", "diversity", "distinct_1", "distinct_2", "unique",
-           "mean_length", "tokens_per_output", "particles", "log_z_est", "kl_q_p", "ess_fraction", "target_loglik_est",
-           "seconds"]
+           "mean_length", "tokens_per_output", "particles", "log_z_est", "kl_q_p", "ess_fraction",
+           "target_loglik_est", "seconds"]
 HEADERS = {"mean_loglik": "mean log p(Z ∣ X)", "max_loglik": "max log p(Z ∣ X)", "diversity": "embedding diversity",
            "distinct_1": "distinct-1", "distinct_2": "distinct-2", "unique": "unique fraction",
            "mean_length": "tokens", "tokens_per_output": "generated tokens / output",
