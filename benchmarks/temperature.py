@@ -6,7 +6,8 @@ unless it is already there):
 - single-T<T>-seed<S>: reward_temp_end T, seeds --single-seeds (0 and 1), for each T in --temperatures,
   with the preset's learned log Z(X); with --single-log-z batch they estimate log Z from each batch as the
   conditional run must (single-T<T>-batchlogz-seed<S>); --single-steps N other than the preset's adds
-  -<N>steps;
+  -<N>steps, --single-anneal-steps N (the reward temperature's anneal from 1.0 to T; 0: T from the first
+  step, as the conditional run draws it) other than the preset's adds -anneal<N>;
 - conditional-<input>-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch, reading T as a
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
   -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
@@ -37,7 +38,8 @@ Plots: benchmarks/out/temperature_frontier.png (every run, labelled) and tempera
 every seed and each side's mean ± sd).
 
   python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
-                                   [--conditional-steps N] [--single-steps N] [--embedding-lr-scale X]
+                                   [--conditional-steps N] [--single-steps N] [--single-anneal-steps N]
+                                   [--embedding-lr-scale X]
                                    [--single-log-z learned|batch] [--logit-scale] [--stop-offset [--stop-slope-only]]
                                    [--logit-scale-lr-scale X] [--conditional-seeds 0,1] [--single-seeds 0,1]
                                    [--workers K] [--saved-only]
@@ -209,6 +211,9 @@ def main() -> int:
                         help="its training steps (default: 2 x the single-T runs', the compute of two of them)")
     parser.add_argument("--single-steps", type=int, default=None,
                         help="training steps of each single-temperature run (default: the preset's)")
+    parser.add_argument("--single-anneal-steps", type=int, default=None,
+                        help="steps over which the single-temperature runs anneal the reward temperature from "
+                             "1.0 to T (default: the preset's; 0: T from the first step)")
     parser.add_argument("--single-log-z", default="learned", choices=["learned", "batch"],
                         help="log Z of the single-temperature runs (the conditional run always uses batch)")
     parser.add_argument("--embedding-lr-scale", type=float, default=1.0,
@@ -241,6 +246,8 @@ def main() -> int:
         parser.error("--single-seeds needs at least two seeds: the check is against their spread")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.single_anneal_steps is not None and args.single_anneal_steps < 0:
+        parser.error("--single-anneal-steps must be 0 or more")
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
     out_dir = OUT / "temperature"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +257,8 @@ def main() -> int:
     steps = args.conditional_steps or 2 * single_steps
     log_z = "-batchlogz" if args.single_log_z == "batch" else ""
     log_z += f"-{single_steps}steps" if single_steps != preset["steps"] else ""
+    anneal_steps = preset["reward_temp_horizon"] if args.single_anneal_steps is None else args.single_anneal_steps
+    log_z += f"-anneal{anneal_steps}" if anneal_steps != preset["reward_temp_horizon"] else ""
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
     scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
@@ -279,7 +288,7 @@ def main() -> int:
             for t in temperatures:
                 jobs.append(Job(single_key(t, seed), out_dir / single_key(t, seed),
                                 ["--reward_temp_end", str(t), "--log_z", args.single_log_z, "--seed", str(seed),
-                                 "--steps", str(single_steps)], [t]))
+                                 "--steps", str(single_steps), "--reward_temp_horizon", str(anneal_steps)], [t]))
     from gfnlm.job_pool import run_jobs
 
     workers = 1 if args.saved_only else args.workers  # reading saved files needs no processes
@@ -347,7 +356,7 @@ def main() -> int:
     means_plot = plot_seed_means(OUT / "temperature_seed_means.png", results, temperatures,
                                  f"seeds and their mean ± sd: conditional ({args.range}{lr_note}) vs single-T")
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
-               "single_steps": single_steps,
+               "single_steps": single_steps, "single_anneal_steps": anneal_steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
                "stop_offset": args.stop_offset, "stop_slope_only": args.stop_slope_only,
                "logit_scale_lr_scale": args.logit_scale_lr_scale,
