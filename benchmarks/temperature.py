@@ -202,6 +202,18 @@ def plot_seed_means(path: Path, results: list[dict], temperatures: list[float], 
     return path
 
 
+def single_settings(args: argparse.Namespace, preset: dict) -> tuple[int, int, str]:
+    """The single-temperature runs' training steps, reward-temperature anneal steps, and the suffix of their
+    folder names after single-T<T>: each setting other than the preset's is named, so runs of the preset
+    keep their folders (and are reused) whatever options are added later."""
+    steps = args.single_steps or preset["steps"]
+    anneal_steps = preset["reward_temp_horizon"] if args.single_anneal_steps is None else args.single_anneal_steps
+    suffix = "-batchlogz" if args.single_log_z == "batch" else ""
+    suffix += f"-{steps}steps" if steps != preset["steps"] else ""
+    suffix += f"-anneal{anneal_steps}" if anneal_steps != preset["reward_temp_horizon"] else ""
+    return steps, anneal_steps, suffix
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--temperatures", default="0.8,0.95", help="temperatures compared")
@@ -253,12 +265,8 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     preset = yaml.safe_load((ROOT / "configs" / "continuation-cpu.yaml").read_text())
-    single_steps = args.single_steps or preset["steps"]
+    single_steps, anneal_steps, log_z = single_settings(args, preset)
     steps = args.conditional_steps or 2 * single_steps
-    log_z = "-batchlogz" if args.single_log_z == "batch" else ""
-    log_z += f"-{single_steps}steps" if single_steps != preset["steps"] else ""
-    anneal_steps = preset["reward_temp_horizon"] if args.single_anneal_steps is None else args.single_anneal_steps
-    log_z += f"-anneal{anneal_steps}" if anneal_steps != preset["reward_temp_horizon"] else ""
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
     scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""

@@ -1,5 +1,6 @@
 """benchmarks/temperature.py's seed statistics and its reading of saved evaluations."""
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -70,3 +71,17 @@ def test_seed_means_plot_is_written(tmp_path):
     path = bench.plot_seed_means(tmp_path / "means.png", results, [0.8, 0.95], "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
+
+@pytest.mark.parametrize("single_steps, anneal_steps, log_z, expected", [
+    (None, None, "batch", (200, 100, "-batchlogz")),  # the preset's runs keep the folders they were saved in
+    (None, None, "learned", (200, 100, "")),
+    (400, None, "batch", (400, 100, "-batchlogz-400steps")),
+    (None, 0, "batch", (200, 0, "-batchlogz-anneal0")),
+    (200, 100, "batch", (200, 100, "-batchlogz")),  # the preset's values named explicitly: the same runs
+])
+def test_single_run_settings_name_only_what_differs_from_the_preset(single_steps, anneal_steps, log_z, expected):
+    preset = yaml.safe_load((SCRIPT.parent.parent / "configs" / "continuation-cpu.yaml").read_text())
+    assert (preset["steps"], preset["reward_temp_horizon"]) == (200, 100)
+    args = argparse.Namespace(single_steps=single_steps, single_anneal_steps=anneal_steps, single_log_z=log_z)
+    assert bench.single_settings(args, preset) == expected
