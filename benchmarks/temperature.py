@@ -19,8 +19,9 @@ unless it is already there):
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
 of KL(q || p_T), ESS / N and p_T's own mean log p_LM(Z | X) (a saved evaluation without that estimate is
-made again: the same samples, one more column). Each run (training, then its evaluations) is one job;
---workers K runs K jobs at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool: on a
+made again with the same seeds: the same samples when the thread count is the same; with another, sampling
+differs in floating-point detail and a few samples differ). Each run (training, then its evaluations) is one
+job; --workers K runs K jobs at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool: on a
 GPU, where one small run leaves the device mostly idle, and on a small CPU, where one run does not keep two
 cores busy).
 --saved-only trains nothing and tabulates the runs whose evaluations are saved (e.g. runs trained on
