@@ -266,7 +266,7 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     preset = yaml.safe_load((ROOT / "configs" / "continuation-cpu.yaml").read_text())
-    single_steps, anneal_steps, log_z = single_settings(args, preset)
+    single_steps, anneal_steps, single_suffix = single_settings(args, preset)
     steps = args.conditional_steps or 2 * single_steps
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
@@ -275,7 +275,7 @@ def main() -> int:
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
 
     def single_key(t: float, seed: int) -> str:  # also the run's folder name
-        return f"single-T{t:g}{log_z}-seed{seed}"
+        return f"single-T{t:g}{single_suffix}-seed{seed}"
 
     def conditional_key(seed: int) -> str:
         return f"conditional-seed{seed}"

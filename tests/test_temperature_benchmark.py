@@ -72,7 +72,6 @@ def test_seed_means_plot_is_written(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-
 @pytest.mark.parametrize("single_steps, anneal_steps, log_z, expected", [
     (None, None, "batch", (200, 100, "-batchlogz")),  # the preset's runs keep the folders they were saved in
     (None, None, "learned", (200, 100, "")),
