@@ -13,7 +13,8 @@ unless it is already there):
   -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
   --stop-offset a learned offset b + x(T) w on its stop token's logit, -stop (-stopw with --stop-slope-only:
   w alone, b = 0), both at learning rate
-  x --logit-scale-lr-scale, -lslr<x>; one run per seed in --conditional-seeds) or
+  x --logit-scale-lr-scale, -lslr<x>; with --loss-weight each micro-batch's loss times (T / T_max)^2, -tw;
+  one run per seed in --conditional-seeds) or
   a prompt tag (--input text), with as many steps as the
   single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
@@ -24,6 +25,8 @@ differs in floating-point detail and a few samples differ). Each run (training, 
 job; --workers K runs K jobs at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool: on a
 GPU, where one small run leaves the device mostly idle, and on a small CPU, where one run does not keep two
 cores busy).
+--single-seeds '' trains and tabulates the conditional runs alone (no checks: e.g. a new conditional
+setting, compared by hand with single-temperature runs recorded earlier).
 --saved-only trains nothing and tabulates the runs whose evaluations are saved (e.g. runs trained on
 another machine, of which only the run folders without adapters came back).
 
@@ -42,7 +45,8 @@ every seed and each side's mean ± sd).
                                    [--conditional-steps N] [--single-steps N] [--single-anneal-steps N]
                                    [--embedding-lr-scale X]
                                    [--single-log-z learned|batch] [--logit-scale] [--stop-offset [--stop-slope-only]]
-                                   [--logit-scale-lr-scale X] [--conditional-seeds 0,1] [--single-seeds 0,1]
+                                   [--logit-scale-lr-scale X] [--loss-weight]
+                                   [--conditional-seeds 0,1] [--single-seeds 0,1]
                                    [--workers K] [--saved-only]
 """
 
@@ -173,6 +177,18 @@ def seed_means(results: list[dict], temperatures: list[float]) -> tuple[list[dic
     return rows, claims
 
 
+def points_table(results: list[dict]) -> str:
+    """Every run's point at each T, as markdown."""
+    from gfnlm.evaluation.tables import markdown_table
+
+    columns = ["T", "policy", "mean_loglik", "diversity", "mean_length", "kl_q_p", "ess_fraction",
+               "target_loglik_est", "seconds"]
+    headers = {"mean_loglik": "mean log p(Z ∣ X)", "diversity": "embedding diversity", "mean_length": "tokens",
+               "kl_q_p": "KL(q ‖ p_T) (IS)", "ess_fraction": "ESS / N",
+               "target_loglik_est": "p_T's mean log p(Z ∣ X) (IS)", "seconds": "eval s"}
+    return markdown_table(results, columns, headers)
+
+
 def plot_seed_means(path: Path, results: list[dict], temperatures: list[float], title: str) -> Path:
     """One panel per T: every seed's (diversity, log-likelihood) point, single-T (blue dots) and conditional
     (red stars), and each side's mean with one standard deviation on both axes."""
@@ -241,6 +257,9 @@ def main() -> int:
     parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
                         help="with --logit-scale / --stop-offset: their scalars' learning rate as a multiple of lr "
                              "(run dir gains -lslr<x>)")
+    parser.add_argument("--loss-weight", action="store_true",
+                        help="the conditional policy weights each micro-batch's loss by (T / T_max)^2 "
+                             "(temperature_loss_weight; run dir gains -tw)")
     parser.add_argument("--conditional-seeds", "--conditional-seed", dest="conditional_seeds", default="0",
                         help="the conditional runs' seeds (one run each; each is checked on its own); '' trains "
                              "and evaluates the single-temperature runs alone")
@@ -255,8 +274,9 @@ def main() -> int:
         parser.error("--saved-only needs at least one conditional seed to compare")
     if args.stop_slope_only and not args.stop_offset:
         parser.error("--stop-slope-only needs --stop-offset")
-    if len(single_seeds) < 2:
-        parser.error("--single-seeds needs at least two seeds: the check is against their spread")
+    if len(single_seeds) == 1:
+        parser.error("--single-seeds needs at least two seeds (the check is against their spread) or none "
+                     "(the conditional runs alone, tabulated without checks)")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.single_anneal_steps is not None and args.single_anneal_steps < 0:
@@ -273,6 +293,7 @@ def main() -> int:
     scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
     logit_scale_lr_scaled = (args.logit_scale or args.stop_offset) and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
+    scaled += "-tw" if args.loss_weight else ""
 
     def single_key(t: float, seed: int) -> str:  # also the run's folder name
         return f"single-T{t:g}{single_suffix}-seed{seed}"
@@ -291,7 +312,8 @@ def main() -> int:
                              str(args.embedding_lr_scale), "--seed", str(seed), "--temperature_logit_scale",
                              str(args.logit_scale).lower(), "--temperature_stop_offset", str(args.stop_offset).lower(),
                              "--temperature_stop_offset_bias", str(not args.stop_slope_only).lower(),
-                             "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale)], temperatures))
+                             "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale),
+                             "--temperature_loss_weight", str(args.loss_weight).lower()], temperatures))
         if i < len(single_seeds):
             seed = single_seeds[i]
             for t in temperatures:
@@ -314,8 +336,8 @@ def main() -> int:
     single_seeds = [s for s in single_seeds
                     if all(outcomes[single_key(t, s)] is not None for t in temperatures)]
     conditional_seeds = [s for s in conditional_seeds if outcomes[conditional_key(s)] is not None]
-    if len(single_seeds) < 2 or not conditional_seeds:
-        raise SystemExit("fewer than two single-T seeds or no conditional seed with every evaluation saved")
+    if len(single_seeds) == 1 or not conditional_seeds:
+        raise SystemExit("one single-T seed or no conditional seed with every evaluation saved")
 
     from gfnlm.evaluation.plots import plot_frontier
     from gfnlm.evaluation.tables import markdown_table
@@ -325,6 +347,7 @@ def main() -> int:
     lr_note += ", logit scale" if args.logit_scale else ""
     lr_note += (", stop offset (w only)" if args.stop_slope_only else ", stop offset") if args.stop_offset else ""
     lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
+    lr_note += ", loss x (T/T_max)^2" if args.loss_weight else ""
     for t in temperatures:
         for seed in single_seeds:
             results.append({"T": t, "policy": f"trained at T = {t:g} (log Z {args.single_log_z}), seed {seed}",
@@ -335,6 +358,9 @@ def main() -> int:
                                               f"seed {seed}",
                             "label": f"T={t:g} conditional, seed {seed}", "kind": "conditional", "seed": seed,
                             **outcomes[conditional_key(seed)][1][t]})
+    if not single_seeds:  # nothing to check against
+        print("\n" + points_table(results))
+        return 0
     claims, closeness, failed = {}, {}, set()
     for t in temperatures:
         singles = [r for r in results if r["T"] == t and r["kind"] == "single"]
@@ -348,12 +374,7 @@ def main() -> int:
                 cond["kl_q_p"] <= max(r["kl_q_p"] for r in singles))
     passing = [seed for seed in conditional_seeds if seed not in failed]
     mean_rows, mean_claims = seed_means(results, temperatures)
-    columns = ["T", "policy", "mean_loglik", "diversity", "mean_length", "kl_q_p", "ess_fraction",
-               "target_loglik_est", "seconds"]
-    headers = {"mean_loglik": "mean log p(Z ∣ X)", "diversity": "embedding diversity", "mean_length": "tokens",
-               "kl_q_p": "KL(q ‖ p_T) (IS)", "ess_fraction": "ESS / N",
-               "target_loglik_est": "p_T's mean log p(Z ∣ X) (IS)", "seconds": "eval s"}
-    table = markdown_table(results, columns, headers)
+    table = points_table(results)
     mean_table = markdown_table(mean_rows, ["T", "axis", "single", "conditional", "welch_t", "inside"],
                                 {"single": "single-T: mean ± sd (range, n)", "conditional": "conditional: mean ± sd",
                                  "welch_t": "Welch t (cond. - single)", "inside": "cond. mean inside"})
@@ -368,7 +389,7 @@ def main() -> int:
                "single_steps": single_steps, "single_anneal_steps": anneal_steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
                "stop_offset": args.stop_offset, "stop_slope_only": args.stop_slope_only,
-               "logit_scale_lr_scale": args.logit_scale_lr_scale,
+               "logit_scale_lr_scale": args.logit_scale_lr_scale, "loss_weight": args.loss_weight,
                "single_log_z": args.single_log_z, "single_seeds": single_seeds,
                "conditional_seeds": conditional_seeds, "results": results, "claims": claims,
                "closeness": closeness, "seeds_passing": passing, "seed_means": mean_rows, "mean_claims": mean_claims,

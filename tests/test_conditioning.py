@@ -239,3 +239,33 @@ def test_temperature_embedding_has_its_own_learning_rate(tmp_path):
         TrainConfig(temperature_embedding_lr_scale=0.0).validate()
     with pytest.raises(GfnlmError, match="temperature_logit_scale_lr_scale"):
         TrainConfig(temperature_logit_scale_lr_scale=-1.0).validate()
+
+
+def test_temperature_loss_weight_scales_each_micro_batch_gradient_by_t_squared(tmp_path):
+    """One micro-batch, the same draws: with the weight, the first step's gradient is (T / 1.0)^2 times the
+    one without it, T being the temperature the step drew (seeds until both values were drawn)."""
+    assert TemperatureConditioning("0.5:1.0", lambda t: ()).loss_weight(0.8) == pytest.approx(0.64)
+    with pytest.raises(GfnlmError, match="needs conditional_temperatures"):
+        TrainConfig(temperature_loss_weight=True).validate()
+    drawn = set()
+    for seed in range(6):
+        grads, temperatures = {}, {}
+        for weighted in (False, True):
+            task = ConditionalTask()
+            policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+            policy.add_temperature_embedding(0.5, 1.0)
+            run = tmp_path / f"{seed}-{weighted}"
+            config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=1,
+                                 temperature_loss_weight=weighted, warmup_steps=0, lr_schedule="constant",
+                                 max_grad_norm=0.0, checkpoint_every=10_000, progress=False, seed=seed,
+                                 output_dir=str(run))
+            config.validate()
+            temperatures[weighted] = Trainer(config, task, policy, run).train_step()["reward_temperature"]
+            grads[weighted] = torch.cat([p.grad.flatten() for p in policy.trainable_parameters() if p.grad is not None])
+        t = temperatures[True]
+        assert temperatures[False] == t and grads[False].abs().max() > 0
+        torch.testing.assert_close(grads[True], grads[False] * t ** 2, rtol=1e-4, atol=1e-7)
+        drawn.add(t)
+        if drawn == {0.5, 1.0}:
+            break
+    assert drawn == {0.5, 1.0}

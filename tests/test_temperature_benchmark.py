@@ -84,3 +84,29 @@ def test_single_run_settings_name_only_what_differs_from_the_preset(single_steps
     assert (preset["steps"], preset["reward_temp_horizon"]) == (200, 100)
     args = argparse.Namespace(single_steps=single_steps, single_anneal_steps=anneal_steps, single_log_z=log_z)
     assert bench.single_settings(args, preset) == expected
+
+
+def test_conditional_runs_alone_are_tabulated_without_checks(tmp_path, monkeypatch, capsys):
+    """--single-seeds '' --saved-only: the saved conditional run (its folder named by --loss-weight) is
+    tabulated at every T, and nothing is written as a comparison."""
+    run = tmp_path / "temperature" / "conditional-embedding-400steps-tw-seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"steps": 400, "task": {"eval_samples": 16}}))
+    for t, loglik in ((0.8, -19.5), (0.95, -31.25)):
+        row = {"method": "gfn", "mean_loglik": loglik, "diversity": 0.8, "mean_length": 9.0, "kl_q_p": 0.5,
+               "ess_fraction": 0.4, "target_loglik_est": loglik + 2, "seconds": 60.0}
+        (run / f"eval_T{t:g}.json").write_text(json.dumps({"methods": [row], "n": 16, "temperature": t,
+                                                          "prompts": 20}))
+    monkeypatch.setattr(bench, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--loss-weight", "--single-seeds", "", "--saved-only"])
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    assert "-19.5" in out and "-31.25" in out and "loss x (T/T_max)^2" in out
+    assert not (tmp_path / "temperature.json").exists()
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "", "--saved-only"])
+    with pytest.raises(SystemExit, match="no conditional seed"):  # the run without -tw was never trained
+        bench.main()
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "0"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "or none" in capsys.readouterr().err

@@ -10,6 +10,9 @@ temperature without retraining. The policy reads T in one of two ways (``tempera
   cannot;
 - ``text``: a tag in its prompt ("[T=0.85] " before X).
 
+With ``temperature_loss_weight`` each micro-batch's loss is multiplied by (T / T_max)^2, so that every T
+pulls on the shared weights alike (the squared residual of R^(1/T) otherwise grows as 1/T^2).
+
 The reward never reads T: it runs the base model (adapter off), which sees neither the tag nor e(T).
 """
 
@@ -111,6 +114,10 @@ class TemperatureConditioning:
             return self.values[rng.randrange(len(self.values))]
         low, high = self.values
         return round(low + (high - low) * rng.betavariate(0.5, 0.5), 2)
+
+    def loss_weight(self, temperature: float) -> float:
+        """(T / T_max)^2: the loss of R^(1/T) times T^2 is that of T log pi against log R, alike for every T."""
+        return (temperature / max(self.values)) ** 2
 
     def covers(self, temperature: float) -> bool:
         if self.kind == "values":

@@ -83,6 +83,9 @@ class TrainConfig:
     temperature_stop_offset_bias: bool = field(default=True, metadata={
         "help": "with temperature_stop_offset: also learn b, the part of the offset shared by every T (false: b "
                 "stays 0, so only the offset's dependence on T is learned and it is 0 mid-range)"})
+    temperature_loss_weight: bool = field(default=False, metadata={
+        "help": "a temperature-conditional policy weights each micro-batch's loss by (T / T_max)^2: the "
+                "squared residual of R^(1/T) grows as 1/T^2, so without it the lowest T dominate the gradient"})
     temperature_embedding_lr_scale: float = field(default=1.0, metadata={
         "help": "learning rate of the temperature embedding e(T) as a multiple of lr (its two vectors start "
                 "at zero and are shared by every position)"})
@@ -151,6 +154,8 @@ class TrainConfig:
         for name in ("temperature_logit_scale", "temperature_stop_offset"):
             if getattr(self, name) and not (self.conditional_temperatures and self.temperature_input == "embedding"):
                 raise GfnlmError(f"{name} needs conditional_temperatures with temperature_input: embedding.")
+        if self.temperature_loss_weight and not self.conditional_temperatures:
+            raise GfnlmError("temperature_loss_weight needs conditional_temperatures.")
         if not self.temperature_stop_offset_bias and not self.temperature_stop_offset:
             raise GfnlmError("temperature_stop_offset_bias: false only acts with temperature_stop_offset: true.")
         if self.tempered_min > self.tempered_max:

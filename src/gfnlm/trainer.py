@@ -276,9 +276,10 @@ class Trainer:
             last = k == c.grad_accum - 1
             # The policy reads T through the backward too (gradient checkpointing re-runs the forward).
             sync = contextlib.nullcontext() if last else self.processes.no_sync(self.loss_pass)
+            weight = self.conditioning.loss_weight(temperature) if c.temperature_loss_weight else 1.0
             with self.reading(temperature), sync:
                 out = self.loss_pass(traj, rewards, temperature, prompt_ids)
-                self.processes.backward(out.loss / c.grad_accum)
+                self.processes.backward(out.loss * weight / c.grad_accum)
             if not out.rewards_finite:
                 counts["skipped"] += 1  # non-finite reward: drop the batch, never store it
                 continue
