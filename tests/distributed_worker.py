@@ -1,6 +1,8 @@
 """`gfnlm` as a launcher runs it, but every rank also saves the parameters it holds after training
-(rank-R.safetensors in the run folder), so a test can compare the ranks with each other."""
+(rank-R.safetensors in the run folder), so a test can compare the ranks with each other. A rank still
+alive after HANG_SECONDS prints every thread's stack and exits, so that a hang shows where it is."""
 
+import faulthandler
 import sys
 
 from safetensors.torch import save_file
@@ -33,5 +35,8 @@ def m_step_and_save_rank(trainer, task, round_number, path, **options):
 
 gfnlm.em.m_step = m_step_and_save_rank
 
+HANG_SECONDS = 200  # the launch's own timeout is 240 s; these runs take well under a minute
+
 if __name__ == "__main__":
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
     sys.exit(main(sys.argv[1:]))

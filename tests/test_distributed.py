@@ -47,7 +47,7 @@ def launch(args, processes=2, launcher="torchrun"):
                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", worker]}
     proc = subprocess.run([sys.executable, "-m", *command[launcher], *args],
                           env=env, capture_output=True, text=True, timeout=240, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
     return proc
 
 

@@ -70,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:  # `torchrun -m gfnlm.cli -- sample --run ...` keeps --run/--n away from torchrun
         argv = argv[1:]
     args, rest = parser.parse_known_args(argv)
+    status = _dispatch(args, rest)
+    from gfnlm.distributed import current, leave
+
+    if current().distributed:  # one of the processes a launcher started, not a process that only says so
+        leave(status)
+    return status
+
+
+def _dispatch(args, rest: list[str]) -> int:
     try:
         if args.command == "train":
             return _train(args, rest)

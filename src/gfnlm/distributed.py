@@ -12,6 +12,8 @@ import contextlib
 import datetime
 import hashlib
 import os
+import sys
+from typing import NoReturn
 
 import torch
 
@@ -87,6 +89,15 @@ class Processes:
         if self.distributed and torch.distributed.is_initialized():
             self.barrier()
             torch.distributed.destroy_process_group()
+
+
+def leave(status: int) -> NoReturn:
+    """End a launched process once its command is done (its files written, the group left) without the
+    interpreter's teardown: torch's worker threads (gloo, the autograd engine) can race it and hang the
+    process now and then (pytorch#75097, #190489), and the launcher would wait for it forever."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 _current: Processes | None = None
