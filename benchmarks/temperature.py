@@ -360,6 +360,7 @@ def main() -> int:
                             **outcomes[conditional_key(seed)][1][t]})
     if not single_seeds:  # nothing to check against
         print("\n" + points_table(results))
+        print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items()))
         return 0
     claims, closeness, failed = {}, {}, set()
     for t in temperatures:
