@@ -333,11 +333,12 @@ def main() -> int:
         print("single-temperature runs trained and evaluated (no conditional seeds to compare): "
               + ", ".join(f"{k} {v:.0f} s" for k, v in train_seconds.items()))
         return 0
+    compared = bool(single_seeds)  # against single-T runs, or the conditional runs alone
     single_seeds = [s for s in single_seeds
                     if all(outcomes[single_key(t, s)] is not None for t in temperatures)]
     conditional_seeds = [s for s in conditional_seeds if outcomes[conditional_key(s)] is not None]
-    if len(single_seeds) == 1 or not conditional_seeds:
-        raise SystemExit("one single-T seed or no conditional seed with every evaluation saved")
+    if (compared and len(single_seeds) < 2) or not conditional_seeds:
+        raise SystemExit("fewer than two single-T seeds or no conditional seed with every evaluation saved")
 
     from gfnlm.evaluation.plots import plot_frontier
     from gfnlm.evaluation.tables import markdown_table
@@ -358,7 +359,7 @@ def main() -> int:
                                               f"seed {seed}",
                             "label": f"T={t:g} conditional, seed {seed}", "kind": "conditional", "seed": seed,
                             **outcomes[conditional_key(seed)][1][t]})
-    if not single_seeds:  # nothing to check against
+    if not compared:
         print("\n" + points_table(results))
         print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items()))
         return 0

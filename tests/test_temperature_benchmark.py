@@ -106,6 +106,9 @@ def test_conditional_runs_alone_are_tabulated_without_checks(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "", "--saved-only"])
     with pytest.raises(SystemExit, match="no conditional seed"):  # the run without -tw was never trained
         bench.main()
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--loss-weight", "--single-seeds", "0,1", "--saved-only"])
+    with pytest.raises(SystemExit, match="fewer than two single-T seeds"):  # asked for, never trained
+        bench.main()
     monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "0"])
     with pytest.raises(SystemExit):
         bench.main()
