@@ -359,9 +359,10 @@ def main() -> int:
                                               f"seed {seed}",
                             "label": f"T={t:g} conditional, seed {seed}", "kind": "conditional", "seed": seed,
                             **outcomes[conditional_key(seed)][1][t]})
+    seconds_line = "training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items())
     if not compared:
         print("\n" + points_table(results))
-        print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items()))
+        print(seconds_line)
         return 0
     claims, closeness, failed = {}, {}, set()
     for t in temperatures:
@@ -405,7 +406,7 @@ def main() -> int:
         print(f"  [{'yes' if ok else 'no '}] {claim}")
     print(f"conditional seeds inside the single-T spread on both axes at every T: {len(passing)} of "
           f"{len(conditional_seeds)} ({', '.join(map(str, passing)) or 'none'})")
-    print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items()))
+    print(seconds_line)
     print(f"Total {summary['total_seconds']:.0f} s. Plots: {plot}, {means_plot}\nSaved {OUT / 'temperature.json'}")
     return 0
 
