@@ -1,9 +1,13 @@
 """Runs survive SIGKILL at any moment (also mid-checkpoint) and non-finite rewards.
 
-The killed runs are real child processes (forked from the test process, so they start in
-milliseconds) running the `gfnlm train` command on a tiny model; each is killed with SIGKILL at a
-random moment and continued with --resume until it finishes. The final parameters must equal those
-of an uninterrupted run bit for bit.
+The killed runs are real child processes running the `gfnlm train` command on a tiny model; each is
+killed with SIGKILL at a random moment and continued with --resume until it finishes. The final
+parameters must equal those of an uninterrupted run bit for bit.
+
+The children are forked from a fork server that imported torch and gfnlm once, so they start in
+milliseconds. They are not forked from the test process itself: by now it has threads (progress-bar
+monitors, torch's pools) that may hold a lock at the moment of the fork, and a child that inherits
+a held lock waits forever.
 """
 
 import math
@@ -23,6 +27,10 @@ from gfnlm.errors import GfnlmError
 from tests.test_enumerable_training import EnumerableTask, make_trainer
 
 KILLS = 24
+CHILD_TIMEOUT = 300  # seconds: a child that runs longer is stuck (a whole run takes a few seconds)
+PROCESSES = multiprocessing.get_context("forkserver")
+PROCESSES.set_forkserver_preload(["tests.test_reliability", "gfnlm.cli", "gfnlm.trainer", "peft",
+                                   "transformers.models.llama.modeling_llama"])
 
 
 def train_args(tiny_model_dir, run):
@@ -54,12 +62,27 @@ def final_state(run):
     return latest.name, load_file(str(latest / "adapter.safetensors")), load_file(str(latest / "log_z.safetensors"))
 
 
+def start_child(tiny_model_dir, run, slow_checkpoint_marker=None):
+    p = PROCESSES.Process(target=child, args=(train_args(tiny_model_dir, run), slow_checkpoint_marker))
+    p.start()
+    return p
+
+
+def join_or_fail(p):
+    p.join(CHILD_TIMEOUT)
+    if p.is_alive():
+        p.kill()
+        pytest.fail(f"a training child ran longer than {CHILD_TIMEOUT} s")
+
+
 def run_uninterrupted(tiny_model_dir, run) -> float:
     """Run to the end without interruption; return the wall time."""
-    p = multiprocessing.get_context("fork").Process(target=child, args=(train_args(tiny_model_dir, run), None))
+    warm_up = PROCESSES.Process(target=int)  # the fork server's own start (seconds) is not timed
+    warm_up.start()
+    join_or_fail(warm_up)
     started = time.perf_counter()
-    p.start()
-    p.join()
+    p = start_child(tiny_model_dir, run)
+    join_or_fail(p)
     assert p.exitcode == 0
     return time.perf_counter() - started
 
@@ -67,17 +90,16 @@ def run_uninterrupted(tiny_model_dir, run) -> float:
 def run_with_kills(tiny_model_dir, run, kills_wanted: int, full_time: float, seed: int = 0) -> tuple[int, int]:
     """SIGKILL a run at random moments (every fourth time inside a checkpoint write), resuming it each
     time, until ``kills_wanted`` kills have landed; then let it finish. Returns (kills, mid-checkpoint kills)."""
-    fork = multiprocessing.get_context("fork")
     rng = random.Random(seed)
     kills = mid_checkpoint = 0
     while True:
         marker = run.parent / f"{run.name}-writing-{kills}"
         slow = kills % 4 == 3
-        p = fork.Process(target=child, args=(train_args(tiny_model_dir, run), str(marker) if slow else None))
-        p.start()
+        p = start_child(tiny_model_dir, run, str(marker) if slow else None)
         if kills < kills_wanted:
             if slow:
-                while p.is_alive() and not marker.exists():
+                deadline = time.monotonic() + CHILD_TIMEOUT
+                while p.is_alive() and not marker.exists() and time.monotonic() < deadline:
                     time.sleep(0.005)
                 time.sleep(rng.uniform(0.0, 0.25))
             else:
@@ -86,7 +108,7 @@ def run_with_kills(tiny_model_dir, run, kills_wanted: int, full_time: float, see
                 os.kill(p.pid, signal.SIGKILL)
                 kills += 1
                 mid_checkpoint += slow and marker.exists()
-        p.join()
+        join_or_fail(p)
         if p.exitcode == 0:
             if kills >= kills_wanted:
                 return kills, mid_checkpoint
@@ -165,12 +187,12 @@ def test_sampling_shrinks_its_batch_when_memory_runs_out(monkeypatch):
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir):
     run_uninterrupted(tiny_model_dir, tmp_path / "uninterrupted")
     run = tmp_path / "interrupted"
-    p = multiprocessing.get_context("fork").Process(target=child, args=(train_args(tiny_model_dir, run), None))
-    p.start()
-    while p.is_alive() and CheckpointStore(run).latest() is None:  # training (and its handler) has started
-        time.sleep(0.005)
+    p = start_child(tiny_model_dir, run)
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while p.is_alive() and CheckpointStore(run).latest() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # until training (and its handler) has started
     os.kill(p.pid, signal.SIGINT)
-    p.join()
+    join_or_fail(p)
     assert p.exitcode == 2  # "Interrupted: checkpoint saved at step N ...; continue with --resume."
     saved = CheckpointStore(run).latest()
     assert saved is not None and saved.name != "step-0000040"
