@@ -12,7 +12,8 @@ unless it is already there):
   learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
   -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
   --stop-offset a learned offset b + x(T) w on its stop token's logit, -stop (-stopw with --stop-slope-only:
-  w alone, b = 0), both at learning rate
+  w alone, b = 0), with --adapter-scale a learned factor exp(g0 + x(T) g1) on every LoRA layer's output,
+  -ascale, all at learning rate
   x --logit-scale-lr-scale, -lslr<x>; with --loss-weight each micro-batch's loss times (T / T_max)^2, -tw;
   one run per seed in --conditional-seeds) or
   a prompt tag (--input text), with as many steps as the
@@ -45,7 +46,7 @@ every seed and each side's mean ± sd).
                                    [--conditional-steps N] [--single-steps N] [--single-anneal-steps N]
                                    [--embedding-lr-scale X]
                                    [--single-log-z learned|batch] [--logit-scale] [--stop-offset [--stop-slope-only]]
-                                   [--logit-scale-lr-scale X] [--loss-weight]
+                                   [--adapter-scale] [--logit-scale-lr-scale X] [--loss-weight]
                                    [--conditional-seeds 0,1] [--single-seeds 0,1]
                                    [--workers K] [--saved-only]
 """
@@ -254,9 +255,12 @@ def main() -> int:
                              "(run dir gains -stop)")
     parser.add_argument("--stop-slope-only", action="store_true",
                         help="with --stop-offset: learn only w, b stays 0 (run dir gains -stopw instead of -stop)")
+    parser.add_argument("--adapter-scale", action="store_true",
+                        help="the conditional policy also learns a factor exp(g0 + x(T) g1) on every LoRA layer's "
+                             "output (temperature_adapter_scale; run dir gains -ascale)")
     parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
-                        help="with --logit-scale / --stop-offset: their scalars' learning rate as a multiple of lr "
-                             "(run dir gains -lslr<x>)")
+                        help="with --logit-scale / --stop-offset / --adapter-scale: their scalars' learning rate as "
+                             "a multiple of lr (run dir gains -lslr<x>)")
     parser.add_argument("--loss-weight", action="store_true",
                         help="the conditional policy weights each micro-batch's loss by (T / T_max)^2 "
                              "(temperature_loss_weight; run dir gains -tw)")
@@ -291,7 +295,8 @@ def main() -> int:
     scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     scaled += "-lscale" if args.logit_scale else ""
     scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
-    logit_scale_lr_scaled = (args.logit_scale or args.stop_offset) and args.logit_scale_lr_scale != 1
+    scaled += "-ascale" if args.adapter_scale else ""
+    logit_scale_lr_scaled = (args.logit_scale or args.stop_offset or args.adapter_scale) and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     scaled += "-tw" if args.loss_weight else ""
 
@@ -313,7 +318,8 @@ def main() -> int:
                              str(args.logit_scale).lower(), "--temperature_stop_offset", str(args.stop_offset).lower(),
                              "--temperature_stop_offset_bias", str(not args.stop_slope_only).lower(),
                              "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale),
-                             "--temperature_loss_weight", str(args.loss_weight).lower()], temperatures))
+                             "--temperature_loss_weight", str(args.loss_weight).lower(),
+                             "--temperature_adapter_scale", str(args.adapter_scale).lower()], temperatures))
         if i < len(single_seeds):
             seed = single_seeds[i]
             for t in temperatures:
@@ -347,6 +353,7 @@ def main() -> int:
     lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
     lr_note += ", logit scale" if args.logit_scale else ""
     lr_note += (", stop offset (w only)" if args.stop_slope_only else ", stop offset") if args.stop_offset else ""
+    lr_note += ", LoRA output scale" if args.adapter_scale else ""
     lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     lr_note += ", loss x (T/T_max)^2" if args.loss_weight else ""
     for t in temperatures:
@@ -392,6 +399,7 @@ def main() -> int:
                "single_steps": single_steps, "single_anneal_steps": anneal_steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
                "stop_offset": args.stop_offset, "stop_slope_only": args.stop_slope_only,
+               "adapter_scale": args.adapter_scale,
                "logit_scale_lr_scale": args.logit_scale_lr_scale, "loss_weight": args.loss_weight,
                "single_log_z": args.single_log_z, "single_seeds": single_seeds,
                "conditional_seeds": conditional_seeds, "results": results, "claims": claims,

@@ -38,16 +38,18 @@ def test_parse_and_check_temperatures():
         TrainConfig(conditional_temperatures="0.5,1.0").validate()
 
 
-@pytest.mark.parametrize("reads,logit_scale,stop_offset", [("text", False, False), ("embedding", False, False),
-                                                           ("embedding", True, False), ("embedding", True, True)])
-def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads, logit_scale, stop_offset):
+@pytest.mark.parametrize("reads,logit_scale,stop_offset,adapter_scale", [
+    ("text", False, False, False), ("embedding", False, False, False), ("embedding", True, False, False),
+    ("embedding", True, True, False), ("embedding", True, True, True)])
+def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads, logit_scale, stop_offset, adapter_scale):
     task = ConditionalTask()
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=8, alpha=16))
     if reads == "embedding":
-        policy.add_temperature_embedding(0.5, 1.0, logit_scale, task.space.terminator[0] if stop_offset else None)
+        policy.add_temperature_embedding(0.5, 1.0, logit_scale, task.space.terminator[0] if stop_offset else None,
+                                         adapter_scale=adapter_scale)
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=800,
                          temperature_input=reads, temperature_logit_scale=logit_scale,
-                         temperature_stop_offset=stop_offset,
+                         temperature_stop_offset=stop_offset, temperature_adapter_scale=adapter_scale,
                          trajectories_per_prompt=32, lr=1e-2, warmup_steps=0, lr_schedule="cosine", replay_prob=0.25,
                          tempered_prob=0.25, epsilon=0.05, buffer_capacity=64, buffer_tolerance=0.0,
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
@@ -206,6 +208,56 @@ def test_stop_offset_shifts_the_stop_logit_of_the_policy_alone(tmp_path, bias):
         TrainConfig(temperature_stop_offset_bias=False).validate()
 
 
+def test_adapter_scale_multiplies_every_lora_output_of_the_policy_alone(tmp_path):
+    """With temperature_adapter_scale the policy at T computes what the same policy computes with every LoRA
+    B matrix multiplied by exp(g0 + x(T) g1) (each layer adds B A x times its scaling, so the two agree
+    exactly); the base model is unchanged, g0 and g1 get gradients and are saved with the adapter."""
+    def policy_with_lora(adapter_scale):
+        policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
+        with torch.no_grad():  # a LoRA that already moved away from the base model (B = 0 at the start)
+            for name, p in policy.model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
+        return policy, policy.add_temperature_embedding(0.5, 1.0, adapter_scale=adapter_scale)
+
+    policy, embedding = policy_with_lora(True)
+    reference, _ = policy_with_lora(False)
+    conditioning = TemperatureConditioning("0.5:1.0", lambda t: (), reads="embedding")
+    with conditioning.at(policy, 0.5), conditioning.at(reference, 0.5):
+        assert torch.equal(logits(policy), logits(reference))  # g0 = g1 = 0: a factor of 1
+    with torch.no_grad():
+        embedding.adapter_scale.copy_(torch.tensor([-0.4, 0.6]))
+    with policy.base():
+        base = logits(policy)
+    lora_b = [p for n, p in reference.model.named_parameters() if "lora_B" in n]
+    assert len(lora_b) == 2 * 7  # every linear layer of both transformer layers
+    unscaled = [p.detach().clone() for p in lora_b]
+    for t in (0.5, 0.75, 1.0):
+        factor = math.exp(-0.4 + 0.6 * embedding.position(t))
+        with torch.no_grad():
+            for p, b in zip(lora_b, unscaled):
+                p.copy_(b * factor)
+        with conditioning.at(policy, t), conditioning.at(reference, t):
+            assert torch.allclose(logits(policy), logits(reference), atol=1e-5)
+            with policy.base():
+                assert torch.equal(logits(policy), base)
+    with conditioning.at(policy, 0.6):
+        policy.model(input_ids=torch.tensor([[2, 1, 0, 2]])).logits.sum().backward()
+    assert embedding.adapter_scale.grad is not None and (embedding.adapter_scale.grad != 0).all()
+    assert any(p is embedding.adapter_scale for p in embedding.scalar_parameters())
+    policy.save_adapter(tmp_path / "a.safetensors")
+    again, _ = policy_with_lora(True)
+    again.load_adapter(tmp_path / "a.safetensors")
+    with conditioning.at(again, 0.75), conditioning.at(policy, 0.75):
+        assert torch.equal(logits(again), logits(policy))
+    without, _ = policy_with_lora(False)
+    with pytest.raises(GfnlmError, match="temperature_adapter_scale"):
+        without.load_adapter(tmp_path / "a.safetensors")
+    with pytest.raises(GfnlmError, match="temperature_adapter_scale needs"):
+        TrainConfig(temperature_adapter_scale=True, conditional_temperatures="0.5:1.0", log_z="batch",
+                    temperature_input="text").validate()
+
+
 def test_range_draws_favour_the_ends():
     cond = TemperatureConditioning("0.8:1.0", lambda t: ())
     rng = random.Random(0)
@@ -217,19 +269,24 @@ def test_range_draws_favour_the_ends():
 
 def test_temperature_embedding_has_its_own_learning_rate(tmp_path):
     """Adam's first step moves every parameter with a gradient by its group's lr: e(T) by lr x its scale,
-    the logit scale and the stop offset by lr x theirs."""
+    the logit scale and the stop offset by lr x theirs. The adapter scale (no gradient while B = 0) is in
+    their group."""
     task = ConditionalTask()
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
-    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=task.space.terminator[0])
+    embedding = policy.add_temperature_embedding(0.5, 1.0, logit_scale=True, stop_token=task.space.terminator[0],
+                                                 adapter_scale=True)
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=1, lr=1e-3,
                          temperature_embedding_lr_scale=10.0, temperature_logit_scale_lr_scale=30.0,
-                         temperature_logit_scale=True, temperature_stop_offset=True, warmup_steps=0,
-                         lr_schedule="constant",
+                         temperature_logit_scale=True, temperature_stop_offset=True, temperature_adapter_scale=True,
+                         warmup_steps=0, lr_schedule="constant",
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
     config.validate()
     lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n]
     before = [p.detach().clone() for p in lora_b]
-    Trainer(config, task, policy, tmp_path).train()
+    trainer = Trainer(config, task, policy, tmp_path)
+    trainer.train()
+    scalar_group = [g for g in trainer.optimizer.param_groups if g["lr"] == pytest.approx(3e-2)]
+    assert len(scalar_group) == 1 and any(p is embedding.adapter_scale for p in scalar_group[0]["params"])
     assert embedding.weight.detach().abs().max().item() == pytest.approx(1e-2, rel=1e-3)  # from zero, lr x 10
     assert embedding.logit_scale.detach().abs().max().item() == pytest.approx(3e-2, rel=1e-3)  # lr x 30
     assert embedding.stop_offset.detach().abs().max().item() == pytest.approx(3e-2, rel=1e-3)  # the same group

@@ -5,9 +5,11 @@ temperature without retraining. The policy reads T in one of two ways (``tempera
 - ``embedding`` (default): a learned vector e(T) added to the policy's input embedding at every position
   (``TemperatureEmbedding``), trained with the LoRA weights; optionally (``temperature_logit_scale``) also
   a learned factor exp(c(T)) on the policy's logits, so that T can sharpen every next-token distribution
-  at once, as tempering the reward does, and (``temperature_stop_offset``) a learned offset s(T) on the
+  at once, as tempering the reward does, (``temperature_stop_offset``) a learned offset s(T) on the
   logit of the stop token, so that T can move when sequences end, which a common factor on all logits
-  cannot;
+  cannot, and (``temperature_adapter_scale``) a learned factor exp(g(T)) on the output of every LoRA layer,
+  so that the adapter's whole correction to the base model can shrink toward the flat end of the range (at
+  T = 1 the target is the base model itself);
 - ``text``: a tag in its prompt ("[T=0.85] " before X).
 
 With ``temperature_loss_weight`` each micro-batch's loss is multiplied by (T / T_max)^2, so that every T
@@ -50,16 +52,18 @@ class TemperatureEmbedding(torch.nn.Module):
     With ``logit_scale`` the policy's logits are also multiplied by exp(c(T)), c(T) = u + x(T) v, u = v = 0
     at the start. With a ``stop_token`` the logit of that token (the first token of the task's terminator)
     is then shifted by s(T) = b + x(T) w, b = w = 0 at the start (without ``stop_offset_bias``, b stays 0 and
-    ``stop_offset`` holds w alone). ``temperature`` is set only inside
+    ``stop_offset`` holds w alone). With ``adapter_scale`` the output of every LoRA layer of the policy is
+    multiplied by exp(g(T)), g(T) = g0 + x(T) g1, g0 = g1 = 0 at the start. ``temperature`` is set only inside
     ``TemperatureConditioning.at``; ``Policy`` applies them while it is set and the policy's own adapter runs."""
 
     def __init__(self, hidden_size: int, low: float, high: float, logit_scale: bool = False,
-                 stop_token: int | None = None, stop_offset_bias: bool = True):
+                 stop_token: int | None = None, stop_offset_bias: bool = True, adapter_scale: bool = False):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(2, hidden_size))
         self.logit_scale = torch.nn.Parameter(torch.zeros(2)) if logit_scale else None
         self.stop_offset = (torch.nn.Parameter(torch.zeros(2 if stop_offset_bias else 1))
                             if stop_token is not None else None)
+        self.adapter_scale = torch.nn.Parameter(torch.zeros(2)) if adapter_scale else None
         self.stop_token = stop_token
         self.low, self.high = low, high
         self.temperature: float | None = None
@@ -79,9 +83,17 @@ class TemperatureEmbedding(torch.nn.Module):
         slope = self.position(self.temperature) * self.stop_offset[-1]
         return self.stop_offset[0] + slope if len(self.stop_offset) == 2 else slope
 
+    def adapter_factor(self) -> torch.Tensor:
+        return torch.exp(self.adapter_scale[0] + self.position(self.temperature) * self.adapter_scale[1])
+
     def logit_parameters(self) -> list[torch.nn.Parameter]:
-        """The scalars that act on the logits (trained at their own learning rate)."""
+        """The scalars that act on the logits."""
         return [p for p in (self.logit_scale, self.stop_offset) if p is not None]
+
+    def scalar_parameters(self) -> list[torch.nn.Parameter]:
+        """Every scalar of the conditioning (trained at their own learning rate): those on the logits and the
+        adapter's factor."""
+        return self.logit_parameters() + ([self.adapter_scale] if self.adapter_scale is not None else [])
 
     def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if self.logit_scale is not None:

@@ -83,6 +83,10 @@ class TrainConfig:
     temperature_stop_offset_bias: bool = field(default=True, metadata={
         "help": "with temperature_stop_offset: also learn b, the part of the offset shared by every T (false: b "
                 "stays 0, so only the offset's dependence on T is learned and it is 0 mid-range)"})
+    temperature_adapter_scale: bool = field(default=False, metadata={
+        "help": "a temperature-conditional policy reading T as an embedding also multiplies the output of every "
+                "LoRA layer by a learned exp(g0 + x(T) g1) (starting at 1), so the adapter's whole correction "
+                "can shrink toward T = 1, where the target is the base model"})
     temperature_loss_weight: bool = field(default=False, metadata={
         "help": "a temperature-conditional policy weights each micro-batch's loss by (T / T_max)^2: the "
                 "squared residual of R^(1/T) grows as 1/T^2, so without it the lowest T dominate the gradient"})
@@ -90,8 +94,8 @@ class TrainConfig:
         "help": "learning rate of the temperature embedding e(T) as a multiple of lr (its two vectors start "
                 "at zero and are shared by every position)"})
     temperature_logit_scale_lr_scale: float = field(default=1.0, metadata={
-        "help": "learning rate of the logit-level scalars (the logit scale's u, v and the stop offset's b, w) "
-                "as a multiple of lr (numbers that act on every step, like log Z they may need a larger step "
+        "help": "learning rate of the conditioning's scalars (the logit scale's u, v, the stop offset's b, w "
+                "and the adapter scale's g0, g1) as a multiple of lr (numbers that act on every step, like log Z they may need a larger step "
                 "than the LoRA weights)"})
     reward_temp_horizon: int = field(default=0, metadata={"help": "steps of the linear temperature schedule"})
     log_reward_floor: float = field(default=-500.0, metadata={"help": "log-rewards are clamped to at least this"})
@@ -151,7 +155,7 @@ class TrainConfig:
             parse_temperatures(self.conditional_temperatures)
             if self.log_z != "batch":
                 raise GfnlmError("conditional_temperatures needs log_z: batch (a learned log Z(X) cannot depend on T).")
-        for name in ("temperature_logit_scale", "temperature_stop_offset"):
+        for name in ("temperature_logit_scale", "temperature_stop_offset", "temperature_adapter_scale"):
             if getattr(self, name) and not (self.conditional_temperatures and self.temperature_input == "embedding"):
                 raise GfnlmError(f"{name} needs conditional_temperatures with temperature_input: embedding.")
         if self.temperature_loss_weight and not self.conditional_temperatures:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
@@ -60,11 +61,12 @@ class Policy:
         self.temperature_embedding: TemperatureEmbedding | None = None
 
     def add_temperature_embedding(self, low: float, high: float, logit_scale: bool = False,
-                                  stop_token: int | None = None, stop_offset_bias: bool = True) -> TemperatureEmbedding:
+                                  stop_token: int | None = None, stop_offset_bias: bool = True,
+                                  adapter_scale: bool = False) -> TemperatureEmbedding:
         """Let the policy read a reward temperature in [low, high] as a learned vector e(T) added to its
         input embeddings (and with ``logit_scale`` a learned factor on its logits, with ``stop_token`` a
-        learned offset on that token's logit, without its shared part b unless ``stop_offset_bias``; see
-        gfnlm.conditioning).
+        learned offset on that token's logit, without its shared part b unless ``stop_offset_bias``, with
+        ``adapter_scale`` a learned factor on the output of each of its LoRA layers; see gfnlm.conditioning).
         It is a trainable submodule of the model (so the optimizer and DDP see it) and is saved with the
         policy's adapter; the base model (adapter off) and other adapters never see it."""
         if self.temperature_embedding is not None:
@@ -73,7 +75,7 @@ class Policy:
         if stop_token is not None and not 0 <= stop_token < self.vocab_size:
             raise GfnlmError(f"The stop token {stop_token} is outside the vocabulary (size {self.vocab_size}).")
         module = TemperatureEmbedding(embeddings.embedding_dim, low, high, logit_scale, stop_token,
-                                      stop_offset_bias).to(self.device)
+                                      stop_offset_bias, adapter_scale).to(self.device)
         self.model.add_module("temperature_embedding", module)
         self.temperature_embedding = module
         lora_layer = next(m for m in self.model.modules() if isinstance(m, BaseTunerLayer))
@@ -88,9 +90,16 @@ class Policy:
         def adjust_logits(_module, _inputs, output):
             return module.adjust_logits(output) if reads() else output
 
+        def scale_lora_output(_module, _inputs, output):  # peft adds lora_B(lora_A(x)) x its scaling
+            return output * module.adapter_factor().to(output.dtype) if reads() else output
+
         embeddings.register_forward_hook(add_offset)
         if module.logit_parameters():
             self.model.get_output_embeddings().register_forward_hook(adjust_logits)
+        if adapter_scale:
+            for layer in self.model.modules():
+                if isinstance(layer, LoraLayer) and POLICY_ADAPTER in layer.lora_B:
+                    layer.lora_B[POLICY_ADAPTER].register_forward_hook(scale_lora_output)
         return module
 
     def temperature_state(self) -> dict[str, torch.Tensor]:
@@ -190,8 +199,8 @@ class Policy:
                 self.temperature_embedding.load_state_dict(embedding)
             except RuntimeError as exc:  # another hidden size, or saved with(out) the logit scale / stop offset
                 raise GfnlmError(f"The temperature embedding of {path} does not fit this policy (another model, "
-                                 "or a run trained with another temperature_logit_scale, "
-                                 "temperature_stop_offset or temperature_stop_offset_bias?).") from exc
+                                 "or a run trained with another temperature_logit_scale, temperature_stop_offset, "
+                                 "temperature_stop_offset_bias or temperature_adapter_scale?).") from exc
         try:
             result = set_peft_model_state_dict(self.model, state, adapter_name=name)
         except RuntimeError as exc:  # shape mismatch: another rank or model

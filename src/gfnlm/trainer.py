@@ -121,12 +121,12 @@ class Trainer:
         self.loss_pass = self.processes.prepare(self.learner)  # DDP under a launcher, else the learner
         conditioning = policy.temperature_embedding
         embedding = [conditioning.weight] if conditioning is not None else []
-        logit_level = conditioning.logit_parameters() if conditioning is not None else []
-        lora = [p for p in policy.trainable_parameters() if not any(p is e for e in embedding + logit_level)]
+        scalars = conditioning.scalar_parameters() if conditioning is not None else []
+        lora = [p for p in policy.trainable_parameters() if not any(p is e for e in embedding + scalars)]
         groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay},
                   {"params": list(self.log_z.parameters()), "lr": config.logz_lr, "weight_decay": 0.0}]
         for params, scale in ((embedding, config.temperature_embedding_lr_scale),
-                              (logit_level, config.temperature_logit_scale_lr_scale)):
+                              (scalars, config.temperature_logit_scale_lr_scale)):
             if params:  # their own learning rates: parameters that start at zero
                 groups.append({"params": params, "lr": config.lr * scale, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)
