@@ -95,8 +95,8 @@ class TrainConfig:
                 "at zero and are shared by every position)"})
     temperature_logit_scale_lr_scale: float = field(default=1.0, metadata={
         "help": "learning rate of the conditioning's scalars (the logit scale's u, v, the stop offset's b, w "
-                "and the adapter scale's g0, g1) as a multiple of lr (numbers that act on every step, like log Z they may need a larger step "
-                "than the LoRA weights)"})
+                "and the adapter scale's g0, g1) as a multiple of lr (numbers that act on every step, like log Z "
+                "they may need a larger step than the LoRA weights)"})
     reward_temp_horizon: int = field(default=0, metadata={"help": "steps of the linear temperature schedule"})
     log_reward_floor: float = field(default=-500.0, metadata={"help": "log-rewards are clamped to at least this"})
     # behaviour policy
