@@ -296,7 +296,8 @@ def main() -> int:
     scaled += "-lscale" if args.logit_scale else ""
     scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
     scaled += "-ascale" if args.adapter_scale else ""
-    logit_scale_lr_scaled = (args.logit_scale or args.stop_offset or args.adapter_scale) and args.logit_scale_lr_scale != 1
+    scalars_learned = args.logit_scale or args.stop_offset or args.adapter_scale
+    logit_scale_lr_scaled = scalars_learned and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     scaled += "-tw" if args.loss_weight else ""
 
