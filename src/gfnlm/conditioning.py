@@ -76,15 +76,19 @@ class TemperatureEmbedding(torch.nn.Module):
     def offset(self) -> torch.Tensor:
         return self.weight[0] + self.position(self.temperature) * self.weight[1]
 
+    def exp_linear(self, pair: torch.Tensor) -> torch.Tensor:
+        """exp(pair[0] + x(T) pair[1]): the form of both learned factors (on the logits, on the LoRA output)."""
+        return torch.exp(pair[0] + self.position(self.temperature) * pair[1])
+
     def scale(self) -> torch.Tensor:
-        return torch.exp(self.logit_scale[0] + self.position(self.temperature) * self.logit_scale[1])
+        return self.exp_linear(self.logit_scale)
 
     def stop_shift(self) -> torch.Tensor:
         slope = self.position(self.temperature) * self.stop_offset[-1]
         return self.stop_offset[0] + slope if len(self.stop_offset) == 2 else slope
 
     def adapter_factor(self) -> torch.Tensor:
-        return torch.exp(self.adapter_scale[0] + self.position(self.temperature) * self.adapter_scale[1])
+        return self.exp_linear(self.adapter_scale)
 
     def logit_parameters(self) -> list[torch.nn.Parameter]:
         """The scalars that act on the logits."""

@@ -197,7 +197,7 @@ class Policy:
         if embedding:
             try:
                 self.temperature_embedding.load_state_dict(embedding)
-            except RuntimeError as exc:  # another hidden size, or saved with(out) the logit scale / stop offset
+            except RuntimeError as exc:  # another hidden size, or saved with(out) a logit, stop or adapter scalar
                 raise GfnlmError(f"The temperature embedding of {path} does not fit this policy (another model, "
                                  "or a run trained with another temperature_logit_scale, temperature_stop_offset, "
                                  "temperature_stop_offset_bias or temperature_adapter_scale?).") from exc
