@@ -258,9 +258,13 @@ def main() -> int:
     parser.add_argument("--adapter-scale", action="store_true",
                         help="the conditional policy also learns a factor exp(g0 + x(T) g1) on every LoRA layer's "
                              "output (temperature_adapter_scale; run dir gains -ascale)")
+    parser.add_argument("--adapter-gate", action="store_true",
+                        help="the conditional policy also learns factors exp(G0 + x(T) G1) on every LoRA layer's r "
+                             "inner activations, one pair per layer and rank (temperature_adapter_gate; run dir "
+                             "gains -agate)")
     parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
-                        help="with --logit-scale / --stop-offset / --adapter-scale: their scalars' learning rate as "
-                             "a multiple of lr (run dir gains -lslr<x>)")
+                        help="with --logit-scale / --stop-offset / --adapter-scale / --adapter-gate: their scalars' "
+                             "learning rate as a multiple of lr (run dir gains -lslr<x>)")
     parser.add_argument("--loss-weight", action="store_true",
                         help="the conditional policy weights each micro-batch's loss by (T / T_max)^2 "
                              "(temperature_loss_weight; run dir gains -tw)")
@@ -278,6 +282,8 @@ def main() -> int:
         parser.error("--saved-only needs at least one conditional seed to compare")
     if args.stop_slope_only and not args.stop_offset:
         parser.error("--stop-slope-only needs --stop-offset")
+    if args.adapter_scale and args.adapter_gate:
+        parser.error("--adapter-gate contains --adapter-scale's factor: give one of the two")
     if len(single_seeds) == 1:
         parser.error("--single-seeds needs at least two seeds (the check is against their spread) or none "
                      "(the conditional runs alone, tabulated without checks)")
@@ -296,7 +302,8 @@ def main() -> int:
     scaled += "-lscale" if args.logit_scale else ""
     scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
     scaled += "-ascale" if args.adapter_scale else ""
-    scalars_learned = args.logit_scale or args.stop_offset or args.adapter_scale
+    scaled += "-agate" if args.adapter_gate else ""
+    scalars_learned = args.logit_scale or args.stop_offset or args.adapter_scale or args.adapter_gate
     logit_scale_lr_scaled = scalars_learned and args.logit_scale_lr_scale != 1
     scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     scaled += "-tw" if args.loss_weight else ""
@@ -320,7 +327,8 @@ def main() -> int:
                              "--temperature_stop_offset_bias", str(not args.stop_slope_only).lower(),
                              "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale),
                              "--temperature_loss_weight", str(args.loss_weight).lower(),
-                             "--temperature_adapter_scale", str(args.adapter_scale).lower()], temperatures))
+                             "--temperature_adapter_scale", str(args.adapter_scale).lower(),
+                             "--temperature_adapter_gate", str(args.adapter_gate).lower()], temperatures))
         if i < len(single_seeds):
             seed = single_seeds[i]
             for t in temperatures:
@@ -355,6 +363,7 @@ def main() -> int:
     lr_note += ", logit scale" if args.logit_scale else ""
     lr_note += (", stop offset (w only)" if args.stop_slope_only else ", stop offset") if args.stop_offset else ""
     lr_note += ", LoRA output scale" if args.adapter_scale else ""
+    lr_note += ", LoRA rank gates" if args.adapter_gate else ""
     lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
     lr_note += ", loss x (T/T_max)^2" if args.loss_weight else ""
     for t in temperatures:
@@ -400,7 +409,7 @@ def main() -> int:
                "single_steps": single_steps, "single_anneal_steps": anneal_steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
                "stop_offset": args.stop_offset, "stop_slope_only": args.stop_slope_only,
-               "adapter_scale": args.adapter_scale,
+               "adapter_scale": args.adapter_scale, "adapter_gate": args.adapter_gate,
                "logit_scale_lr_scale": args.logit_scale_lr_scale, "loss_weight": args.loss_weight,
                "single_log_z": args.single_log_z, "single_seeds": single_seeds,
                "conditional_seeds": conditional_seeds, "results": results, "claims": claims,

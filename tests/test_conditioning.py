@@ -38,18 +38,19 @@ def test_parse_and_check_temperatures():
         TrainConfig(conditional_temperatures="0.5,1.0").validate()
 
 
-@pytest.mark.parametrize("reads,logit_scale,stop_offset,adapter_scale", [
-    ("text", False, False, False), ("embedding", False, False, False), ("embedding", True, False, False),
-    ("embedding", True, True, False), ("embedding", True, True, True)])
-def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads, logit_scale, stop_offset, adapter_scale):
+@pytest.mark.parametrize("reads,logit_scale,stop_offset,adapter", [
+    ("text", False, False, None), ("embedding", False, False, None), ("embedding", True, False, None),
+    ("embedding", True, True, None), ("embedding", True, True, "scale"), ("embedding", True, True, "gate")])
+def test_one_policy_learns_the_target_at_each_temperature(tmp_path, reads, logit_scale, stop_offset, adapter):
     task = ConditionalTask()
     policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=8, alpha=16))
     if reads == "embedding":
         policy.add_temperature_embedding(0.5, 1.0, logit_scale, task.space.terminator[0] if stop_offset else None,
-                                         adapter_scale=adapter_scale)
+                                         adapter_scale=adapter == "scale", adapter_gate=adapter == "gate")
     config = TrainConfig(objective="subtb", log_z="batch", conditional_temperatures="0.5,1.0", steps=800,
                          temperature_input=reads, temperature_logit_scale=logit_scale,
-                         temperature_stop_offset=stop_offset, temperature_adapter_scale=adapter_scale,
+                         temperature_stop_offset=stop_offset, temperature_adapter_scale=adapter == "scale",
+                         temperature_adapter_gate=adapter == "gate",
                          trajectories_per_prompt=32, lr=1e-2, warmup_steps=0, lr_schedule="cosine", replay_prob=0.25,
                          tempered_prob=0.25, epsilon=0.05, buffer_capacity=64, buffer_tolerance=0.0,
                          max_grad_norm=0.0, checkpoint_every=10_000, progress=False, output_dir=str(tmp_path))
@@ -208,54 +209,66 @@ def test_stop_offset_shifts_the_stop_logit_of_the_policy_alone(tmp_path, bias):
         TrainConfig(temperature_stop_offset_bias=False).validate()
 
 
-def test_adapter_scale_multiplies_every_lora_output_of_the_policy_alone(tmp_path):
+@pytest.mark.parametrize("kind", ["scale", "gate"])
+def test_adapter_factors_multiply_every_lora_layer_of_the_policy_alone(tmp_path, kind):
     """With temperature_adapter_scale the policy at T computes what the same policy computes with every LoRA
-    B matrix multiplied by exp(g0 + x(T) g1) (each layer adds B A x times its scaling, so the two agree
-    exactly); the base model is unchanged, g0 and g1 get gradients and are saved with the adapter."""
-    def policy_with_lora(adapter_scale):
+    B matrix multiplied by exp(g0 + x(T) g1); with temperature_adapter_gate, with column k of layer l's B
+    multiplied by exp(G0[l, k] + x(T) G1[l, k]) (each layer adds B A x times its scaling, so the two agree
+    exactly). The base model is unchanged; the factors get gradients and are saved with the adapter."""
+    name = f"temperature_adapter_{kind}"
+
+    def policy_with_lora(factors):
         policy = Policy(tiny_llama(VOCAB, seed=0, init=0.3), None, LoraSettings(r=4, alpha=8))
         with torch.no_grad():  # a LoRA that already moved away from the base model (B = 0 at the start)
-            for name, p in policy.model.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
-        return policy, policy.add_temperature_embedding(0.5, 1.0, adapter_scale=adapter_scale)
+            for n, p in policy.model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.3)
+        return policy, policy.add_temperature_embedding(0.5, 1.0, adapter_scale=factors and kind == "scale",
+                                                        adapter_gate=factors and kind == "gate")
 
     policy, embedding = policy_with_lora(True)
+    parameter = embedding.adapter_scale if kind == "scale" else embedding.adapter_gate
     reference, _ = policy_with_lora(False)
     conditioning = TemperatureConditioning("0.5:1.0", lambda t: (), reads="embedding")
     with conditioning.at(policy, 0.5), conditioning.at(reference, 0.5):
-        assert torch.equal(logits(policy), logits(reference))  # g0 = g1 = 0: a factor of 1
-    with torch.no_grad():
-        embedding.adapter_scale.copy_(torch.tensor([-0.4, 0.6]))
-    with policy.base():
-        base = logits(policy)
+        assert torch.equal(logits(policy), logits(reference))  # zeros: a factor of 1
     lora_b = [p for n, p in reference.model.named_parameters() if "lora_B" in n]
     assert len(lora_b) == 2 * 7  # every linear layer of both transformer layers
+    with torch.no_grad():
+        parameter.copy_(torch.tensor([-0.4, 0.6]) if kind == "scale"
+                        else torch.randn(2, len(lora_b), 4, generator=torch.Generator().manual_seed(3)) * 0.5)
+    with policy.base():
+        base = logits(policy)
     unscaled = [p.detach().clone() for p in lora_b]
     for t in (0.5, 0.75, 1.0):
-        factor = math.exp(-0.4 + 0.6 * embedding.position(t))
+        x = embedding.position(t)
         with torch.no_grad():
-            for p, b in zip(lora_b, unscaled):
-                p.copy_(b * factor)
+            for layer, (p, b) in enumerate(zip(lora_b, unscaled)):  # named_parameters keeps the module order
+                factor = (math.exp(-0.4 + 0.6 * x) if kind == "scale"
+                          else torch.exp(parameter[0, layer] + x * parameter[1, layer]))
+                p.copy_(b * factor)  # a gate's r factors act on B's r columns
         with conditioning.at(policy, t), conditioning.at(reference, t):
             assert torch.allclose(logits(policy), logits(reference), atol=1e-5)
             with policy.base():
                 assert torch.equal(logits(policy), base)
     with conditioning.at(policy, 0.6):
         policy.model(input_ids=torch.tensor([[2, 1, 0, 2]])).logits.sum().backward()
-    assert embedding.adapter_scale.grad is not None and (embedding.adapter_scale.grad != 0).all()
-    assert any(p is embedding.adapter_scale for p in embedding.scalar_parameters())
+    assert parameter.grad is not None and (parameter.grad != 0).all()
+    assert any(p is parameter for p in embedding.scalar_parameters())
     policy.save_adapter(tmp_path / "a.safetensors")
     again, _ = policy_with_lora(True)
     again.load_adapter(tmp_path / "a.safetensors")
     with conditioning.at(again, 0.75), conditioning.at(policy, 0.75):
         assert torch.equal(logits(again), logits(policy))
     without, _ = policy_with_lora(False)
-    with pytest.raises(GfnlmError, match="temperature_adapter_scale"):
+    with pytest.raises(GfnlmError, match=name):
         without.load_adapter(tmp_path / "a.safetensors")
-    with pytest.raises(GfnlmError, match="temperature_adapter_scale needs"):
-        TrainConfig(temperature_adapter_scale=True, conditional_temperatures="0.5:1.0", log_z="batch",
+    with pytest.raises(GfnlmError, match=f"{name} needs"):
+        TrainConfig(**{name: True}, conditional_temperatures="0.5:1.0", log_z="batch",
                     temperature_input="text").validate()
+    with pytest.raises(GfnlmError, match="set one of the two"):
+        TrainConfig(temperature_adapter_scale=True, temperature_adapter_gate=True, conditional_temperatures="0.5:1.0",
+                    log_z="batch").validate()
 
 
 def test_range_draws_favour_the_ends():

@@ -9,7 +9,9 @@ temperature without retraining. The policy reads T in one of two ways (``tempera
   logit of the stop token, so that T can move when sequences end, which a common factor on all logits
   cannot, and (``temperature_adapter_scale``) a learned factor exp(g(T)) on the output of every LoRA layer,
   so that the adapter's whole correction to the base model can shrink toward the flat end of the range (at
-  T = 1 the target is the base model itself);
+  T = 1 the target is the base model itself), or (``temperature_adapter_gate``) one such factor per LoRA
+  layer and rank, on the r inner activations A x, so that the adapter can also turn other directions on at
+  other T;
 - ``text``: a tag in its prompt ("[T=0.85] " before X).
 
 With ``temperature_loss_weight`` each micro-batch's loss is multiplied by (T / T_max)^2, so that every T
@@ -53,17 +55,21 @@ class TemperatureEmbedding(torch.nn.Module):
     at the start. With a ``stop_token`` the logit of that token (the first token of the task's terminator)
     is then shifted by s(T) = b + x(T) w, b = w = 0 at the start (without ``stop_offset_bias``, b stays 0 and
     ``stop_offset`` holds w alone). With ``adapter_scale`` the output of every LoRA layer of the policy is
-    multiplied by exp(g(T)), g(T) = g0 + x(T) g1, g0 = g1 = 0 at the start. ``temperature`` is set only inside
+    multiplied by exp(g(T)), g(T) = g0 + x(T) g1, g0 = g1 = 0 at the start; with ``adapter_gate`` = (L, r) the
+    inner activations A x of LoRA layer l are multiplied elementwise by exp(G0[l] + x(T) G1[l]), G0 = G1 = 0 at
+    the start (layers numbered in the model's module order). ``temperature`` is set only inside
     ``TemperatureConditioning.at``; ``Policy`` applies them while it is set and the policy's own adapter runs."""
 
     def __init__(self, hidden_size: int, low: float, high: float, logit_scale: bool = False,
-                 stop_token: int | None = None, stop_offset_bias: bool = True, adapter_scale: bool = False):
+                 stop_token: int | None = None, stop_offset_bias: bool = True, adapter_scale: bool = False,
+                 adapter_gate: tuple[int, int] | None = None):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(2, hidden_size))
         self.logit_scale = torch.nn.Parameter(torch.zeros(2)) if logit_scale else None
         self.stop_offset = (torch.nn.Parameter(torch.zeros(2 if stop_offset_bias else 1))
                             if stop_token is not None else None)
         self.adapter_scale = torch.nn.Parameter(torch.zeros(2)) if adapter_scale else None
+        self.adapter_gate = torch.nn.Parameter(torch.zeros(2, *adapter_gate)) if adapter_gate else None
         self.stop_token = stop_token
         self.low, self.high = low, high
         self.temperature: float | None = None
@@ -77,7 +83,7 @@ class TemperatureEmbedding(torch.nn.Module):
         return self.weight[0] + self.position(self.temperature) * self.weight[1]
 
     def exp_linear(self, pair: torch.Tensor) -> torch.Tensor:
-        """exp(pair[0] + x(T) pair[1]): the form of both learned factors (on the logits, on the LoRA output)."""
+        """exp(pair[0] + x(T) pair[1]): the form of every learned factor (on the logits, on the LoRA layers)."""
         return torch.exp(pair[0] + self.position(self.temperature) * pair[1])
 
     def scale(self) -> torch.Tensor:
@@ -90,14 +96,18 @@ class TemperatureEmbedding(torch.nn.Module):
     def adapter_factor(self) -> torch.Tensor:
         return self.exp_linear(self.adapter_scale)
 
+    def gate_factors(self, layer: int) -> torch.Tensor:
+        """The r factors on LoRA layer ``layer``'s inner activations."""
+        return self.exp_linear(self.adapter_gate[:, layer])
+
     def logit_parameters(self) -> list[torch.nn.Parameter]:
         """The scalars that act on the logits."""
         return [p for p in (self.logit_scale, self.stop_offset) if p is not None]
 
     def scalar_parameters(self) -> list[torch.nn.Parameter]:
         """Every scalar of the conditioning (trained at their own learning rate): those on the logits and the
-        adapter's factor."""
-        return self.logit_parameters() + ([self.adapter_scale] if self.adapter_scale is not None else [])
+        adapter's factors."""
+        return self.logit_parameters() + [p for p in (self.adapter_scale, self.adapter_gate) if p is not None]
 
     def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if self.logit_scale is not None:

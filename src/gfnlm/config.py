@@ -87,6 +87,11 @@ class TrainConfig:
         "help": "a temperature-conditional policy reading T as an embedding also multiplies the output of every "
                 "LoRA layer by a learned exp(g0 + x(T) g1) (starting at 1), so the adapter's whole correction "
                 "can shrink toward T = 1, where the target is the base model"})
+    temperature_adapter_gate: bool = field(default=False, metadata={
+        "help": "a temperature-conditional policy reading T as an embedding also multiplies each LoRA layer's r "
+                "inner activations (A x) by learned factors exp(G0 + x(T) G1), one pair per layer and rank "
+                "(starting at 1), so the adapter can use other directions at other T (it contains "
+                "temperature_adapter_scale's one factor; set one of the two)"})
     temperature_loss_weight: bool = field(default=False, metadata={
         "help": "a temperature-conditional policy weights each micro-batch's loss by (T / T_max)^2: the "
                 "squared residual of R^(1/T) grows as 1/T^2, so without it the lowest T dominate the gradient"})
@@ -155,9 +160,12 @@ class TrainConfig:
             parse_temperatures(self.conditional_temperatures)
             if self.log_z != "batch":
                 raise GfnlmError("conditional_temperatures needs log_z: batch (a learned log Z(X) cannot depend on T).")
-        for name in ("temperature_logit_scale", "temperature_stop_offset", "temperature_adapter_scale"):
+        for name in ("temperature_logit_scale", "temperature_stop_offset", "temperature_adapter_scale",
+                     "temperature_adapter_gate"):
             if getattr(self, name) and not (self.conditional_temperatures and self.temperature_input == "embedding"):
                 raise GfnlmError(f"{name} needs conditional_temperatures with temperature_input: embedding.")
+        if self.temperature_adapter_scale and self.temperature_adapter_gate:
+            raise GfnlmError("temperature_adapter_gate contains temperature_adapter_scale's factor: set one of the two.")
         if self.temperature_loss_weight and not self.conditional_temperatures:
             raise GfnlmError("temperature_loss_weight needs conditional_temperatures.")
         if not self.temperature_stop_offset_bias and not self.temperature_stop_offset:

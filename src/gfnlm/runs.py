@@ -117,7 +117,8 @@ def prepare_model(spec: RunSpec, processes=None):
         temperatures = parse_temperatures(c.conditional_temperatures)[1]
         stop_token = spec.task.action_space().terminator[0] if c.temperature_stop_offset else None
         policy.add_temperature_embedding(min(temperatures), max(temperatures), c.temperature_logit_scale, stop_token,
-                                         c.temperature_stop_offset_bias, c.temperature_adapter_scale)
+                                         c.temperature_stop_offset_bias, c.temperature_adapter_scale,
+                                         c.temperature_adapter_gate)
     if c.init_adapter:
         policy.load_adapter(adapter_file(c.init_adapter))
     if c.gradient_checkpointing:
