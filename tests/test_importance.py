@@ -9,6 +9,7 @@ import torch
 
 from gfnlm.action_space import ActionSpace
 from gfnlm.evaluation.exact import policy_distribution
+from gfnlm.evaluation.diversity import embedding_diversity
 from gfnlm.evaluation.importance import exact_divergences, importance_estimates
 from tests.conftest import tiny_llama
 
@@ -64,3 +65,52 @@ def test_ess_matches_its_definition():
     assert est["ess_fraction"] == pytest.approx(sum(w) ** 2 / sum(x * x for x in w) / 4)
     assert est["log_z"] == pytest.approx(math.log(sum(w) / 4))
     assert est["kl_q_p"] == pytest.approx(math.log(sum(w) / 4) - sum(log_w) / 4)
+
+
+class FixedEncoder:
+    """Each text's embedding is a fixed random unit vector (so diversity can be computed exactly)."""
+
+    def __init__(self, texts, dim=8):
+        g = torch.Generator().manual_seed(1)
+        self.vectors = {t: torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0) for t in texts}
+
+    def encode(self, texts, **_):
+        return torch.stack([self.vectors[t] for t in texts])
+
+
+def test_weighted_diversity_matches_the_pair_sum_and_the_plain_one_for_equal_weights():
+    texts = ["a", "b", "c", "a", "d"]
+    encoder = FixedEncoder(set(texts))
+    weights = [0.1, 0.4, 0.2, 0.2, 0.1]
+    pairs = [(i, j) for i in range(5) for j in range(5) if i != j]
+    sims = {p: float(encoder.vectors[texts[p[0]]] @ encoder.vectors[texts[p[1]]]) for p in pairs}
+    brute = 1 - sum(weights[i] * weights[j] * sims[i, j] for i, j in pairs) / sum(weights[i] * weights[j]
+                                                                                   for i, j in pairs)
+    assert embedding_diversity(texts, encoder, weights) == pytest.approx(brute, abs=1e-6)
+    assert embedding_diversity(texts, encoder, [0.2] * 5) == pytest.approx(embedding_diversity(texts, encoder),
+                                                                            abs=1e-6)
+    assert math.isnan(embedding_diversity(texts, encoder, [1.0, 0, 0, 0, 0]))  # no pair carries weight
+
+
+def test_target_diversity_estimate_converges_to_the_exact_one(enumerated):
+    """Samples of q, weighted by p_T / q, estimate the diversity of two independent draws of p_T."""
+    log_q, log_reward = enumerated
+    outcomes = list(log_q)
+    encoder = FixedEncoder([str(z) for z in outcomes])
+    probs = torch.tensor([math.exp(log_q[z]) for z in outcomes], dtype=torch.float64)
+    draws = torch.multinomial(probs, 3000, replacement=True, generator=torch.Generator().manual_seed(0))
+    samples = [outcomes[i] for i in draws.tolist()]
+    temperature = 0.5
+    est = importance_estimates([log_reward[z] for z in samples], [log_q[z] for z in samples], temperature)
+    estimate = embedding_diversity([str(z) for z in samples], encoder, est["weights"])
+
+    def exact_diversity(log_p):  # 1 - E[cos(z, z')] for z, z' drawn independently from p (z = z' included)
+        p = torch.softmax(torch.tensor([log_p[z] for z in outcomes], dtype=torch.float64), 0).float()
+        emb = encoder.encode([str(z) for z in outcomes])
+        return float(1 - p @ (emb @ emb.T) @ p)
+
+    target = exact_diversity({z: log_reward[z] / temperature for z in outcomes})
+    proposal = exact_diversity(log_q)
+    assert abs(target - proposal) > 0.05  # the target is less varied than q: a case the estimate must see
+    assert estimate == pytest.approx(target, abs=0.02)
+    assert embedding_diversity([str(z) for z in samples], encoder) == pytest.approx(proposal, abs=0.02)

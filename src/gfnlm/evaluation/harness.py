@@ -47,12 +47,13 @@ from gfnlm.trajectories import Trajectories
 
 COLUMNS = ["method", "mean_loglik", "max_loglik", "diversity", "distinct_1", "distinct_2", "unique",
            "mean_length", "tokens_per_output", "particles", "log_z_est", "kl_q_p", "ess_fraction",
-           "target_loglik_est", "seconds"]
+           "target_loglik_est", "target_diversity_est", "seconds"]
 HEADERS = {"mean_loglik": "mean log p(Z ∣ X)", "max_loglik": "max log p(Z ∣ X)", "diversity": "embedding diversity",
            "distinct_1": "distinct-1", "distinct_2": "distinct-2", "unique": "unique fraction",
            "mean_length": "tokens", "tokens_per_output": "generated tokens / output",
            "particles": "particles / output", "log_z_est": "log Z(X) estimate", "kl_q_p": "KL(q ‖ p_T) (IS)",
-           "ess_fraction": "ESS / N", "target_loglik_est": "p_T's mean log p(Z ∣ X) (IS)"}
+           "ess_fraction": "ESS / N", "target_loglik_est": "p_T's mean log p(Z ∣ X) (IS)",
+           "target_diversity_est": "p_T's embedding diversity (IS)"}
 
 
 def _trajectories(prompt: Sequence[int], rows: Sequence[Sequence[int]], device) -> Trajectories:
@@ -136,7 +137,8 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
                         log_q = sequence_log_probs(model, space, prompt.ids, rows, device)
                 est = importance_estimates(loglik, log_q, temperature)
                 metrics.update(log_z_est=est["log_z"], kl_q_p=est["kl_q_p"], ess_fraction=est["ess_fraction"],
-                               target_loglik_est=est["target_log_reward"])
+                               target_loglik_est=est["target_log_reward"],
+                               target_diversity_est=embedding_diversity(texts, encoder, est["weights"]))
             mine.append((p_index, method, metrics, {"prompt": prompt.text, "method": method, "completions": texts,
                                                     "log_likelihoods": loglik}))
     everything = sorted(gather_flat(mine), key=lambda r: (r[0], methods.index(r[1])))  # one process's order

@@ -6,7 +6,8 @@ With N samples z_i ~ q and log-weights log w_i = log R(z_i)/T - log q(z_i):
 - ESS = (sum w)^2 / sum w^2, reported as a fraction of N (1 means q = p_T);
 - E_{p_T}[log R] ~ sum_i w_i log R(z_i) / sum_i w_i (self-normalized): the target's own mean log-reward, to
   compare with q's (a q sharper than p_T has the higher mean). Biased toward q's own mean when the ESS is
-  small.
+  small. The normalized weights are returned too, for other self-normalized estimates (e.g. the target's
+  own diversity, ``embedding_diversity(..., weights=...)``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def importance_estimates(log_rewards: Sequence[float], log_q: Sequence[float], t
     log_z = float(torch.logsumexp(log_w, 0)) - math.log(n)
     elbo = float(log_w.mean())
     ess = float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))) / n
-    target_log_reward = float((torch.softmax(log_w, 0) * log_r).sum())
+    weights = torch.softmax(log_w, 0)
+    target_log_reward = float((weights * log_r).sum())
     return {"log_z": log_z, "elbo": elbo, "kl_q_p": log_z - elbo, "ess_fraction": ess,
-            "target_log_reward": target_log_reward, "n": n}
+            "target_log_reward": target_log_reward, "weights": weights.tolist(), "n": n}
 
 
 def exact_divergences(log_q: dict, log_reward: dict, temperature: float = 1.0) -> dict:
