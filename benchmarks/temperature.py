@@ -98,8 +98,8 @@ def train(run_dir: Path, extra: list[str]) -> float:
 
 def saved_evaluation(run_dir: Path, temperature: float, every_metric: bool = True) -> dict | None:
     """The run's saved evaluation at T (the same harness, prompts and samples), if it is complete: with
-    ``every_metric``, only one that has every metric the harness writes now (an older one is evaluated
-    again, ~70 s here)."""
+    ``every_metric``, only one that has every metric the harness writes now, up to its newest, the estimate of
+    p_T's diversity (an older one is evaluated again, ~70 s here)."""
     saved = run_dir / f"eval_T{temperature:g}.json"
     config = run_dir / "config.yaml"
     if not (saved.is_file() and config.is_file()):
@@ -108,7 +108,7 @@ def saved_evaluation(run_dir: Path, temperature: float, every_metric: bool = Tru
     run_config = yaml.safe_load(config.read_text())
     if earlier["n"] != run_config["task"]["eval_samples"] or earlier["temperature"] != temperature:
         return None
-    if every_metric and "target_loglik_est" not in earlier["methods"][0]:
+    if every_metric and "target_diversity_est" not in earlier["methods"][0]:
         return None
     return {**earlier["methods"][0], "steps": run_config["steps"], "prompts": earlier["prompts"],
             "samples": earlier["n"]}
@@ -155,12 +155,12 @@ def welch_t(a: list[float], b: list[float]) -> float:
 def seed_means(results: list[dict], temperatures: list[float]) -> tuple[list[dict], dict[str, bool]]:
     """Per T and axis: each side's mean and standard deviation over seeds, Welch's t (conditional minus
     single), and whether the conditional mean lies within the single-T seeds' spread. Also, where every run
-    has it, the importance estimate of p_T's own mean log-likelihood (each side's estimate of the same
-    number: where the target lies, to see which side is too sharp)."""
+    has them, the importance estimates of p_T's own mean log-likelihood and diversity (each side's estimate
+    of the same number: where the target lies, to see which side is too sharp or too varied)."""
     rows, claims = [], {}
     axes = ["mean_loglik", "diversity", "mean_length"]
-    if all(r.get("target_loglik_est") is not None for r in results):
-        axes.append("target_loglik_est")
+    axes += [key for key in ("target_loglik_est", "target_diversity_est")
+             if all(r.get(key) is not None for r in results)]
     for t in temperatures:
         for key in axes:
             single = [r[key] for r in results if r["T"] == t and r["kind"] == "single"]
@@ -183,10 +183,11 @@ def points_table(results: list[dict]) -> str:
     from gfnlm.evaluation.tables import markdown_table
 
     columns = ["T", "policy", "mean_loglik", "diversity", "mean_length", "kl_q_p", "ess_fraction",
-               "target_loglik_est", "seconds"]
+               "target_loglik_est", "target_diversity_est", "seconds"]
     headers = {"mean_loglik": "mean log p(Z ∣ X)", "diversity": "embedding diversity", "mean_length": "tokens",
                "kl_q_p": "KL(q ‖ p_T) (IS)", "ess_fraction": "ESS / N",
-               "target_loglik_est": "p_T's mean log p(Z ∣ X) (IS)", "seconds": "eval s"}
+               "target_loglik_est": "p_T's mean log p(Z ∣ X) (IS)",
+               "target_diversity_est": "p_T's embedding diversity (IS)", "seconds": "eval s"}
     return markdown_table(results, columns, headers)
 
 

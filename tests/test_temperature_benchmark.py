@@ -43,6 +43,9 @@ def test_seed_means_checks_the_conditional_mean_against_the_single_spread():
     with_target = [{**r, "target_loglik_est": r["mean_loglik"] - 1} for r in results]
     rows, claims_too = bench.seed_means(with_target, [0.8, 0.95])
     assert [r["axis"] for r in rows] == ["mean_loglik", "diversity", "mean_length", "target_loglik_est"]
+    with_both = [{**r, "target_diversity_est": r["diversity"] - 0.01} for r in with_target]
+    rows, _ = bench.seed_means(with_both, [0.8, 0.95])
+    assert [r["axis"] for r in rows][-2:] == ["target_loglik_est", "target_diversity_est"]
     assert claims_too == claims
 
 
@@ -51,11 +54,15 @@ def test_saved_evaluation_is_read_only_when_it_matches_the_run(tmp_path):
     older = {"method": "gfn", "mean_loglik": -20.0, "diversity": 0.8}
     (tmp_path / "eval_T0.8.json").write_text(json.dumps({"methods": [older], "n": 16, "temperature": 0.8,
                                                           "prompts": 20}))
-    # written before the harness estimated p_T's mean log-likelihood: evaluated again, unless saved-only
+    # written before the harness estimated p_T's mean log-likelihood and diversity: evaluated again, unless
+    # saved-only
     assert bench.saved_evaluation(tmp_path, 0.8) is None
     assert bench.saved_evaluation(tmp_path, 0.8, every_metric=False) == {**older, "steps": 200, "prompts": 20,
                                                                          "samples": 16}
-    row = {**older, "target_loglik_est": -18.0}
+    (tmp_path / "eval_T0.8.json").write_text(json.dumps({"methods": [{**older, "target_loglik_est": -18.0}],
+                                                          "n": 16, "temperature": 0.8, "prompts": 20}))
+    assert bench.saved_evaluation(tmp_path, 0.8) is None  # without the newer diversity estimate
+    row = {**older, "target_loglik_est": -18.0, "target_diversity_est": 0.78}
     (tmp_path / "eval_T0.8.json").write_text(json.dumps({"methods": [row], "n": 16, "temperature": 0.8,
                                                           "prompts": 20}))
     assert bench.saved_evaluation(tmp_path, 0.8) == {**row, "steps": 200, "prompts": 20, "samples": 16}
