@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
-from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
 from gfnlm.conditioning import TemperatureEmbedding
@@ -82,7 +81,7 @@ class Policy:
                                       stop_offset_bias, adapter_scale, gate_shape).to(self.device)
         self.model.add_module("temperature_embedding", module)
         self.temperature_embedding = module
-        lora_layer = next(m for m in self.model.modules() if isinstance(m, BaseTunerLayer))
+        lora_layer = lora_layers[0]  # every LoRA layer shares the adapter switches
 
         def reads() -> bool:
             return (module.temperature is not None and not lora_layer.disable_adapters
