@@ -28,6 +28,9 @@ GPU, where one small run leaves the device mostly idle, and on a small CPU, wher
 cores busy).
 --single-seeds '' trains and tabulates the conditional runs alone (no checks: e.g. a new conditional
 setting, compared by hand with single-temperature runs recorded earlier).
+--eval-samples N evaluates with N samples per prompt instead of the preset's 16, saved beside the run's
+own evaluation (eval_T<T>-n<N>.json); with more samples the self-normalized estimates of p_T's figures lean
+less toward the policy's own.
 --saved-only trains nothing and tabulates the runs whose evaluations are saved (e.g. runs trained on
 another machine, of which only the run folders without adapters came back).
 
@@ -48,7 +51,7 @@ every seed and each side's mean ± sd).
                                    [--single-log-z learned|batch] [--logit-scale] [--stop-offset [--stop-slope-only]]
                                    [--adapter-scale] [--logit-scale-lr-scale X] [--loss-weight]
                                    [--conditional-seeds 0,1] [--single-seeds 0,1]
-                                   [--workers K] [--saved-only]
+                                   [--workers K] [--eval-samples N] [--saved-only]
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Job:
     run_dir: Path
     train_args: list[str]
     temperatures: list[float]
+    eval_samples: int | None = None  # samples per prompt in its evaluations (None: its config's)
 
 
 def train(run_dir: Path, extra: list[str]) -> float:
@@ -96,17 +100,28 @@ def train(run_dir: Path, extra: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def saved_evaluation(run_dir: Path, temperature: float, every_metric: bool = True) -> dict | None:
-    """The run's saved evaluation at T (the same harness, prompts and samples), if it is complete: with
-    ``every_metric``, only one that has every metric the harness writes now, up to its newest, the estimate of
-    p_T's diversity (an older one is evaluated again, ~70 s here)."""
-    saved = run_dir / f"eval_T{temperature:g}.json"
+def evaluation_stem(run_config: dict, temperature: float, samples: int | None) -> str:
+    """eval_T<T>, or eval_T<T>-n<N> for N samples per prompt other than the run's own setting (so an
+    evaluation with more samples sits beside the run's and replaces nothing)."""
+    own = run_config["task"]["eval_samples"]
+    return f"eval_T{temperature:g}" + (f"-n{samples}" if samples not in (None, own) else "")
+
+
+def saved_evaluation(run_dir: Path, temperature: float, every_metric: bool = True,
+                     samples: int | None = None) -> dict | None:
+    """The run's saved evaluation at T (the same harness, prompts and samples: ``samples`` per prompt, or the
+    run's own setting), if it is complete: with ``every_metric``, only one that has every metric the harness
+    writes now, up to its newest, the estimate of p_T's diversity (an older one is evaluated again, ~70 s
+    here)."""
     config = run_dir / "config.yaml"
-    if not (saved.is_file() and config.is_file()):
+    if not config.is_file():
+        return None
+    run_config = yaml.safe_load(config.read_text())
+    saved = run_dir / f"{evaluation_stem(run_config, temperature, samples)}.json"
+    if not saved.is_file():
         return None
     earlier = json.loads(saved.read_text())
-    run_config = yaml.safe_load(config.read_text())
-    if earlier["n"] != run_config["task"]["eval_samples"] or earlier["temperature"] != temperature:
+    if earlier["n"] != (samples or run_config["task"]["eval_samples"]) or earlier["temperature"] != temperature:
         return None
     if every_metric and "target_diversity_est" not in earlier["methods"][0]:
         return None
@@ -114,19 +129,19 @@ def saved_evaluation(run_dir: Path, temperature: float, every_metric: bool = Tru
             "samples": earlier["n"]}
 
 
-def evaluate(run_dir: Path, temperature: float) -> dict:
-    earlier = saved_evaluation(run_dir, temperature)
+def evaluate(run_dir: Path, temperature: float, samples: int | None = None) -> dict:
+    earlier = saved_evaluation(run_dir, temperature, samples=samples)
     if earlier is not None:
-        print(f"  reusing {run_dir / f'eval_T{temperature:g}.json'}", flush=True)
+        print(f"  reusing {run_dir.name}'s evaluation at T = {temperature:g}", flush=True)
         return earlier
     from gfnlm.runs import load_run, load_trained_policy
 
-    spec = load_run(run_dir)
+    stem = evaluation_stem(yaml.safe_load((run_dir / "config.yaml").read_text()), temperature, samples)
+    spec = load_run(run_dir, {"task": {"eval_samples": samples}} if samples else None)
     task = spec.task
     policy = load_trained_policy(spec, run_dir)
     t0 = time.perf_counter()
-    result = task.evaluate_at(policy, run_dir, spec.config, temperature, methods=["gfn"],
-                              stem=f"eval_T{temperature:g}")
+    result = task.evaluate_at(policy, run_dir, spec.config, temperature, methods=["gfn"], stem=stem)
     return {**result.metrics["gfn"], "seconds": time.perf_counter() - t0, "steps": spec.config.steps,
             "prompts": len(task.test_set), "samples": task.config.eval_samples}
 
@@ -134,10 +149,11 @@ def evaluate(run_dir: Path, temperature: float) -> dict:
 def run_job(job: Job, saved_only: bool = False) -> tuple[float, dict[float, dict]] | None:
     """Train then evaluate one run; with ``saved_only`` its saved evaluations, or None if any is missing."""
     if saved_only:
-        found = {t: saved_evaluation(job.run_dir, t, every_metric=False) for t in job.temperatures}
+        found = {t: saved_evaluation(job.run_dir, t, every_metric=False, samples=job.eval_samples)
+                 for t in job.temperatures}
         return None if None in found.values() else (float("nan"), found)
     seconds = train(job.run_dir, job.train_args)
-    return seconds, {t: evaluate(job.run_dir, t) for t in job.temperatures}
+    return seconds, {t: evaluate(job.run_dir, t, job.eval_samples) for t in job.temperatures}
 
 
 def within(value: float, points: list[float]) -> bool:
@@ -274,6 +290,10 @@ def main() -> int:
                              "and evaluates the single-temperature runs alone")
     parser.add_argument("--single-seeds", default="0,1", help="seeds of the single-temperature runs per T")
     parser.add_argument("--workers", type=int, default=1, help="runs trained and evaluated at a time")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="samples per prompt in the evaluations (default: the preset's); another number is "
+                             "saved beside the run's own (eval_T<T>-n<N>), e.g. to estimate p_T's figures with less "
+                             "self-normalization bias")
     parser.add_argument("--saved-only", action="store_true",
                         help="train and evaluate nothing: tabulate the runs whose evaluations are saved")
     args = parser.parse_args()
@@ -290,6 +310,8 @@ def main() -> int:
                      "(the conditional runs alone, tabulated without checks)")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.eval_samples is not None and args.eval_samples < 2:
+        parser.error("--eval-samples must be at least 2 (diversity needs pairs)")
     if args.single_anneal_steps is not None and args.single_anneal_steps < 0:
         parser.error("--single-anneal-steps must be 0 or more")
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
@@ -329,13 +351,15 @@ def main() -> int:
                              "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale),
                              "--temperature_loss_weight", str(args.loss_weight).lower(),
                              "--temperature_adapter_scale", str(args.adapter_scale).lower(),
-                             "--temperature_adapter_gate", str(args.adapter_gate).lower()], temperatures))
+                             "--temperature_adapter_gate", str(args.adapter_gate).lower()], temperatures,
+                            args.eval_samples))
         if i < len(single_seeds):
             seed = single_seeds[i]
             for t in temperatures:
                 jobs.append(Job(single_key(t, seed), out_dir / single_key(t, seed),
                                 ["--reward_temp_end", str(t), "--log_z", args.single_log_z, "--seed", str(seed),
-                                 "--steps", str(single_steps), "--reward_temp_horizon", str(anneal_steps)], [t]))
+                                 "--steps", str(single_steps), "--reward_temp_horizon", str(anneal_steps)], [t],
+                                args.eval_samples))
     from gfnlm.job_pool import run_jobs
 
     workers = 1 if args.saved_only else args.workers  # reading saved files needs no processes
@@ -412,7 +436,7 @@ def main() -> int:
                "stop_offset": args.stop_offset, "stop_slope_only": args.stop_slope_only,
                "adapter_scale": args.adapter_scale, "adapter_gate": args.adapter_gate,
                "logit_scale_lr_scale": args.logit_scale_lr_scale, "loss_weight": args.loss_weight,
-               "single_log_z": args.single_log_z, "single_seeds": single_seeds,
+               "single_log_z": args.single_log_z, "eval_samples": args.eval_samples, "single_seeds": single_seeds,
                "conditional_seeds": conditional_seeds, "results": results, "claims": claims,
                "closeness": closeness, "seeds_passing": passing, "seed_means": mean_rows, "mean_claims": mean_claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot),

@@ -72,6 +72,24 @@ def test_saved_evaluation_is_read_only_when_it_matches_the_run(tmp_path):
     assert bench.saved_evaluation(tmp_path, 0.8) is None  # evaluated with other settings than the run's
 
 
+def test_an_evaluation_with_more_samples_sits_beside_the_runs_own(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"steps": 200, "task": {"eval_samples": 16}}))
+    row = {"method": "gfn", "mean_loglik": -20.0, "diversity": 0.8, "target_loglik_est": -18.0,
+           "target_diversity_est": 0.78}
+    (tmp_path / "eval_T0.95.json").write_text(json.dumps({"methods": [row], "n": 16, "temperature": 0.95,
+                                                           "prompts": 20}))
+    assert bench.evaluation_stem({"task": {"eval_samples": 16}}, 0.95, 64) == "eval_T0.95-n64"
+    assert bench.evaluation_stem({"task": {"eval_samples": 16}}, 0.95, 16) == "eval_T0.95"
+    assert bench.saved_evaluation(tmp_path, 0.95, samples=64) is None  # the run's own 16 do not stand in
+    assert bench.saved_evaluation(tmp_path, 0.95, samples=16)["samples"] == 16
+    more = {**row, "target_diversity_est": 0.81}
+    (tmp_path / "eval_T0.95-n64.json").write_text(json.dumps({"methods": [more], "n": 64, "temperature": 0.95,
+                                                               "prompts": 20}))
+    assert bench.saved_evaluation(tmp_path, 0.95, samples=64) == {**more, "steps": 200, "prompts": 20,
+                                                                  "samples": 64}
+    assert bench.saved_evaluation(tmp_path, 0.95)["target_diversity_est"] == 0.78  # the run's own unchanged
+
+
 def test_seed_means_plot_is_written(tmp_path):
     results = [result(t, kind, seed, -20.0 - seed - t, 0.78 + 0.01 * seed) for t in (0.8, 0.95)
                for kind in ("single", "conditional") for seed in range(3)]
@@ -116,6 +134,10 @@ def test_conditional_runs_alone_are_tabulated_without_checks(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["temperature.py", "--loss-weight", "--single-seeds", "0,1", "--saved-only"])
     with pytest.raises(SystemExit, match="fewer than two single-T seeds"):  # asked for, never trained
         bench.main()
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "", "--eval-samples", "1"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "at least 2" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "0"])
     with pytest.raises(SystemExit):
         bench.main()
