@@ -51,3 +51,14 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+class FixedEncoder:
+    """Each text's embedding is a fixed random unit vector (so diversity can be computed exactly)."""
+
+    def __init__(self, texts, dim=8):
+        g = torch.Generator().manual_seed(1)
+        self.vectors = {t: torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0) for t in texts}
+
+    def encode(self, texts, **_):
+        return torch.stack([self.vectors[t] for t in texts])

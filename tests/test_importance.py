@@ -11,7 +11,7 @@ from gfnlm.action_space import ActionSpace
 from gfnlm.evaluation.exact import policy_distribution
 from gfnlm.evaluation.diversity import embedding_diversity
 from gfnlm.evaluation.importance import exact_divergences, importance_estimates
-from tests.conftest import tiny_llama
+from tests.conftest import FixedEncoder, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +65,6 @@ def test_ess_matches_its_definition():
     assert est["ess_fraction"] == pytest.approx(sum(w) ** 2 / sum(x * x for x in w) / 4)
     assert est["log_z"] == pytest.approx(math.log(sum(w) / 4))
     assert est["kl_q_p"] == pytest.approx(math.log(sum(w) / 4) - sum(log_w) / 4)
-
-
-class FixedEncoder:
-    """Each text's embedding is a fixed random unit vector (so diversity can be computed exactly)."""
-
-    def __init__(self, texts, dim=8):
-        g = torch.Generator().manual_seed(1)
-        self.vectors = {t: torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0) for t in texts}
-
-    def encode(self, texts, **_):
-        return torch.stack([self.vectors[t] for t in texts])
 
 
 def test_weighted_diversity_matches_the_pair_sum_and_the_plain_one_for_equal_weights():
