@@ -65,7 +65,7 @@ def plot_groups(path: Path, figures: dict[str, dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = plt.subplots(figsize=(10, 4.6))
     for i, (name, f) in enumerate(figures.items()):
         color = f"C{i % 10}"
         ax.scatter([g["diversity"] for g in f["groups"]], [g["mean_loglik"] for g in f["groups"]], color=color,
@@ -77,7 +77,7 @@ def plot_groups(path: Path, figures: dict[str, dict]) -> Path:
     ax.set_title(f"each run on all {first['samples']} samples per prompt (stars) and on disjoint sets of "
                  f"{first['group_samples']} (dots)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the points, never on them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
