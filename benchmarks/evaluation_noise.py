@@ -43,11 +43,11 @@ def group_figures(records: list[dict], groups: int, encoder=None) -> dict:
     if n % groups or n // groups < 2:
         raise SystemExit(f"{n} samples per prompt do not split into {groups} sets of two or more")
     size = n // groups
+    parts = [slice(g * size, (g + 1) * size) for g in range(groups)]  # the same positions for every prompt
     per_prompt = []  # (all, [group 0, group 1, ...]) of (loglik, diversity) per prompt
     for record in records:
         sims = cosine_similarities(record["completions"], encoder)
         loglik = record["log_likelihoods"]
-        parts = [slice(g * size, (g + 1) * size) for g in range(groups)]
         per_prompt.append(((statistics.mean(loglik), diversity_from_similarities(sims)),
                            [(statistics.mean(loglik[p]), diversity_from_similarities(sims[p, p])) for p in parts]))
     mean = statistics.fmean
