@@ -31,6 +31,9 @@ setting, compared by hand with single-temperature runs recorded earlier).
 --eval-samples N evaluates with N samples per prompt instead of the preset's 16, saved beside the run's
 own evaluation (eval_T<T>-n<N>.json); with more samples the self-normalized estimates of p_T's figures lean
 less toward the policy's own.
+--base-samples N also samples the base model (the adapter off) with N samples per prompt at each T
+(base_T<T>-n<N>.json): its importance estimates of p_T's mean log-likelihood and diversity come from a
+proposal flatter than p_T, which covers what the trained policies may miss.
 --saved-only trains nothing and tabulates the runs whose evaluations are saved (e.g. runs trained on
 another machine, of which only the run folders without adapters came back).
 
@@ -51,7 +54,7 @@ every seed and each side's mean ± sd).
                                    [--single-log-z learned|batch] [--logit-scale] [--stop-offset [--stop-slope-only]]
                                    [--adapter-scale] [--logit-scale-lr-scale X] [--loss-weight]
                                    [--conditional-seeds 0,1] [--single-seeds 0,1]
-                                   [--workers K] [--eval-samples N] [--saved-only]
+                                   [--workers K] [--eval-samples N] [--base-samples N] [--saved-only]
 """
 
 from __future__ import annotations
@@ -144,6 +147,33 @@ def evaluate(run_dir: Path, temperature: float, samples: int | None = None) -> d
     result = task.evaluate_at(policy, run_dir, spec.config, temperature, methods=["gfn"], stem=stem)
     return {**result.metrics["gfn"], "seconds": time.perf_counter() - t0, "steps": spec.config.steps,
             "prompts": len(task.test_set), "samples": task.config.eval_samples}
+
+
+def base_reference(out_dir: Path, temperature: float, samples: int, saved_only: bool = False) -> dict | None:
+    """Plain sampling from the base model (the adapter off) with ``samples`` per held-out prompt, scored against
+    p_T: its importance estimates of p_T's own figures come from a proposal flatter than p_T (T < 1) that
+    covers the target's support, where a trained policy's estimates see only what that policy samples. Saved
+    as base_T<T>-n<N>.json in ``out_dir`` and reused; with ``saved_only``, None when not saved."""
+    stem = f"base_T{temperature:g}-n{samples}"
+    saved = out_dir / f"{stem}.json"
+    if saved.is_file():
+        earlier = json.loads(saved.read_text())
+        return {**earlier["methods"][0], "samples": earlier["n"], "prompts": earlier["prompts"]}
+    if saved_only:
+        return None
+    from gfnlm.runs import prepare_model, resolve
+
+    spec = resolve("continuation", str(ROOT / "configs" / "continuation-cpu.yaml"),
+                   {"reward_temp_end": temperature, "task": {"eval_samples": samples}})
+    policy = prepare_model(spec)  # its fresh adapter is switched off for "sampling"
+    result = spec.task.evaluate_at(policy, out_dir, spec.config, temperature, methods=["sampling"], stem=stem)
+    return {**result.metrics["sampling"], "samples": samples, "prompts": len(spec.task.test_set)}
+
+
+def base_reference_line(t: float, row: dict) -> str:
+    return (f"base model at T = {t:g} ({row['samples']} samples x {row['prompts']} prompts): own diversity "
+            f"{row['diversity']:.3f}, ESS / N {row['ess_fraction']:.3f}; p_T's mean log p(Z | X) (IS) "
+            f"{row['target_loglik_est']:.2f}, p_T's embedding diversity (IS) {row['target_diversity_est']:.3f}")
 
 
 def run_job(job: Job, saved_only: bool = False) -> tuple[float, dict[float, dict]] | None:
@@ -294,6 +324,10 @@ def main() -> int:
                         help="samples per prompt in the evaluations (default: the preset's); another number is "
                              "saved beside the run's own (eval_T<T>-n<N>), e.g. to estimate p_T's figures with less "
                              "self-normalization bias")
+    parser.add_argument("--base-samples", type=int, default=None,
+                        help="also sample the base model (adapter off) with N samples per prompt at each T: "
+                             "estimates of p_T's own log-likelihood and diversity from a proposal that covers it "
+                             "(base_T<T>-n<N>.json)")
     parser.add_argument("--saved-only", action="store_true",
                         help="train and evaluate nothing: tabulate the runs whose evaluations are saved")
     args = parser.parse_args()
@@ -310,8 +344,9 @@ def main() -> int:
                      "(the conditional runs alone, tabulated without checks)")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    if args.eval_samples is not None and args.eval_samples < 2:
-        parser.error("--eval-samples must be at least 2 (diversity needs pairs)")
+    for name in ("eval_samples", "base_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 2:
+            parser.error(f"--{name.replace('_', '-')} must be at least 2 (diversity needs pairs)")
     if args.single_anneal_steps is not None and args.single_anneal_steps < 0:
         parser.error("--single-anneal-steps must be 0 or more")
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
@@ -369,9 +404,13 @@ def main() -> int:
     if missing:
         print(f"without saved evaluations, left out: {', '.join(missing)}", flush=True)
     train_seconds = {key: outcome[0] for key, outcome in outcomes.items() if outcome is not None}
+    for t in temperatures if args.base_samples else []:
+        row = base_reference(out_dir, t, args.base_samples, args.saved_only)
+        print(base_reference_line(t, row) if row else f"base model at T = {t:g}: no saved evaluation", flush=True)
     if not conditional_seeds:
-        print("single-temperature runs trained and evaluated (no conditional seeds to compare): "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in train_seconds.items()))
+        if train_seconds:
+            print("single-temperature runs trained and evaluated (no conditional seeds to compare): "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in train_seconds.items()))
         return 0
     compared = bool(single_seeds)  # against single-T runs, or the conditional runs alone
     single_seeds = [s for s in single_seeds

@@ -142,3 +142,24 @@ def test_conditional_runs_alone_are_tabulated_without_checks(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         bench.main()
     assert "or none" in capsys.readouterr().err
+
+
+def test_the_base_model_reference_is_read_back_when_saved(tmp_path, monkeypatch, capsys):
+    """--base-samples: a saved base-model evaluation is reused (no model loaded); --saved-only reports one that
+    is missing instead of sampling."""
+    assert bench.base_reference(tmp_path, 0.95, 128, saved_only=True) is None
+    row = {"method": "sampling", "mean_loglik": -55.0, "diversity": 0.83, "ess_fraction": 0.2,
+           "target_loglik_est": -29.0, "target_diversity_est": 0.815}
+    (tmp_path / "base_T0.95-n128.json").write_text(json.dumps({"methods": [row], "n": 128, "temperature": 0.95,
+                                                                "prompts": 20}))
+    got = bench.base_reference(tmp_path, 0.95, 128)
+    assert got == {**row, "samples": 128, "prompts": 20}
+    assert "p_T's embedding diversity (IS) 0.815" in bench.base_reference_line(0.95, got)
+    assert bench.base_reference(tmp_path, 0.95, 64, saved_only=True) is None  # another N is another file
+    (tmp_path / "temperature").mkdir()
+    (tmp_path / "temperature" / "base_T0.95-n128.json").write_text((tmp_path / "base_T0.95-n128.json").read_text())
+    monkeypatch.setattr(bench, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "", "--conditional-seeds", "",
+                                      "--temperatures", "0.95", "--base-samples", "128"])
+    assert bench.main() == 0
+    assert "base model at T = 0.95 (128 samples x 20 prompts)" in capsys.readouterr().out
