@@ -67,6 +67,7 @@ import re
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,7 @@ def plot_seed_means(path: Path, results: list[dict], temperatures: list[float], 
         ax.set_ylabel("mean log p_LM(Z | X)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 75 * len(temperatures)), fontsize=10)  # one panel is narrow
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -468,7 +469,8 @@ def main() -> int:
                          "mean log p_LM(Z | X)", f"conditional policies ({args.range}, stars) vs single-temperature ones",
                          highlight=lambda r: r["kind"] == "conditional")
     means_plot = plot_seed_means(OUT / "temperature_seed_means.png", results, temperatures,
-                                 f"seeds and their mean ± sd: conditional ({args.range}{lr_note}) vs single-T")
+                                 f"seeds and their mean ± sd: conditional ({args.range}{lr_note}) vs single-T"
+                                 + (f", {args.eval_samples} samples per prompt" if args.eval_samples else ""))
     summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
                "single_steps": single_steps, "single_anneal_steps": anneal_steps,
                "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
