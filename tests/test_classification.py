@@ -436,6 +436,36 @@ def test_cross_fitted_m_step_draws_each_examples_rationales_from_a_q_that_did_no
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+
+@pytest.mark.parametrize("fitted_better", [True, False])
+def test_cross_fitted_m_step_fits_on_all_n_only_when_cross_validation_keeps_it(
+        tmp_path, tiny_model_dir, monkeypatch, fitted_better):
+    fits, real_fit = [], ClassificationTask.fit_likelihood
+    real_out_of_fold = em.out_of_fold_prediction
+
+    def counted_fit(self, policy, rationales, *args, **kwargs):
+        fits.append(sum(len(zs) for zs in rationales))
+        return real_fit(self, policy, rationales, *args, **kwargs)
+
+    def forced(*args):  # the real cross-validation (its two fold fits), then made to pass or fail the check
+        out = real_out_of_fold(*args)
+        out["log_prob"] = 0.0 if fitted_better else -1e9
+        return out
+
+    monkeypatch.setattr(ClassificationTask, "fit_likelihood", counted_fit)
+    monkeypatch.setattr(em, "out_of_fold_prediction", forced)
+    run = tmp_path / "run"
+    extra = ["--evaluate", "false", "--task.calibrate", "true", "--task.m_cross_fit", "2"]
+    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=1, steps=2, extra=extra)) == 0
+    folds = cross_fit_folds(len(ROWS), 2, 0)
+    out_of_fold = [(len(ROWS) - len(fold)) * 4 for fold in folds]  # 4 rationales per example of the other fold
+    assert fits == out_of_fold + ([len(ROWS) * 4] if fitted_better else [])
+    record = json.loads((run / "em.jsonl").read_text())
+    assert record["kept"] == ("fitted" if fitted_better else "base model")
+    assert (record["m_step_updates"] > 0) == fitted_better and (record["m_step_loss"] is None) != fitted_better
+    lora_b = [v for k, v in load_file(run / "likelihood-round-1.safetensors").items() if "lora_B" in k]
+    assert lora_b and any(bool(v.any()) for v in lora_b) == fitted_better
+
 def test_cross_fitted_em_resumes_exactly_from_inside_a_fold(tmp_path, tiny_model_dir):
     full, cut = tmp_path / "full", tmp_path / "cut"
     extra = ["--evaluate", "false", "--checkpoint_every", "1", "--task.m_cross_fit", "2"]

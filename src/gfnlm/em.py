@@ -30,7 +30,9 @@ scored as at test time (calibrated, the mean probability over q's rationales): o
 
 With ``m_cross_fit`` (F folds) the M-step's rationales and its check come from cross-fitting instead
 (cross_fit.py): auxiliary E-steps on F - 1 folds draw each example's rationales, the check is F-fold
-cross-validation on all N, and the E-step trains on all N.
+cross-validation on all N, and the E-step trains on all N. The likelihood is fitted on all N only when it
+passes that check (or keeping is unconditional): a rejected fit would be thrown away (em.jsonl records
+m_step_updates 0).
 
 Every round appends to em.jsonl the mean log p(Y_true | X, Z) of the training examples (normalized over
 the labels, Z ~ q) before and after its M-step: EM should raise it round after round.
@@ -134,12 +136,19 @@ def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = T
     if c.m_cross_fit:
         judged["fitted"] = out_of_fold_prediction(policy, task, rationales, fit_rationales, settings,
                                                   LIKELIHOOD_ADAPTER)
-    with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
-        fitted = task.fit_likelihood(policy, fit_on, settings, validation=check_on, patience=c.m_patience)
+
+    def rejected() -> bool:
+        return c.m_keep_only_if_better and bool(checked) and judged["fitted"]["log_prob"] <= judged["old"]["log_prob"]
+
+    if c.m_cross_fit and rejected():  # cross-validation has already said no: a fit on all N would be thrown away
+        fitted = {"loss": None, "steps": 0}
+    else:
+        with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
+            fitted = task.fit_likelihood(policy, fit_on, settings, validation=check_on, patience=c.m_patience)
     if not c.m_cross_fit:
         judged["fitted"] = held_out_prediction(policy, task, rationales, held)
     kept = "fitted"
-    if c.m_keep_only_if_better and checked and judged["fitted"]["log_prob"] <= judged["old"]["log_prob"]:
+    if rejected():
         policy.set_adapter_state(old_judge, LIKELIHOOD_ADAPTER)
         kept = "old judge" if round_number > 1 else "base model"
     record = {"round": round_number, "step": trainer.step, "label_log_likelihood_before": before,
