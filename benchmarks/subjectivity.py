@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -142,6 +143,7 @@ def plot(results: dict, path: Path, test: int) -> Path:
                                     [max(v) - m for m, v in zip(means, per_seed)]],
                     marker="o", capsize=3, label=NAMES[method])
     ax.set_xscale("log")
+    ax.set_xlim(min(sizes) / 1.15, max(sizes) * 1.15)  # the methods' offsets stay small beside one N too
     ax.minorticks_off()
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("training examples N")
@@ -149,8 +151,8 @@ def plot(results: dict, path: Path, test: int) -> Path:
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=8)
     seeds = len(next(iter(results.values()))["seeds"])
-    ax.set_title(f"Subjectivity, SmolLM2-135M-Instruct (CPU): mean of {seeds} seed(s), bars from the lowest to "
-                 "the highest", fontsize=9)
+    what = f"mean of {seeds} seeds, bars from the lowest to the highest" if seeds > 1 else "one seed"
+    ax.set_title(textwrap.fill(f"Subjectivity, SmolLM2-135M-Instruct (CPU): {what}", 70), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
