@@ -25,3 +25,23 @@ def test_the_keep_check_of_each_seed_beside_its_test_accuracy():
     assert lines[-1] == "| 20 | 0 | -0.614 / 0.70 -> -0.912 / 0.65 | base model | 0.810 / 0.810 |"
     assert len(lines) == 4
     assert bench.m_step_checks({"10": {"seeds": {"0": seed_result(0.5, 0.5, [{"held_out_prediction": None}])}}}) == []
+
+
+def test_the_accuracy_plot_shows_each_methods_seed_mean_and_range(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    real = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kwargs):
+        drawn.append((kwargs["label"], list(y), [list(e) for e in yerr]))
+        return real(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    seeds = {"0": {"accuracy": {m: 0.6 for m in bench.METHODS}},
+             "1": {"accuracy": {**{m: 0.6 for m in bench.METHODS}, "gfn_em": 0.8}}}
+    path = bench.plot({"10": {"seeds": seeds}}, tmp_path / "accuracy.png", 500)
+    assert path.stat().st_size > 0
+    em = next(d for d in drawn if d[0] == bench.NAMES["gfn_em"])
+    assert em[1] == [0.7] and em[2] == [[0.7 - 0.6], [0.8 - 0.7]]  # mean, then down to the lowest, up to the highest
+    assert len(drawn) == len(bench.METHODS)
