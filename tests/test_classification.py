@@ -436,7 +436,6 @@ def test_cross_fitted_m_step_draws_each_examples_rationales_from_a_q_that_did_no
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-
 @pytest.mark.parametrize("fitted_better", [True, False])
 def test_cross_fitted_m_step_fits_on_all_n_only_when_cross_validation_keeps_it(
         tmp_path, tiny_model_dir, monkeypatch, fitted_better):
@@ -465,6 +464,7 @@ def test_cross_fitted_m_step_fits_on_all_n_only_when_cross_validation_keeps_it(
     assert (record["m_step_updates"] > 0) == fitted_better and (record["m_step_loss"] is None) != fitted_better
     lora_b = [v for k, v in load_file(run / "likelihood-round-1.safetensors").items() if "lora_B" in k]
     assert lora_b and any(bool(v.any()) for v in lora_b) == fitted_better
+
 
 def test_cross_fitted_em_resumes_exactly_from_inside_a_fold(tmp_path, tiny_model_dir):
     full, cut = tmp_path / "full", tmp_path / "cut"
