@@ -76,10 +76,10 @@ def main() -> int:
         parser.error(f"unknown method(s) {unknown}")
     started = time.perf_counter()
 
-    from gfnlm.grpo import GrpoSettings, train_grpo
-    from gfnlm.policy_gradient import PolicyGradientSettings, train_rloo
+    from gfnlm.baselines.grpo import GrpoSettings, train_grpo
+    from gfnlm.baselines.policy_gradient import PolicyGradientSettings, train_rloo
+    from gfnlm.baselines.sft import SupervisedSettings, supervised_finetune
     from gfnlm.runs import prepare_model, resolve, train
-    from gfnlm.supervised import SupervisedSettings, supervised_finetune
 
     OUT.mkdir(parents=True, exist_ok=True)
     overrides = {"task": {"eval_questions": str(args.questions), "eval_chains": str(args.chains)}}

@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from gfnlm.arithmetic_data import Problem
+from gfnlm.tasks.arithmetic.data import Problem
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "arithmetic-cpu.yaml"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gfnlm.lm_forward import continuation_log_probs
+    from gfnlm.core.lm_forward import continuation_log_probs
     from gfnlm.runs import prepare_model, resolve
 
     spec = resolve("arithmetic", args.config, {})

@@ -40,9 +40,9 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from gfnlm.prior import finetune_prior
-    from gfnlm.runs import resolve, train
-    from gfnlm.supervised import SupervisedSettings
+    from gfnlm.baselines.sft import SupervisedSettings
+    from gfnlm.runs import prepare_model, resolve, train
+    from gfnlm.tasks.infilling.prior import finetune_prior
 
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -53,7 +53,8 @@ def main() -> int:
         prior = OUT / "story-prior"
         shutil.rmtree(prior, ignore_errors=True)
         t = time.perf_counter()
-        finetune_prior(resolve("infilling", args.config, {"task": dict(task)}), prior,
+        prior_spec = resolve("infilling", args.config, {"task": dict(task)})
+        finetune_prior(prior_spec, prepare_model(prior_spec), prior,
                        SupervisedSettings(epochs=args.prior_epochs, lr=5e-4, batch_size=8))
         prior_seconds, model = time.perf_counter() - t, str(prior)
     run_dir = OUT / "infilling-gfn"

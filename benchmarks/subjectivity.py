@@ -19,7 +19,7 @@ The table gives each method's mean accuracy over the seeds (with their range whe
 second table every seed's. Runs live in benchmarks/out/subjectivity-n<N>-seed<S>[-estep]: a run of the
 same configuration that finished is reused, one stopped part-way continues from its last checkpoint,
 anything else is trained afresh, so the benchmark can be run in pieces. --workers K trains and evaluates K
-(N, seed) runs at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool).
+(N, seed) runs at a time in separate processes, each with 1/K of the cores (benchmarks/job_pool.py).
 Prints and saves benchmarks/out/subjectivity.json, subjectivity.md and subjectivity_accuracy.png.
 
   python benchmarks/subjectivity.py [--sizes 10,20,50] [--seeds 0] [--test 500] [--steps 150] [--rationales 10]
@@ -37,7 +37,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from gfnlm.metrics_log import read_metrics  # light: the heavy imports wait until the arguments are checked
+from gfnlm.infra.metrics_log import read_metrics  # light: the heavy imports wait until the arguments are checked
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -184,7 +184,7 @@ def main() -> int:
     if missing:
         parser.error(f"missing data file(s): {', '.join(map(str, missing))}")
 
-    from gfnlm.config import parse_overrides
+    from gfnlm.core.config import parse_overrides
     from gfnlm.runs import resolve
 
     extra = parse_overrides([f"--{kv.split('=', 1)[0]}={kv.split('=', 1)[1]}" for kv in args.set])
@@ -205,7 +205,7 @@ def main() -> int:
                                                    and not task_config.m_validation_in_e_step)
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    from gfnlm.job_pool import run_jobs
+    from job_pool import run_jobs  # benchmarks/job_pool.py, beside this script
 
     cases = [(n, seed) for n in sizes for seed in seeds]
     jobs = [(args.config, n, seed, overrides_for(n, seed), e_step_differs) for n, seed in cases]

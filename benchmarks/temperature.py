@@ -23,7 +23,7 @@ the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and t
 of KL(q || p_T), ESS / N and p_T's own mean log p_LM(Z | X) (a saved evaluation without that estimate is
 made again with the same seeds: the same samples when the thread count is the same; with another, sampling
 differs in floating-point detail and a few samples differ). Each run (training, then its evaluations) is one
-job; --workers K runs K jobs at a time in separate processes, each with 1/K of the cores (gfnlm.job_pool: on a
+job; --workers K runs K jobs at a time in separate processes, each with 1/K of the cores (benchmarks/job_pool.py: on a
 GPU, where one small run leaves the device mostly idle, and on a small CPU, where one run does not keep two
 cores busy).
 --single-seeds '' trains and tabulates the conditional runs alone (no checks: e.g. a new conditional
@@ -395,7 +395,7 @@ def main() -> int:
                                 ["--reward_temp_end", str(t), "--log_z", args.single_log_z, "--seed", str(seed),
                                  "--steps", str(single_steps), "--reward_temp_horizon", str(anneal_steps)], [t],
                                 args.eval_samples))
-    from gfnlm.job_pool import run_jobs
+    from job_pool import run_jobs  # benchmarks/job_pool.py, beside this script
 
     workers = 1 if args.saved_only else args.workers  # reading saved files needs no processes
     outcomes = dict(zip([job.key for job in jobs],

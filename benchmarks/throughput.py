@@ -79,14 +79,14 @@ def measure(name: str, steps: int, prompts_file: Path) -> dict | None:
     """Run one configuration in this process (one of several under torchrun) and return its figures."""
     import torch
 
-    from gfnlm.action_space import ActionSpace
-    from gfnlm.config import TrainConfig
-    from gfnlm.distributed import start
-    from gfnlm.lm import load_base_model
-    from gfnlm.policy import LoraSettings, Policy
+    from gfnlm.core.action_space import ActionSpace
+    from gfnlm.core.config import TrainConfig
+    from gfnlm.core.task import Task, TaskPrompt
+    from gfnlm.core.trainer import Trainer
+    from gfnlm.infra.distributed import start
+    from gfnlm.model.loading import load_base_model
+    from gfnlm.model.policy import LoraSettings, Policy
     from gfnlm.targets import LMLikelihood
-    from gfnlm.tasks.base import Task, TaskPrompt
-    from gfnlm.trainer import Trainer
 
     spec = CONFIGS[name]
     torch.manual_seed(0)

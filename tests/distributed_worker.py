@@ -7,11 +7,11 @@ import sys
 
 from safetensors.torch import save_file
 
-import gfnlm.em
-import gfnlm.trainer
+import gfnlm.core.trainer
+import gfnlm.tasks.classification.em
 from gfnlm.cli import main
 
-real_train = gfnlm.trainer.Trainer.train
+real_train = gfnlm.core.trainer.Trainer.train
 
 
 def train_and_save_rank(self, resume=False, **kwargs):
@@ -22,18 +22,18 @@ def train_and_save_rank(self, resume=False, **kwargs):
     return rows
 
 
-gfnlm.trainer.Trainer.train = train_and_save_rank
-real_m_step = gfnlm.em.m_step
+gfnlm.core.trainer.Trainer.train = train_and_save_rank
+real_m_step = gfnlm.tasks.classification.em.m_step
 
 
 def m_step_and_save_rank(trainer, task, round_number, path, **options):
     record = real_m_step(trainer, task, round_number, path, **options)
-    state = trainer.policy.adapter_state(gfnlm.em.LIKELIHOOD_ADAPTER)
+    state = trainer.policy.adapter_state(gfnlm.tasks.classification.em.LIKELIHOOD_ADAPTER)
     save_file(state, str(trainer.run_dir / f"likelihood-round-{round_number}-rank-{trainer.processes.rank}.safetensors"))
     return record
 
 
-gfnlm.em.m_step = m_step_and_save_rank
+gfnlm.tasks.classification.em.m_step = m_step_and_save_rank
 
 HANG_SECONDS = 200  # the launch's own timeout is 240 s; these runs take well under a minute
 

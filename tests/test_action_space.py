@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from gfnlm.action_space import ActionSpace, match_automaton
-from gfnlm.errors import GfnlmError
+from gfnlm.core.action_space import ActionSpace, match_automaton
+from gfnlm.infra.errors import GfnlmError
 
 
 def longest_suffix_prefix(stream, pattern):

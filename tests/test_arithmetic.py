@@ -6,7 +6,7 @@ import torch
 
 from gfnlm.cli import main
 from gfnlm.runs import prepare_model
-from gfnlm.tasks.arithmetic import final_answer
+from gfnlm.tasks.arithmetic.task import final_answer
 
 
 def test_gold_rationales_are_tokenized_as_the_sampler_would_write_them(tiny_model_dir):

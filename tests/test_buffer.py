@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from gfnlm.buffer import BufferItem, ReplayBuffer
-from gfnlm.errors import GfnlmError
+from gfnlm.core.buffer import BufferItem, ReplayBuffer
+from gfnlm.infra.errors import GfnlmError
 
 
 def item(tokens, reward, mask=None):

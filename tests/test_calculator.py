@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gfnlm.calculator import MAX_CHARS, calculate, evaluate, format_number
+from gfnlm.tasks.arithmetic.calculator import MAX_CHARS, calculate, evaluate, format_number
 
 HOSTILE = [
     "__import__('os').system('echo hacked')", "exec('1')", "lambda: 1", "1; import os", "9**9**9", "2**10000",

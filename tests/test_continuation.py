@@ -5,7 +5,7 @@ import json
 from gfnlm.cli import main
 from gfnlm.evaluation.methods import DEFAULT_METHODS
 from gfnlm.evaluation.tables import read_table
-from gfnlm.tasks.continuation import builtin_prompts
+from gfnlm.tasks.continuation.task import builtin_prompts
 
 
 def test_builtin_prompt_split_is_fixed_and_disjoint():

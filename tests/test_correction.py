@@ -8,11 +8,11 @@ from collections import Counter
 import pytest
 import torch
 
-from gfnlm.action_space import ActionSpace
-from gfnlm.correction import importance_sample, smc
-from gfnlm.evaluation.exact import policy_distribution, total_variation
-from gfnlm.generator_draws import draw_indices
-from gfnlm.sampler import draw
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.sampler import draw
+from gfnlm.inference.correction import importance_sample, smc
+from gfnlm.inference.exact import policy_distribution, total_variation
+from gfnlm.infra.seeding import draw_indices
 from gfnlm.targets import RuleTarget
 from tests.conftest import tiny_llama
 

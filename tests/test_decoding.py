@@ -4,9 +4,9 @@
 import pytest
 import torch
 
-from gfnlm.action_space import ActionSpace
-from gfnlm.evaluation.decoding import cut_at_terminator, decode_baseline, diverse_beam_search
-from gfnlm.evaluation.exact import policy_distribution
+from gfnlm.baselines.decoding import cut_at_terminator, decode_baseline, diverse_beam_search
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.inference.exact import policy_distribution
 from tests.conftest import tiny_llama
 
 PROMPT = (5,)

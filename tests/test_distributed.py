@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from gfnlm.cli import main
-from gfnlm.distributed import Processes, my_range, process_generator, share, stream_seed
-from gfnlm.streams import Stream
+from gfnlm.core.streams import Stream
+from gfnlm.infra.distributed import Processes, my_range, process_generator, share, stream_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = "the cat sat on\nwe went to the\na b c d\n"

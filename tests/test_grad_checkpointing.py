@@ -3,12 +3,12 @@ cache, with packed copies of a multi-token terminator), fewer saved activations,
 
 import torch
 
-from gfnlm.action_space import ActionSpace
-from gfnlm.grad_checkpointing import enable_gradient_checkpointing
-from gfnlm.objectives import BalanceTerms, balance_loss
-from gfnlm.policy import LoraSettings, Policy
-from gfnlm.policy_scores import score_policy
-from gfnlm.sampler import sample_trajectories
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.objectives import BalanceTerms, balance_loss
+from gfnlm.core.policy_scores import score_policy
+from gfnlm.core.sampler import sample_trajectories
+from gfnlm.model.grad_checkpointing import enable_gradient_checkpointing
+from gfnlm.model.policy import LoraSettings, Policy
 from tests.conftest import tiny_llama
 from tests.test_enumerable_training import EnumerableTask, make_trainer
 

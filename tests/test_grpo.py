@@ -4,11 +4,11 @@ sequences up."""
 
 import math
 
-from gfnlm.action_space import ActionSpace
-from gfnlm.evaluation.exact import policy_distribution
-from gfnlm.grpo import GrpoSettings, rollout_function, train_grpo
-from gfnlm.policy import LoraSettings, Policy
-from gfnlm.tasks.base import Task, TaskPrompt
+from gfnlm.baselines.grpo import GrpoSettings, rollout_function, train_grpo
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.task import Task, TaskPrompt
+from gfnlm.inference.exact import policy_distribution
+from gfnlm.model.policy import LoraSettings, Policy
 from tests.conftest import char_tokenizer, tiny_llama
 
 CHARS = "abcdep"  # a..d are actions, e stops, p is the prompt

@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from gfnlm.action_space import ActionSpace
-from gfnlm.evaluation.exact import policy_distribution
+from gfnlm.core.action_space import ActionSpace
 from gfnlm.evaluation.diversity import embedding_diversity
-from gfnlm.evaluation.importance import exact_divergences, importance_estimates
+from gfnlm.inference.exact import policy_distribution
+from gfnlm.inference.importance import exact_divergences, importance_estimates
 from tests.conftest import FixedEncoder, tiny_llama
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from gfnlm.cli import main
-from gfnlm.errors import GfnlmError
+from gfnlm.core.trajectories import Trajectories
 from gfnlm.evaluation.text_metrics import bertscore_f1, bleu4, gleu4, rescale
+from gfnlm.infra.errors import GfnlmError
 from gfnlm.runs import prepare_model, resolve
-from gfnlm.story_data import COLUMNS, builtin_stories, load_stories_csv
-from gfnlm.trajectories import Trajectories
+from gfnlm.tasks.infilling.stories import COLUMNS, builtin_stories, load_stories_csv
 
 ACTS = [("went to the park", "saw a dog", "the dog ran", "he threw a ball", "the dog brought it back"),
         ("baked a cake", "it was for a party", "the oven was hot", "the cake burned", "she baked another one"),

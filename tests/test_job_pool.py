@@ -1,13 +1,17 @@
-"""gfnlm.job_pool: runs K at a time in spawned processes, each with its share of the cores."""
+"""benchmarks/job_pool.py: runs K at a time in spawned processes, each with its share of the cores."""
 
 import math
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from gfnlm.errors import GfnlmError
-from gfnlm.job_pool import run_jobs, share_cores
+from gfnlm.infra.errors import GfnlmError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from job_pool import run_jobs, share_cores  # noqa: E402
 
 
 def test_a_process_takes_its_share_of_the_cores(monkeypatch):

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from gfnlm.objectives import BalanceTerms, balance_loss, batch_log_z, db_loss, subtb_loss, tb_loss
+from gfnlm.core.objectives import BalanceTerms, balance_loss, batch_log_z, db_loss, subtb_loss, tb_loss
 
 
 def random_terms(seed: int, batch: int = 6, length: int = 7, with_log_z: bool = True, root_terminable=None):

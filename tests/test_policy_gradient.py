@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from gfnlm.errors import GfnlmError
-from gfnlm.evaluation.exact import policy_distribution
-from gfnlm.policy import LoraSettings, Policy
-from gfnlm.policy_gradient import PolicyGradientSettings, leave_one_out_advantages, train_rloo
+from gfnlm.baselines.policy_gradient import PolicyGradientSettings, leave_one_out_advantages, train_rloo
+from gfnlm.inference.exact import policy_distribution
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.model.policy import LoraSettings, Policy
 from tests.conftest import tiny_llama
 from tests.test_enumerable_training import PROMPT, VOCAB, EnumerableTask
 

@@ -21,15 +21,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import gfnlm.checkpoint as checkpoint_module
-from gfnlm.checkpoint import CheckpointStore
-from gfnlm.errors import GfnlmError
+import gfnlm.infra.checkpoint as checkpoint_module
+from gfnlm.infra.checkpoint import CheckpointStore
+from gfnlm.infra.errors import GfnlmError
 from tests.test_enumerable_training import EnumerableTask, make_trainer
 
 KILLS = 24
 CHILD_TIMEOUT = 300  # seconds: a child that runs longer is stuck (a whole run takes a few seconds)
 PROCESSES = multiprocessing.get_context("forkserver")
-PROCESSES.set_forkserver_preload(["tests.test_reliability", "gfnlm.cli", "gfnlm.trainer", "peft",
+PROCESSES.set_forkserver_preload(["tests.test_reliability", "gfnlm.cli", "gfnlm.core.trainer", "peft",
                                    "transformers.models.llama.modeling_llama"])
 
 
@@ -165,8 +165,8 @@ def test_rewards_that_stay_nan_stop_training_with_a_clear_message(tmp_path):
 
 
 def test_sampling_shrinks_its_batch_when_memory_runs_out(monkeypatch):
-    import gfnlm.evaluation.sampling as sampling
-    from gfnlm.action_space import ActionSpace
+    import gfnlm.inference.sampling as sampling
+    from gfnlm.core.action_space import ActionSpace
     from tests.conftest import tiny_llama
 
     real, sizes = sampling.sample_trajectories, []

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from gfnlm.checkpoint import CheckpointStore, RunLock
-from gfnlm.errors import GfnlmError
+from gfnlm.infra.checkpoint import CheckpointStore, RunLock
+from gfnlm.infra.errors import GfnlmError
 from tests.test_enumerable_training import EnumerableTask, make_trainer
 
 

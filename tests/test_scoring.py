@@ -5,15 +5,15 @@ from collections import Counter
 import pytest
 import torch
 
-import gfnlm.sampler as sampler_module
-from gfnlm.action_space import ActionSpace
-from gfnlm.evaluation.exact import normalize, policy_distribution, total_variation
-from gfnlm.lm_forward import continuation_log_probs, encode_prompts, state_logits
-from gfnlm.policy import LoraSettings, Policy
-from gfnlm.policy_scores import score_policy
-from gfnlm.sampler import sample_trajectories
+import gfnlm.core.sampler as sampler_module
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.lm_forward import continuation_log_probs, encode_prompts, state_logits
+from gfnlm.core.policy_scores import score_policy
+from gfnlm.core.sampler import sample_trajectories
+from gfnlm.core.trajectories import Trajectories
+from gfnlm.inference.exact import normalize, policy_distribution, total_variation
+from gfnlm.model.policy import LoraSettings, Policy
 from gfnlm.targets import LMLikelihood, PromptAnswerLikelihood, RuleTarget
-from gfnlm.trajectories import Trajectories
 from tests.conftest import tiny_llama
 
 V = 9

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from gfnlm.errors import GfnlmError
-from gfnlm.policy import LoraSettings, Policy
-from gfnlm.supervised import SupervisedExample, SupervisedSettings, supervised_finetune
+from gfnlm.baselines.sft import SupervisedExample, SupervisedSettings, supervised_finetune
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.model.policy import LoraSettings, Policy
 from tests.conftest import char_tokenizer, tiny_llama
 
 

@@ -4,13 +4,13 @@ import re
 
 import torch
 
-from gfnlm.action_space import ActionSpace
-from gfnlm.arithmetic_data import generate
-from gfnlm.calculator import calculate
-from gfnlm.policy_scores import score_policy
-from gfnlm.sampler import sample_trajectories
-from gfnlm.tools import Calculator, ToolHook
-from gfnlm.trajectories import Trajectories
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.policy_scores import score_policy
+from gfnlm.core.sampler import sample_trajectories
+from gfnlm.core.tools import ToolHook
+from gfnlm.core.trajectories import Trajectories
+from gfnlm.tasks.arithmetic.calculator import Calculator, calculate
+from gfnlm.tasks.arithmetic.data import generate
 from tests.conftest import char_tokenizer, tiny_llama
 
 CHARS = list(" 0123456789+-=,?QA:")

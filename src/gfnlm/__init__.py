@@ -5,7 +5,7 @@ in proportion to an unnormalized posterior R(Z) that a language model defines; t
 with the adapter disabled score the rewards.
 """
 
-from gfnlm.errors import GfnlmError
+from gfnlm.infra.errors import GfnlmError
 
 __version__ = "0.1.0"
 __all__ = ["GfnlmError", "__version__"]

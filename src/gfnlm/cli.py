@@ -16,8 +16,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from gfnlm.config import TrainConfig, parse_overrides
-from gfnlm.errors import GfnlmError
+from gfnlm.core.config import TrainConfig, parse_overrides
+from gfnlm.infra.errors import GfnlmError
 
 
 def _train_help() -> str:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     args, rest = parser.parse_known_args(argv)
     status = _dispatch(args, rest)
-    from gfnlm.distributed import current, leave
+    from gfnlm.infra.distributed import current, leave
 
     if current().distributed:  # one of the processes a launcher started, not a process that only says so
         leave(status)
@@ -105,16 +105,17 @@ def _train(args, rest: list[str]) -> int:
 
 
 def _prior(args, rest: list[str]) -> int:
-    from gfnlm.config import check_range
-    from gfnlm.prior import finetune_prior
-    from gfnlm.runs import resolve
-    from gfnlm.supervised import SupervisedSettings
+    from gfnlm.baselines.sft import SupervisedSettings
+    from gfnlm.core.config import check_range
+    from gfnlm.runs import prepare_model, resolve
+    from gfnlm.tasks.infilling.prior import check_prior, finetune_prior
 
     check_range("--epochs", args.epochs, low=0, low_open=True)
     check_range("--prior-lr", args.prior_lr, low=0, low_open=True)
     check_range("--batch-size", args.batch_size, low=1)
     spec = resolve(args.task, args.config, parse_overrides(rest))
-    finetune_prior(spec, args.out, SupervisedSettings(epochs=args.epochs, lr=args.prior_lr, batch_size=args.batch_size,
+    check_prior(spec, args.out)
+    finetune_prior(spec, prepare_model(spec), args.out, SupervisedSettings(epochs=args.epochs, lr=args.prior_lr, batch_size=args.batch_size,
                                                       seed=spec.config.seed, progress=spec.config.progress))
     return 0
 
@@ -122,8 +123,8 @@ def _prior(args, rest: list[str]) -> int:
 def _sample(args) -> int:
     import contextlib
 
-    from gfnlm.distributed import gather_flat, process_generator, share, start
-    from gfnlm.evaluation.sampling import sample_completions
+    from gfnlm.inference.sampling import sample_completions
+    from gfnlm.infra.distributed import gather_flat, process_generator, share, start
     from gfnlm.runs import load_run, load_trained_policy
 
     if args.n < 1 or args.temperature <= 0:
@@ -171,7 +172,7 @@ def _sample(args) -> int:
 
 def _conditioning(args, spec):
     """The temperature tag of a temperature-conditional run (None otherwise), checked before any loading."""
-    from gfnlm.conditioning import TemperatureConditioning
+    from gfnlm.model.temperature import TemperatureConditioning
 
     conditional = spec.config.conditional_temperatures
     if args.target_temperature is not None and not conditional:
@@ -196,7 +197,7 @@ def _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperat
 
     import torch
 
-    from gfnlm.correction import importance_sample, smc
+    from gfnlm.inference.correction import importance_sample, smc
 
     target = spec.task.target(policy)
     proposal_prompt = prompt if args.base else policy_prompt
@@ -228,7 +229,7 @@ def _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperat
 
 
 def _eval(args, rest: list[str]) -> int:
-    from gfnlm.distributed import start
+    from gfnlm.infra.distributed import start
     from gfnlm.runs import load_run, load_trained_policy, report
 
     spec = load_run(args.run, parse_overrides(rest))
@@ -244,8 +245,9 @@ def _eval(args, rest: list[str]) -> int:
 
 def _compare(args) -> int:
     from gfnlm.evaluation.comparison import compare_runs
+    from gfnlm.runs import load_run
 
-    table, plot = compare_runs([Path(r) for r in args.runs], Path(args.out))
+    table, plot = compare_runs([(Path(r), load_run(r)) for r in args.runs], Path(args.out))
     print(table)
     print(f"\nTable: {(Path(args.out) / 'compare.md').resolve()}\nPlot:  {plot.resolve()}")
     return 0

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from gfnlm.config import TrainConfig, build, merge, read_yaml, to_dict
-from gfnlm.errors import GfnlmError
-from gfnlm.lm import resolve_model_source
+from gfnlm.core.config import TrainConfig, build, merge, read_yaml, to_dict
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.model.loading import resolve_model_source
 from gfnlm.tasks import Task, task_class
 
 CONFIG_FILE = "config.yaml"
@@ -100,12 +100,12 @@ def prepare_model(spec: RunSpec, processes=None):
     tokenize its inputs."""
     import torch
 
-    from gfnlm.conditioning import parse_temperatures
-    from gfnlm.config import adapter_file
-    from gfnlm.device import resolve_device
-    from gfnlm.grad_checkpointing import enable_gradient_checkpointing
-    from gfnlm.lm import load_base_model
-    from gfnlm.policy import LoraSettings, Policy
+    from gfnlm.core.config import adapter_file
+    from gfnlm.infra.device import resolve_device
+    from gfnlm.model.grad_checkpointing import enable_gradient_checkpointing
+    from gfnlm.model.loading import load_base_model
+    from gfnlm.model.policy import LoraSettings, Policy
+    from gfnlm.model.temperature import parse_temperatures
 
     c = spec.config
     torch.manual_seed(c.seed)
@@ -144,9 +144,9 @@ def check_context_window(task: Task, model_config) -> None:
 
 def train(spec: RunSpec, resume: bool = False) -> Path:
     """Train and report. Under a launcher every process runs this; only rank 0 writes to the run folder."""
-    from gfnlm.checkpoint import CheckpointStore, RunLock
-    from gfnlm.distributed import start
-    from gfnlm.trainer import Trainer
+    from gfnlm.core.trainer import Trainer
+    from gfnlm.infra.checkpoint import CheckpointStore, RunLock
+    from gfnlm.infra.distributed import start
 
     c = spec.config
     run_dir = Path(c.output_dir)
@@ -191,7 +191,7 @@ def holds_run_of(run_dir: str | Path, spec: RunSpec) -> bool:
 
 
 def load_trained_policy(spec: RunSpec, run_dir: Path, processes=None):
-    from gfnlm.checkpoint import CheckpointStore
+    from gfnlm.infra.checkpoint import CheckpointStore
 
     policy = prepare_model(spec, processes)
     latest = CheckpointStore(run_dir).latest()
@@ -205,7 +205,7 @@ def report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | None = N
     """Evaluate (when configured), plot the training curves, and write report.md (rank 0). A task whose
     evaluation needs every process (``evaluates_on_every_process``) evaluates on all of them, the others
     without progress bars; otherwise rank 0 alone."""
-    from gfnlm.distributed import current
+    from gfnlm.infra.distributed import current
 
     processes = processes or current()
     if not processes.is_main:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gfnlm.conditioning import parse_temperatures
-from gfnlm.errors import GfnlmError
 from gfnlm.evaluation.harness import COLUMNS, HEADERS
 from gfnlm.evaluation.plots import plot_frontier
 from gfnlm.evaluation.tables import evaluation_stem, read_table, write_table
-from gfnlm.runs import load_run
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.model.temperature import parse_temperatures
 
 PER_RUN = ("gfn", "tempered")
 
@@ -33,10 +32,11 @@ def _tables(run_dir: Path, spec) -> list[tuple[float, Path]]:
     return found
 
 
-def compare_runs(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
+def compare_runs(runs: list[tuple[Path, object]], out_dir: Path) -> tuple[str, Path]:
+    """``runs``: (run folder, its RunSpec as ``gfnlm.runs.load_run`` reads it)."""
     rows = []
-    for index, run_dir in enumerate(run_dirs):
-        spec = load_run(run_dir)
+    run_dirs = [run_dir for run_dir, _ in runs]
+    for index, (run_dir, spec) in enumerate(runs):
         tables = _tables(run_dir, spec)
         for t_index, (temperature, table) in enumerate(tables):
             for row in read_table(table):

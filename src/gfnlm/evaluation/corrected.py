@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from gfnlm.action_space import ActionSpace
-from gfnlm.correction import importance_sample, smc
-from gfnlm.policy import Policy
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.inference.correction import importance_sample, smc
+from gfnlm.model.policy import Policy
 from gfnlm.targets import Target
 
 

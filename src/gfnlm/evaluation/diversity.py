@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
-from gfnlm.errors import GfnlmError
+from gfnlm.infra.errors import GfnlmError
 
 
 @lru_cache(maxsize=1)

@@ -29,22 +29,27 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gfnlm.action_space import ActionSpace
-from gfnlm.distributed import current, gather_flat, my_range
+from gfnlm.baselines.decoding import decode_baseline
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.policy_scores import score_policy
+from gfnlm.core.task import TaskPrompt
+from gfnlm.core.trajectories import Trajectories
 from gfnlm.evaluation.corrected import base_particles, run_corrected
-from gfnlm.evaluation.decoding import decode_baseline
-from gfnlm.evaluation.diversity import (cosine_similarities, distinct_n, diversity_from_similarities, sentence_encoder,
-                                        unique_fraction)
-from gfnlm.evaluation.importance import importance_estimates
+from gfnlm.evaluation.diversity import (
+    cosine_similarities,
+    distinct_n,
+    diversity_from_similarities,
+    sentence_encoder,
+    unique_fraction,
+)
 from gfnlm.evaluation.methods import ALL_METHODS, CORRECTED
 from gfnlm.evaluation.plots import plot_frontier
-from gfnlm.evaluation.sampling import sample_completions
 from gfnlm.evaluation.tables import write_table
-from gfnlm.policy import Policy
-from gfnlm.policy_scores import score_policy
+from gfnlm.inference.importance import importance_estimates
+from gfnlm.inference.sampling import sample_completions
+from gfnlm.infra.distributed import current, gather_flat, my_range
+from gfnlm.model.policy import Policy
 from gfnlm.targets import Target
-from gfnlm.tasks.base import TaskPrompt
-from gfnlm.trajectories import Trajectories
 
 COLUMNS = ["method", "mean_loglik", "max_loglik", "diversity", "distinct_1", "distinct_2", "unique",
            "mean_length", "tokens_per_output", "particles", "log_z_est", "kl_q_p", "ess_fraction",

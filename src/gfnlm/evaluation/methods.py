@@ -1,6 +1,7 @@
-"""Names of the sampling methods the evaluation harness compares (kept import-light for validation)."""
+"""Names of the sampling methods the evaluation harness compares."""
 
-BASELINES = ("greedy", "beam", "diverse_beam", "nucleus", "sampling", "tempered")
+from gfnlm.baselines.decoding import BASELINES
+
 # Amortize, then correct: importance sampling / SMC with the trained policy or the base model as proposal.
 CORRECTED = ("gfn_is", "gfn_smc", "base_is", "base_smc")
 DEFAULT_METHODS = ("gfn",) + BASELINES

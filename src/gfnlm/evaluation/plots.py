@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gfnlm.metrics_log import read_metrics  # noqa: E402
+from gfnlm.infra.metrics_log import read_metrics  # noqa: E402
 
 
 def plot_training_curves(run_dir: Path, extra: tuple[str, ...] = ()) -> Path | None:

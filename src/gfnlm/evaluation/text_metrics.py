@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from gfnlm.errors import GfnlmError
+from gfnlm.infra.errors import GfnlmError
 
 WORD = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
 

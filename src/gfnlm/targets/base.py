@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from gfnlm.trajectories import Trajectories
+from gfnlm.core.trajectories import Trajectories
 
 
 class Target(ABC):

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-from gfnlm.lm_forward import encode_prompts, state_logits
-from gfnlm.policy import Policy
+from gfnlm.core.lm_forward import encode_prompts, state_logits
+from gfnlm.core.trajectories import Trajectories
+from gfnlm.model.policy import Policy
 from gfnlm.targets.base import Target
-from gfnlm.trajectories import Trajectories
 
 
 class LMLikelihood(Target):

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import torch
 
+from gfnlm.core.trajectories import Trajectories
 from gfnlm.targets.base import Target
-from gfnlm.trajectories import Trajectories
 
 
 class RuleTarget(Target):

@@ -1,12 +1,12 @@
 """Built-in tasks, by name."""
 
-from gfnlm.errors import GfnlmError
-from gfnlm.tasks.arithmetic import ArithmeticTask
-from gfnlm.tasks.base import EvalResult, Task, TaskPrompt
-from gfnlm.tasks.classification import ClassificationTask, SubjectivityTask
-from gfnlm.tasks.continuation import ContinuationTask
-from gfnlm.tasks.infilling import InfillingTask
-from gfnlm.tasks.rng import RngTask
+from gfnlm.core.task import EvalResult, Task, TaskPrompt
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.tasks.arithmetic.task import ArithmeticTask
+from gfnlm.tasks.classification.task import ClassificationTask, SubjectivityTask
+from gfnlm.tasks.continuation.task import ContinuationTask
+from gfnlm.tasks.infilling.task import InfillingTask
+from gfnlm.tasks.rng.task import RngTask
 
 TASKS: dict[str, type[Task]] = {
     RngTask.name: RngTask, ContinuationTask.name: ContinuationTask, ArithmeticTask.name: ArithmeticTask,

@@ -1,0 +1,114 @@
+"""The reinforcement-learning baseline through TRL: GRPOTrainer with LoRA, whose rollouts come from the
+project's sampler (TRL's ``rollout_func``), so tools run inside the rollouts exactly as for GFlowNet
+fine-tuning; their output is marked as environment tokens (``env_mask`` = 0), which TRL keeps out of
+the loss. Rewards come from the task (e.g. 1.0 for a correct final answer).
+
+Rollouts are drawn from the policy restricted to the task's action space; TRL scores the same tokens
+with the full vocabulary, so the loss also pushes probability into the allowed tokens (never out of
+them). The stop sequence is part of each completion, so the policy learns when to stop.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from gfnlm.baselines.policy_gradient import TaskReward
+from gfnlm.baselines.sft import TRL_KEEP_MODEL_AS_IS, restores_use_cache, with_pad_token
+from gfnlm.core.sampler import sample_trajectories
+from gfnlm.core.task import Task
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.model.policy import Policy
+
+
+@dataclass
+class GrpoSettings:
+    steps: int = 100
+    trajectories_per_prompt: int = 8  # TRL's num_generations: one group per prompt and step
+    lr: float = 1e-4
+    kl_coef: float = 0.0  # TRL's beta; the reference model is the base (adapter off)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    progress: bool = True
+
+
+def rollout_function(policy: Policy, task: Task, seed: int):
+    """TRL's rollout_func: one trajectory of the policy (with the task's tools) per prompt entry."""
+    by_text = {p.text: p for p in task.train_prompts()}
+    space = task.action_space().to(policy.device)
+    hook = task.insert_hook()
+    stop = [int(t) for t in space.terminator]
+    generator = torch.Generator(device=policy.device).manual_seed(seed)
+
+    def rollout(prompts: list, trainer) -> dict:
+        unknown = [p for p in prompts if p not in by_text]
+        if unknown:
+            raise GfnlmError(f"GRPO rollout: prompt {unknown[0]!r} is not one of the task's training prompts.")
+        distinct = list(dict.fromkeys(prompts))
+        index = torch.tensor([distinct.index(p) for p in prompts])
+        chosen = [by_text[p] for p in distinct]
+        was_training = policy.model.training
+        policy.model.eval()
+        traj = sample_trajectories(policy.model, space, [p.ids for p in chosen], [p.key for p in chosen], index,
+                                   generator=generator, insert_hook=hook)
+        policy.model.train(was_training)
+        rows = [traj.row(b) for b in range(traj.batch_size)]
+        masks = [traj.row_policy_mask(b) for b in range(traj.batch_size)]
+        return {"prompt_ids": [list(chosen[int(i)].ids) for i in index],
+                "completion_ids": [row + stop for row in rows],
+                "env_mask": [[int(m) for m in mask] + [1] * len(stop) for mask in masks],
+                "logprobs": None,
+                "prompt_key": [chosen[int(i)].key for i in index],
+                "latent": rows}
+
+    return rollout
+
+
+def train_grpo(policy: Policy, task: Task, reward: TaskReward, settings: GrpoSettings) -> list[dict]:
+    """Train the policy's adapter with TRL's GRPOTrainer; returns one row of metrics per step (mean
+    reward, reward calls and seconds)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    s = settings
+    prompts = task.train_prompts()
+    if not prompts:
+        raise GfnlmError("The task has no training prompts.")
+    if s.trajectories_per_prompt < 2:
+        raise GfnlmError("GRPO needs at least 2 trajectories per prompt.")
+    tokenizer = policy.tokenizer
+    if tokenizer is None:
+        raise GfnlmError("GRPO through TRL needs the policy's tokenizer.")
+    with_pad_token(tokenizer)
+    calls: list[float] = []
+
+    def task_reward(prompts, completions, prompt_key, latent, **_) -> list[float]:
+        values = [float(reward(key, list(z))) for key, z in zip(prompt_key, latent)]
+        calls.extend(values)
+        return values
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="gfnlm-grpo-") as scratch:
+        args = GRPOConfig(output_dir=scratch, max_steps=s.steps, learning_rate=s.lr, lr_scheduler_type="constant",
+                          per_device_train_batch_size=s.trajectories_per_prompt,
+                          num_generations=s.trajectories_per_prompt, beta=s.kl_coef, temperature=1.0,
+                          max_grad_norm=s.max_grad_norm, logging_steps=1, save_strategy="no", report_to="none",
+                          seed=s.seed, use_cpu=policy.device.type == "cpu", disable_tqdm=not s.progress,
+                          dataloader_num_workers=0, **TRL_KEEP_MODEL_AS_IS)
+        trainer = GRPOTrainer(model=policy.model, reward_funcs=[task_reward], args=args,
+                              train_dataset=Dataset.from_dict({"prompt": [p.text for p in prompts]}),
+                              processing_class=tokenizer, rollout_func=rollout_function(policy, task, s.seed))
+        started = time.perf_counter()
+        with restores_use_cache(policy.model):
+            trainer.train()
+        seconds = time.perf_counter() - started
+    policy.model.eval()
+    per_step = s.trajectories_per_prompt
+    for step in range(len(calls) // per_step):
+        group = calls[step * per_step: (step + 1) * per_step]
+        rows.append({"step": step + 1, "reward": sum(group) / len(group), "reward_calls": len(group),
+                     "seconds": seconds / max(len(calls) // per_step, 1)})
+    return rows

@@ -1,0 +1,94 @@
+"""What a task provides to the trainer: prompts, the action space, the target and its evaluation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.trajectories import Trajectories
+from gfnlm.model.policy import Policy
+
+if TYPE_CHECKING:  # targets sit above the engine: tasks build them, the trainer only calls log_rewards
+    from gfnlm.targets import Target
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    text: str
+    ids: tuple[int, ...]
+    key: str
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    plots: list[Path] = field(default_factory=list)
+    markdown: str = ""
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    training_metric_names: ClassVar[tuple[str, ...]] = ()  # keys returned by training_metrics
+    # True when evaluate() must run on every process of a launch: it splits its sampling over them
+    # (gfnlm.infra.distributed.share / gather_flat), or it trains a baseline adapter with TRL, which is
+    # data-parallel over the launch's processes. Otherwise rank 0 evaluates alone.
+    evaluates_on_every_process: ClassVar[bool] = False
+    # whether ``evaluate`` handles a temperature-conditional policy (else its report skips the evaluation)
+    evaluates_conditional_runs: ClassVar[bool] = False
+    # task options that change only how a trained run is evaluated (besides every eval_* option):
+    # `gfnlm eval` may override these and no others
+    evaluation_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config):
+        self.config = config
+
+    def check_inputs(self) -> None:
+        """Cheap checks of the task's inputs (files, prompts) before any model is loaded."""
+
+    @abstractmethod
+    def setup(self, tokenizer, vocab_size: int) -> None:
+        """Tokenize prompts and build token sets once the tokenizer is known."""
+
+    @abstractmethod
+    def train_prompts(self) -> list[TaskPrompt]: ...
+
+    def all_prompts(self) -> list[TaskPrompt]:
+        """Every prompt the task will run the model on (training and evaluation)."""
+        return self.train_prompts()
+
+    @abstractmethod
+    def action_space(self) -> ActionSpace: ...
+
+    @abstractmethod
+    def target(self, policy: Policy) -> Target: ...
+
+    def temperature_tag(self):
+        """How a temperature-conditional policy reads T: a function T -> prompt tokens put before X."""
+        from gfnlm.model.temperature import text_tag
+
+        return text_tag(getattr(self, "tokenizer", None))
+
+    def insert_hook(self):
+        """Tools that write into rollouts (the sampler's insert hook), or None."""
+        return None
+
+    def seed_trajectories(self) -> list[tuple[str, tuple[int, ...], tuple[bool, ...]]]:
+        """(prompt key, tokens, policy mask) rows put into the replay buffer before training."""
+        return []
+
+    def fit(self, trainer, resume: bool = False) -> None:
+        """Train the policy (``trainer``: a gfnlm.core.trainer.Trainer); tasks with more than one phase (EM)
+        run them here."""
+        trainer.train(resume=resume)
+
+    def training_metrics(self, traj: Trajectories, texts: list[str]) -> dict:
+        """Task metrics of freshly sampled completions, logged each step."""
+        return {}
+
+    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        """Evaluate a trained policy; ``config`` is the run's TrainConfig (seed, reward temperature, ...)."""
+        return EvalResult({})

@@ -1,0 +1,284 @@
+"""Arithmetic with a calculator tool: the latent Z is a chain of calculator calls.
+
+X = "Question: 3 + 5 - 6 = ? Answer:", Z = " 3 + 5 = 8 , 8 - 6 = 2" where every result after "="
+is written by the calculator (non-policy tokens), and the target is p_LM(X Z Y) with
+Y = "\\nThe answer is 2." for the correct answer: the policy stops by writing Y's first token
+("\\n"), and the reward of every prefix appends all of Y. The policy may only write digits, spaces,
+" +", " -", " =", " ," and the stop. The reward model reads ``reward_shots`` worked examples before X (the
+policy does not); their keys/values are computed once per batch. The gold rationales of the first
+training problems seed the replay buffer (with their calculator outputs marked as non-policy, so
+replays reproduce them).
+
+Evaluation: K chains per test question (with the calculator); the answer is chosen by majority of
+the chains' final results and by the highest total p_LM(Y | X, Z) over the chains.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gfnlm.baselines.sft import SupervisedExample
+from gfnlm.core.action_space import ActionSpace
+from gfnlm.core.config import check_range, method_list
+from gfnlm.core.lm_forward import continuation_log_probs
+from gfnlm.core.task import EvalResult, Task, TaskPrompt
+from gfnlm.core.tools import ToolHook
+from gfnlm.core.trajectories import Trajectories
+from gfnlm.infra.distributed import current, gather_flat, my_range, process_generator
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.model.policy import Policy
+from gfnlm.targets import PromptAnswerLikelihood, Target
+from gfnlm.tasks.arithmetic.calculator import Calculator
+from gfnlm.tasks.arithmetic.data import Problem, generate
+
+POLICY_PIECES = [" ", *"0123456789", " +", " -", " =", " ,"]
+NUMBER = re.compile(r"-?\d+")
+
+
+@dataclass
+class ArithmeticConfig:
+    seed: int = 0
+    train_size: int = 50
+    gold_size: int = 10
+    test_size: int = 200
+    train_operands: str = "3,4"
+    ood_operands: int = 5
+    max_operand: int = 9
+    answer_template: str = "\nThe answer is {answer}."
+    min_len: int = 5  # as the reference: with 0 the policy learns to answer directly (empty chains)
+    max_len: int = 40  # tokens of Z, calculator outputs included
+    stop_after_tool: bool = True  # Z is a whole chain of calculator calls: stop only right after a result
+    eval_questions: int = 50  # per test split
+    eval_chains: int = 10  # K chains per question
+    eval_temperature: float = 0.5
+    eval_batch_questions: int = 16
+    eval_methods: str = "gfn,cot_prompting"
+    eval_vote_candidates: int = 4  # answers compared by total p(Y | X, Z): the chains' most frequent ones
+    cot_shots: int = 3  # worked examples (gold rationales) before each question for cot_prompting
+    reward_shots: int = 3  # worked examples the reward model reads before X (as the reference); 0 = bare X
+
+    def validate(self) -> None:
+        for name in ("train_size", "test_size", "eval_questions", "eval_chains", "eval_batch_questions",
+                     "eval_vote_candidates"):
+            check_range(f"task.{name}", getattr(self, name), low=1)
+        check_range("task.gold_size", self.gold_size, low=0)
+        check_range("task.max_operand", self.max_operand, low=1)
+        check_range("task.min_len", self.min_len, low=0)
+        check_range("task.max_len", self.max_len, low=1)
+        check_range("task.cot_shots", self.cot_shots, low=0)
+        check_range("task.reward_shots", self.reward_shots, low=0)
+        self.methods()  # an empty list or an unknown method is an error
+        if self.eval_temperature <= 0:
+            raise GfnlmError("task.eval_temperature must be positive.")
+        if "{answer}" not in self.answer_template or not self.answer_template.startswith("\n"):
+            raise GfnlmError("task.answer_template must start with a newline (the stop) and contain {answer}.")
+        operands = self.operand_counts()
+        if not operands or min(operands + (self.ood_operands,)) < 2:
+            raise GfnlmError(f"task.train_operands {self.train_operands!r}: give counts of at least 2, like '3,4'.")
+
+    def methods(self) -> list[str]:
+        return method_list("task.eval_methods", self.eval_methods, ("gfn", "cot_prompting"))
+
+    def operand_counts(self) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in str(self.train_operands).split(",") if x.strip())
+        except ValueError as exc:
+            raise GfnlmError(f"task.train_operands {self.train_operands!r} is not a list of integers.") from exc
+
+
+def final_answer(text: str) -> int | None:
+    """The last number of a chain: the calculator's last result."""
+    numbers = NUMBER.findall(text)
+    return int(numbers[-1]) if numbers else None
+
+
+class ArithmeticTask(Task):
+    name = "arithmetic"
+    Config = ArithmeticConfig
+    training_metric_names = ("chain_correct",)
+    evaluates_on_every_process = True  # each process answers its share of the questions
+
+    def check_inputs(self) -> None:
+        c = self.config
+        simple, hard = (min(c.operand_counts()), max(c.operand_counts()))
+        tests = {"simple": simple, "hard": hard, "ood": c.ood_operands}
+        self.data = generate(c.seed, c.train_size, c.gold_size, c.test_size, c.operand_counts(), tests, c.max_operand)
+
+    def setup(self, tokenizer, vocab_size: int) -> None:
+        self.check_inputs()
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.stop = tokenizer.encode("\n", add_special_tokens=False)
+        if len(self.stop) != 1:
+            raise GfnlmError("The tokenizer does not write a newline as one token; the arithmetic task needs it.")
+        self.allowed = sorted({t for piece in POLICY_PIECES for t in tokenizer.encode(piece, add_special_tokens=False)})
+        self.train_set = [self.prompt(p, f"train-{i}") for i, p in enumerate(self.data.train)]
+        self.answers = {tp.key: self.answer_ids(p) for tp, p in zip(self.train_set, self.data.train)}
+        self.problem_of = {tp.key: p for tp, p in zip(self.train_set, self.data.train)}
+
+    def prompt(self, problem: Problem, key: str) -> TaskPrompt:
+        return TaskPrompt(problem.query, tuple(self.tokenizer.encode(problem.query, add_special_tokens=False)), key)
+
+    def answer_ids(self, problem: Problem, answer: int | None = None) -> list[int]:
+        text = self.config.answer_template.format(answer=problem.answer if answer is None else answer)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def train_prompts(self) -> list[TaskPrompt]:
+        return list(self.train_set)
+
+    def action_space(self) -> ActionSpace:
+        return ActionSpace(self.vocab_size, self.stop, min_len=self.config.min_len, max_len=self.config.max_len,
+                           allowed_tokens=self.allowed + self.stop, stop_after_insert=self.config.stop_after_tool)
+
+    def target(self, policy: Policy) -> Target:
+        return PromptAnswerLikelihood(policy, self.answers, context_prefix=self.few_shot_prefix(self.config.reward_shots))
+
+    def insert_hook(self):
+        return ToolHook([Calculator()], self.tokenizer)
+
+    def rationale_tokens(self, problem: Problem) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+        """The gold chain as the sampler would have produced it: policy text, then calculator output."""
+        return self.chain_tokens(problem.rationale)
+
+    def chain_tokens(self, chain: str) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+        """A chain "3 + 5 = 8 , 8 - 6 = 2" as the sampler would have produced it, with its policy mask."""
+        tokens: list[int] = []
+        mask: list[bool] = []
+        for k, step in enumerate(chain.split(" , ")):
+            expression, result = step.split(" = ")
+            written = self.tokenizer.encode((" " if k == 0 else " , ") + expression + " =", add_special_tokens=False)
+            inserted = self.tokenizer.encode(f" {result}", add_special_tokens=False)
+            tokens += written + inserted
+            mask += [True] * len(written) + [False] * len(inserted)
+        return tuple(tokens), tuple(mask)
+
+    def supervised_examples(self) -> list[SupervisedExample]:
+        """The gold rationales as supervised data: question -> chain + stop; the calculator's results are
+        context, not imitated (the SFT baseline)."""
+        examples = []
+        for tp, problem in zip(self.train_set, self.data.gold):
+            tokens, mask = self.rationale_tokens(problem)
+            examples.append(SupervisedExample(tp.ids, tokens + tuple(self.stop), mask + (True,) * len(self.stop)))
+        return examples
+
+    def correct(self, key: str, tokens: list[int]) -> float:
+        """1.0 when the chain's final result is the training question's answer (the RL baseline's reward)."""
+        return float(final_answer(self.tokenizer.decode(tokens)) == self.problem_of[key].answer)
+
+    def seed_trajectories(self):
+        return [(tp.key, *self.rationale_tokens(p)) for tp, p in zip(self.train_set, self.data.gold)]
+
+    def training_metrics(self, traj: Trajectories, texts: list[str]) -> dict:
+        right = sum(final_answer(t) == self.problem_of[traj.row_key(b)].answer for b, t in enumerate(texts))
+        return {"chain_correct": right / max(len(texts), 1)}
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def few_shot_prefix(self, shots: int) -> tuple[int, ...]:
+        """Worked examples (gold chains and answers), for the reward's context and for chain-of-thought prompting."""
+        text = "".join(f"{p.query} {p.rationale}{self.config.answer_template.format(answer=p.answer)}\n\n"
+                       for p in self.data.gold[:shots])
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False)) if text else ()
+
+    @torch.no_grad()
+    def vote(self, policy: Policy, prompts: list[TaskPrompt], problems: list[Problem],
+             chains: list[list[list[int]]]) -> list[tuple[list, int | None, int | None]]:
+        """Per question: the chains' final results, the majority answer, and the answer with the highest
+        total p_LM(Y | X, Z) over the chains among the ``eval_vote_candidates`` most frequent results
+        (scored under the reward's model and context, one batched pass for all questions)."""
+        c = self.config
+        finals = [[final_answer(self.tokenizer.decode(z)) for z in q] for q in chains]
+        candidates = [[y for y, _ in Counter(f for f in q if f is not None).most_common(c.eval_vote_candidates)]
+                      for q in finals]
+        pairs = [(i, k, y) for i in range(len(problems)) for k in range(len(chains[i])) for y in candidates[i]]
+        with policy.base() as model:
+            scores = continuation_log_probs(
+                model, [prompts[i].ids + tuple(chains[i][k]) for i, k, _ in pairs],
+                [self.answer_ids(problems[i], y) for i, _, y in pairs],
+                shared_prefix=self.few_shot_prefix(c.reward_shots))
+        out = []
+        for i in range(len(problems)):
+            if not candidates[i]:
+                out.append((finals[i], None, None))
+                continue
+            mine = torch.tensor([n for n, (q, _, _) in enumerate(pairs) if q == i])
+            log_p = scores[mine].view(len(chains[i]), len(candidates[i]))
+            out.append((finals[i], candidates[i][0], candidates[i][int(torch.logsumexp(log_p, 0).argmax())]))
+        return out
+
+    @torch.no_grad()
+    def accuracy(self, policy: Policy, config, few_shot: bool = False, label: str = "policy") -> tuple[dict, list]:
+        """Accuracy on every test split: K chains per question with the calculator, from the policy (adapter
+        on) on the bare question, or with ``few_shot`` from the base model after ``cot_shots`` worked
+        examples. Answers: the majority of the chains' final results, and the candidate (among the most
+        frequent ones) with the highest total p_LM(Y | X, Z) over the chains, under the reward's model and
+        context (the same judge for every method). Under a launcher each process takes a block of the
+        question batches, sampling from its own seed (rank 0 keeps the run's); the counts are summed."""
+        import contextlib
+
+        from tqdm.auto import tqdm
+
+        from gfnlm.core.sampler import sample_trajectories
+
+        c = self.config
+        space = self.action_space().to(policy.device)
+        hook = self.insert_hook()
+        prefix = self.few_shot_prefix(c.cot_shots) if few_shot else ()
+        generator = process_generator(config.seed, policy.device)
+        results, examples = {}, []
+        for split, problems in self.data.tests.items():
+            problems = problems[: c.eval_questions]
+            counts = Counter()
+            starts = range(0, len(problems), c.eval_batch_questions)
+            for start in tqdm([starts[i] for i in my_range(len(starts))], desc=f"{label} {split}",
+                              disable=not config.progress, dynamic_ncols=True):
+                batch = problems[start: start + c.eval_batch_questions]
+                prompts = [self.prompt(p, f"{split}-{start + i}") for i, p in enumerate(batch)]
+                index = torch.arange(len(batch)).repeat_interleave(c.eval_chains)
+                with policy.base() if few_shot else contextlib.nullcontext(policy.model) as model:
+                    traj = sample_trajectories(model, space, [p.ids for p in prompts], [p.key for p in prompts],
+                                               index, temperature=c.eval_temperature, generator=generator,
+                                               insert_hook=hook, shared_prefix=prefix)
+                chains = [[traj.row(b) for b in range(i * c.eval_chains, (i + 1) * c.eval_chains)]
+                          for i in range(len(batch))]
+                for problem, chain_set, (finals, majority, by_likelihood) in zip(
+                        batch, chains, self.vote(policy, prompts, batch, chains)):
+                    counts["questions"] += 1
+                    counts["chains_correct"] += sum(f == problem.answer for f in finals)
+                    counts["majority"] += majority is not None and majority == problem.answer
+                    counts["likelihood"] += by_likelihood is not None and by_likelihood == problem.answer
+                    if len(examples) < 6:
+                        examples.append({"method": label, "split": split, "question": problem.query,
+                                         "answer": problem.answer, "chain": self.tokenizer.decode(chain_set[0]),
+                                         "majority": majority, "by_likelihood": by_likelihood})
+            counts = sum(current().gather(counts), Counter())
+            n = max(counts["questions"], 1)
+            results[split] = {"questions": counts["questions"], "accuracy_majority": counts["majority"] / n,
+                              "accuracy_likelihood": counts["likelihood"] / n,
+                              "single_chain_accuracy": counts["chains_correct"] / (n * c.eval_chains)}
+        return results, gather_flat(examples)[:6]
+
+    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        c = self.config
+        results, examples = {}, []
+        for method in c.methods():
+            results[method], shown = self.accuracy(policy, config, few_shot=method == "cot_prompting", label=method)
+            examples += shown
+        (Path(run_dir) / "eval_arithmetic.json").write_text(json.dumps({"results": results, "examples": examples},
+                                                                       indent=1))
+        lines = [f"{c.eval_chains} chains per question at temperature {c.eval_temperature}, with the calculator; "
+                 f"cot_prompting = the base model after {c.cot_shots} worked examples.", "",
+                 "| method | split | questions | accuracy (vote by p(Y ∣ X, Z)) | accuracy (majority) | single chain |",
+                 "|---|---|---|---|---|---|"]
+        for method, by_split in results.items():
+            for split, r in by_split.items():
+                lines.append(f"| {method} | {split} | {r['questions']} | {r['accuracy_likelihood']:.3f} | "
+                             f"{r['accuracy_majority']:.3f} | {r['single_chain_accuracy']:.3f} |")
+        lines += ["", "Examples:", ""] + [f"- {e['method']}: `{e['question']}` -> `{e['chain']}` (answer {e['answer']})"
+                                           for e in examples]
+        return EvalResult(results, [], "\n".join(lines))

@@ -1,0 +1,160 @@
+"""Sentence continuation: sample the next sentence Z after a prompt X in proportion to p_LM(Z | X)^(1/T).
+
+Z ends with "." (the terminator). Newlines, tabs, special tokens and every other token that contains
+the terminator's text are banned, in the sampler and in the reward alike: the reward is the base LM
+renormalized over the allowed tokens, so the target is a distribution over exactly the sentences the
+policy can write. T is the run's final reward temperature (``reward_temp_end``); the schedule
+``reward_temp_start -> reward_temp_end`` anneals towards it during training, as in the paper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from gfnlm.core.action_space import ActionSpace, banned_sentence_tokens
+from gfnlm.core.config import check_range, method_list
+from gfnlm.core.task import EvalResult, Task, TaskPrompt
+from gfnlm.evaluation.methods import ALL_METHODS, DEFAULT_METHODS
+from gfnlm.evaluation.tables import evaluation_stem
+from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.text_files import read_prompt_file
+from gfnlm.model.policy import Policy
+from gfnlm.model.temperature import TemperatureConditioning
+from gfnlm.targets import LMLikelihood, Target
+
+
+def builtin_prompts(split: str) -> list[str]:
+    text = resources.files("gfnlm.data").joinpath(f"continuation_{split}.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class ContinuationConfig:
+    prompt_file: str = ""  # training prompts, one per line ("" = the built-in set's 80 training prompts)
+    test_prompt_file: str = ""  # held-out prompts ("" = the built-in set's 20 test prompts)
+    terminator: str = "."
+    min_len: int = 1
+    max_len: int = 20
+    eval_samples: int = 16  # N samples per prompt and method
+    eval_prompts: int = 0  # evaluate on the first this-many test prompts (0 = all)
+    eval_methods: str = ",".join(DEFAULT_METHODS)  # also gfn_is, gfn_smc, base_is, base_smc
+    eval_top_p: float = 0.95
+    eval_particles: int = 8  # corrected methods: policy particles per output (the base gets equal tokens)
+
+    def validate(self) -> None:
+        if not self.terminator:
+            raise GfnlmError("task.terminator is empty; give the text that ends a sentence (e.g. '.').")
+        check_range("task.min_len", self.min_len, low=0)
+        check_range("task.max_len", self.max_len, low=1)
+        if self.min_len > self.max_len:
+            raise GfnlmError(f"task.min_len ({self.min_len}) exceeds task.max_len ({self.max_len}).")
+        check_range("task.eval_samples", self.eval_samples, low=2)
+        check_range("task.eval_prompts", self.eval_prompts, low=0)
+        check_range("task.eval_particles", self.eval_particles, low=1)
+        if not 0 < self.eval_top_p <= 1:
+            raise GfnlmError(f"task.eval_top_p must be in (0, 1], got {self.eval_top_p}.")
+        self.methods()  # an empty list or an unknown method is an error
+
+    def methods(self) -> list[str]:
+        return method_list("task.eval_methods", self.eval_methods, ALL_METHODS)
+
+
+class ContinuationTask(Task):
+    name = "continuation"
+    Config = ContinuationConfig
+    evaluates_conditional_runs = True
+    evaluates_on_every_process = True  # the harness splits the test prompts over the processes
+
+    def check_inputs(self) -> None:
+        c = self.config
+        self.train_texts = read_prompt_file(c.prompt_file) if c.prompt_file else builtin_prompts("train")
+        self.test_texts = read_prompt_file(c.test_prompt_file) if c.test_prompt_file else (
+            [] if c.prompt_file else builtin_prompts("test"))
+
+    def setup(self, tokenizer, vocab_size: int) -> None:
+        self.check_inputs()
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.terminator_ids = tokenizer.encode(self.config.terminator, add_special_tokens=False)
+        self.train_set = self._encode(self.train_texts, "train")
+        self.test_set = self._encode(self.test_texts, "test")
+        self.banned = self.banned_tokens(tokenizer, vocab_size)
+
+    def _encode(self, texts: list[str], split: str) -> list[TaskPrompt]:
+        prompts = []
+        for i, text in enumerate(texts):
+            ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+            if not ids:
+                raise GfnlmError(f"{split} prompt {i + 1} tokenizes to nothing.")
+            prompts.append(TaskPrompt(text, ids, f"{split}-{i}"))
+        return prompts
+
+    def banned_tokens(self, tokenizer, vocab_size: int) -> list[int]:
+        return banned_sentence_tokens(tokenizer, vocab_size, self.config.terminator, self.terminator_ids)
+
+    def train_prompts(self) -> list[TaskPrompt]:
+        return list(self.train_set)
+
+    def all_prompts(self) -> list[TaskPrompt]:
+        return self.train_set + self.test_set
+
+    def action_space(self) -> ActionSpace:
+        return ActionSpace(self.vocab_size, self.terminator_ids, min_len=self.config.min_len,
+                           max_len=self.config.max_len, banned_tokens=self.banned)
+
+    def target(self, policy: Policy) -> Target:
+        space = self.action_space()
+        return LMLikelihood(policy, self.terminator_ids, renormalize_over=space.vocab_bias)
+
+    def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
+        """The harness at the run's temperature; a temperature-conditional run is evaluated at each end of
+        its range (or each of its values), one table per T (``eval_continuation_T0.8``...)."""
+        if not config.conditional_temperatures:
+            return self.evaluate_at(policy, run_dir, config, config.reward_temp_end)
+        temperatures = TemperatureConditioning.for_run(config, self).values
+        results = [self.evaluate_at(policy, run_dir, config, t) for t in temperatures]
+        text = "\n\n".join(f"### T = {t:g} (the policy reads T as {config.temperature_input})\n\n{r.markdown}"
+                            for t, r in zip(temperatures, results))
+        return EvalResult({f"T={t:g}": r.metrics for t, r in zip(temperatures, results)},
+                          [p for r in results for p in r.plots], text)
+
+    def evaluate_at(self, policy: Policy, run_dir: Path, config, temperature: float,
+                    methods: list[str] | None = None, stem: str | None = None) -> EvalResult:
+        """The harness at one temperature, for ``methods`` (default: the task's); a temperature-conditional
+        policy reads T as its run was trained to (its own range and input)."""
+        from gfnlm.evaluation.harness import evaluate_methods  # transformers + sentence-transformers: heavy
+
+        c = self.config
+        conditional = bool(config.conditional_temperatures)
+        reading = (TemperatureConditioning.for_run(config, self).at(policy, temperature) if conditional
+                   else contextlib.nullcontext(None))
+        stem = stem or evaluation_stem(self.name, temperature if conditional else None)
+        prompts = self.test_set or self.train_set
+        split = "test" if self.test_set else "train (no test prompts given)"
+        if c.eval_prompts:
+            prompts = prompts[: c.eval_prompts]
+        with reading as policy_prompt:
+            rows, markdown, plot = evaluate_methods(
+                policy, self.action_space(), self.target(policy), prompts, methods or c.methods(), c.eval_samples,
+                temperature, config.seed, Path(run_dir), stem,
+                f"next sentence, T = {temperature:g}: {len(prompts)} {split.split()[0]} prompts x {c.eval_samples} "
+                "samples", top_p=c.eval_top_p, progress=config.progress, particles=c.eval_particles,
+                policy_prompt=policy_prompt)
+        text = "\n".join([
+            f"{len(prompts)} {split} prompts, N = {c.eval_samples} samples per prompt and method, target "
+            f"p_LM(Z | X)^(1/T) with T = {temperature:g}. Likelihoods are log p_LM(Z . | X) under the base model "
+            "(renormalized over the allowed tokens); diversity is over each prompt's N samples, averaged over "
+            "prompts. Importance estimates use q's own samples; 'sampling' is the policy before training "
+            "(the base model under the same action space). Corrected methods (gfn_/base_ is/smc) draw each "
+            f"output from {c.eval_particles} policy samples' worth of generated tokens.",
+            "", markdown])
+        by_method = {r["method"]: r for r in rows}
+        if "gfn" in by_method and "sampling" in by_method:
+            text += (f"\n\nKL(q ‖ p_T), importance-sampling estimate: before training (base) "
+                     f"{by_method['sampling']['kl_q_p']:.3f} -> after training {by_method['gfn']['kl_q_p']:.3f}.")
+        (Path(run_dir) / f"{stem}_summary.json").write_text(json.dumps(by_method, indent=1))
+        return EvalResult(by_method, [plot], text)
