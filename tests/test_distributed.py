@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from gfnlm.cli import main
 from gfnlm.core.streams import Stream
-from gfnlm.infra.distributed import Processes, my_range, process_generator, share, stream_seed
+from gfnlm.infra.distributed import Processes, my_range, process_generator, share
+from gfnlm.infra.seeding import stream_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = "the cat sat on\nwe went to the\na b c d\n"

@@ -16,6 +16,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from gfnlm.core.action_space import ActionSpace
 from gfnlm.inference.sampling import sample_completions
+from gfnlm.infra.seeding import global_seed, torch_generator
 
 BASELINES = ("greedy", "beam", "diverse_beam", "nucleus", "sampling", "tempered")
 
@@ -64,9 +65,9 @@ def hf_generate(model, space: ActionSpace, prompt: Sequence[int], n: int, method
         raise ValueError(f"unknown generate method {method!r}")
     if space.terminator_length == 1:  # stop rows as soon as they write the terminator
         config.eos_token_id = pad
-    torch.manual_seed(seed)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                         logits_processor=LogitsProcessorList([ActionSpaceLogits(space, ids.shape[1])]))
+    with global_seed(seed):
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                             logits_processor=LogitsProcessorList([ActionSpaceLogits(space, ids.shape[1])]))
     rows = [cut_at_terminator(space, row[ids.shape[1]:].tolist()) for row in out]
     return rows * n if method == "greedy" else rows
 
@@ -135,7 +136,7 @@ def decode_baseline(method: str, model, space: ActionSpace, prompt: Sequence[int
     if method == "diverse_beam":
         return diverse_beam_search(model, space, prompt, n)
     if method in ("sampling", "tempered"):
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        generator = torch_generator(next(model.parameters()).device, seed)
         return sample_completions(model, space, prompt, n, batch_size,
                                   temperature=temperature if method == "tempered" else 1.0,
                                   generator=generator, progress=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from gfnlm.core.buffer import ReplayBuffer
-from gfnlm.infra.distributed import derive_seed, stream_seed
+from gfnlm.infra.seeding import derive_seed, python_rng, stream_seed, torch_generator
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Stream:
     @classmethod
     def create(cls, index: int, seed: int, device: torch.device, buffer: ReplayBuffer) -> Stream:
         s = stream_seed(seed, index)
-        return cls(index, random.Random(s), torch.Generator(device=device).manual_seed(s), buffer)
+        return cls(index, python_rng(s), torch_generator(device, s), buffer)
 
     def reseed(self, *parts) -> None:
         """Fresh random streams for a stream whose saved state cannot be restored."""

@@ -48,6 +48,7 @@ from gfnlm.evaluation.tables import write_table
 from gfnlm.inference.importance import importance_estimates
 from gfnlm.inference.sampling import sample_completions
 from gfnlm.infra.distributed import current, gather_flat, my_range
+from gfnlm.infra.seeding import derive_seed, torch_generator
 from gfnlm.model.policy import Policy
 from gfnlm.targets import Target
 
@@ -104,11 +105,11 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
         plain_rows: dict[str, list[list[int]]] = {}  # "gfn" / "sampling" rows, reused to match token budgets
         for method in methods:
             started = time.perf_counter()
-            method_seed = seed * 1000 + p_index
+            method_seed = derive_seed(seed, "evaluate", p_index)
             extra: dict = {}
             generated = None
             if method == "gfn":
-                generator = torch.Generator(device=device).manual_seed(method_seed)
+                generator = torch_generator(device, method_seed)
                 rows = sample_completions(policy.model, space, tagged, n, generator=generator, progress=False)
             elif method in CORRECTED:
                 count = particles
@@ -116,7 +117,7 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
                     count = base_particles(particles, *(_mean_tokens(policy, space, ids, which, n, method_seed,
                                                                     plain_rows)
                                                         for ids, which in ((tagged, "gfn"), (prompt.ids, "sampling"))))
-                generator = torch.Generator(device=device).manual_seed(method_seed)
+                generator = torch_generator(device, method_seed)
                 out = run_corrected(method, policy, space, target, prompt.ids, tagged, n, count, temperature,
                                     generator)
                 rows, generated, extra = out.rows, out.generated_tokens, {**out.metrics, "particles": count}
@@ -176,7 +177,7 @@ def _mean_tokens(policy: Policy, space: ActionSpace, prompt_ids: Sequence[int], 
     on this prompt: from the method's own rows when it ran with at least ``pilot`` samples, else from
     max(n, pilot) fresh samples (recorded for reuse)."""
     if len(plain_rows.get(which, ())) < pilot:
-        generator = torch.Generator(device=policy.device).manual_seed(seed + 7919)
+        generator = torch_generator(policy.device, seed, "mean tokens")
         with contextlib.nullcontext(policy.model) if which == "gfn" else policy.base() as model:
             plain_rows[which] = sample_completions(model, space, prompt_ids, max(n, pilot), generator=generator,
                                                    progress=False)

@@ -7,12 +7,12 @@ unrelated sentence pairs, (F1 - b) / (1 - b).
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Sequence
 from functools import lru_cache
 
 from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.seeding import python_rng
 
 WORD = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
 
@@ -54,7 +54,7 @@ def bertscore_baseline(sentences: Sequence[str], pairs: int = 500, seed: int = 0
     """Mean BERTScore F1 of random pairs of different sentences (the rescaling baseline b)."""
     if len(sentences) < 2:
         raise GfnlmError("The BERTScore baseline needs at least two sentences.")
-    rng = random.Random(seed)
+    rng = python_rng(seed)
     drawn = [rng.sample(range(len(sentences)), 2) for _ in range(pairs)]
     scores = bertscore_f1([sentences[i] for i, _ in drawn], [sentences[j] for _, j in drawn])
     return sum(scores) / len(scores)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 import sys
 from typing import NoReturn
@@ -19,6 +18,7 @@ import torch
 
 from gfnlm.infra.device import resolve_device
 from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.seeding import stream_seed, torch_generator
 
 # DDP only: sampling and rewards run the unwrapped model, which needs whole weights on every process
 # (FSDP and DeepSpeed ZeRO-3 shard them); the LoRA state that DDP replicates is small anyway.
@@ -152,21 +152,10 @@ def current() -> Processes:
     return _current if _current is not None else Processes(torch.device("cpu"))
 
 
-def derive_seed(*parts) -> int:
-    """A 63-bit seed hashed from ``parts``: far from small seeds and from other parts."""
-    digest = hashlib.sha256(" ".join(map(str, ("gfnlm",) + parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def stream_seed(seed: int, index: int) -> int:
-    """Seed of sampling stream (or rank) ``index``; index 0 keeps the run's seed, so one process is unchanged."""
-    return seed if index == 0 else derive_seed("stream", seed, index)
-
-
 def process_generator(seed: int, device, processes: Processes | None = None):
     """A torch generator for this process's share of a sampled evaluation: rank 0 draws with ``seed``
     itself (one process gives the same samples as before), every other rank its own stream."""
-    return torch.Generator(device=device).manual_seed(stream_seed(seed, (processes or current()).rank))
+    return torch_generator(device, stream_seed(seed, (processes or current()).rank))
 
 
 def share(n: int, processes: Processes | None = None) -> int:

@@ -1,13 +1,51 @@
-"""Random draws that follow a seeded generator's device.
+"""Every random generator of a run comes from here, seeded from the run's seed by one rule.
 
-A run's generator lives on the model's device (cuda on a GPU) while small weight vectors (replay-buffer
-priorities, particle weights) are built on the CPU; torch refuses the mix. Drawing on the generator's device
-keeps such runs reproducible. Torch alone, so light modules (the replay buffer) can use it.
+``derive_seed(seed, *parts)`` hashes the parts into a 63-bit seed far from small seeds and from other parts;
+without parts a generator takes ``seed`` itself (a run's main stream, and rank 0 of a launch). Draws follow a
+seeded generator's device: a run's generator lives on the model's device (cuda on a GPU) while small weight
+vectors (replay-buffer priorities, particle weights) are built on the CPU, and torch refuses the mix.
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
+from contextlib import contextmanager
+
 import torch
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed hashed from ``parts``: far from small seeds and from other parts."""
+    digest = hashlib.sha256(" ".join(map(str, ("gfnlm",) + parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_of(seed: int, *parts) -> int:
+    """``seed`` itself without parts, else the seed derived from it and the parts."""
+    return derive_seed(seed, *parts) if parts else seed
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """Seed of sampling stream (or rank) ``index``; index 0 keeps the run's seed, so one process is unchanged."""
+    return seed if index == 0 else derive_seed("stream", seed, index)
+
+
+def torch_generator(device, seed: int, *parts) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed_of(seed, *parts))
+
+
+def python_rng(seed: int, *parts) -> random.Random:
+    return random.Random(seed_of(seed, *parts))
+
+
+@contextmanager
+def global_seed(seed: int, *parts):
+    """Seed torch's global CPU stream inside the block only (for code that draws from it: peft's adapter
+    initialization, transformers' generate), leaving the caller's stream where it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_of(seed, *parts))
+        yield
 
 
 def generator_device(generator: torch.Generator | None, tensor: torch.Tensor) -> torch.device:

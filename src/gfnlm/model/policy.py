@@ -14,6 +14,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.seeding import global_seed
 from gfnlm.model.temperature import TemperatureEmbedding
 
 POLICY_ADAPTER = "default"  # peft's name of the first adapter: the policy q
@@ -48,8 +49,7 @@ class Policy:
             bias="none",
             task_type="CAUSAL_LM",
         )
-        with torch.random.fork_rng(devices=[]):  # adapter init must not depend on (or move) the global stream
-            torch.manual_seed(seed)
+        with global_seed(seed):  # adapter init must not depend on (or move) the caller's stream
             try:
                 self.model = get_peft_model(base_model, config)
             except ValueError as exc:  # peft's "target modules not found"
@@ -150,8 +150,7 @@ class Policy:
             # peft resolved "all-linear" to full module names, which it matches whatever the layer: by their
             # last part (q_proj, ...) it applies layers_to_transform
             config.target_modules = sorted({t.rsplit(".", 1)[-1] for t in config.target_modules})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with global_seed(seed):
             self.model.add_adapter(name, config)
         self.model.set_adapter(POLICY_ADAPTER)  # the policy's adapter stays the trainable, active one
 

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.seeding import python_rng
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def generate(seed: int = 0, train_size: int = 50, gold_size: int = 10, test_size
         raise GfnlmError(f"gold_size ({gold_size}) exceeds train_size ({train_size}).")
     if min(train_operands + tuple(test_operands.values())) < 2:
         raise GfnlmError("problems need at least 2 operands.")
-    rng = random.Random(seed)
+    rng = python_rng(seed)
     seen: set[str] = set()
 
     def draw(n: int, operand_counts: tuple[int, ...]) -> list[Problem]:
