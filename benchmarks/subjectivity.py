@@ -8,13 +8,12 @@ train subjectivity` run (configs/subjectivity-cpu.yaml) trains the E-step, runs 
 every method. "E-step only" gets a run of its own (subjectivity-n<N>-seed<S>-estep,
 task.em_rounds=0: the same steps, the base model as the judge throughout, all N examples) when the EM run's
 E-step differs from it: with more than one EM round (the later E-steps are trained against the M-step's
-likelihood) or with the M-step's held-out examples kept out of the E-step (the default; not with
-task.m_cross_fit, whose E-step trains on all N). Times per method:
+likelihood) or with the M-step's held-out examples kept out of the E-step (task.m_validation > 0, as in
+the preset). Times per method:
   zero_shot / few_shot   scoring only;
   supervised             TRL SFT of a fresh adapter + scoring;
   gfn_e_step             E-step training + sampling K rationales + scoring under the base model;
-  gfn_em                 E-steps + M-steps (with cross-fitting: its fold E-steps) + sampling + scoring under
-                         the likelihood adapter.
+  gfn_em                 E-steps + M-steps + sampling + scoring under the likelihood adapter.
 The table gives each method's mean accuracy over the seeds (with their range when more than one), a
 second table every seed's. Runs live in benchmarks/out/subjectivity-n<N>-seed<S>[-estep]: a run of the
 same configuration that finished is reused, one stopped part-way continues from its last checkpoint,
@@ -101,17 +100,22 @@ def train_and_evaluate_size(config: str, n: int, seed: int, overrides: dict, e_s
             "examples": evaluation["examples"][:4]}
 
 
+def checked(em_round: dict) -> bool:
+    """Whether the round's keep check ran: it needs held-out examples (task.m_validation > 0)."""
+    judged = em_round.get("held_out_prediction")
+    return bool(judged) and judged["old"]["log_prob"] is not None
+
+
 def m_step_checks(results: dict) -> list[str]:
     """Per N and seed, what the M-step's keep check saw on the training labels, beside the test accuracies:
-    the base judge's and the fitted likelihood's out-of-fold prediction (from rationales drawn by a q that
-    did not see the label; with cross-fitting, of every training example), and which judge was kept. The
-    base judge's column is the only estimate of the E-step's accuracy on unseen sentences that training
-    itself can see."""
+    the base judge's and the fitted likelihood's prediction of the held-out training examples (from
+    rationales drawn by a q that did not see their labels), and which judge was kept. The base judge's
+    column is the only estimate of the E-step's accuracy on unseen sentences that training itself can see."""
     rows = [(n, seed, r, r["em"][-1]) for n, per_n in results.items() for seed, r in per_n["seeds"].items()
-            if r["em"] and r["em"][-1].get("held_out_prediction")]
+            if r["em"] and checked(r["em"][-1])]
     if not rows:
         return []
-    lines = ["", "| N | seed | out of fold on the training labels: base judge -> fitted (log p / accuracy) | kept "
+    lines = ["", "| N | seed | held-out training labels: base judge -> fitted (log p / accuracy) | kept "
              "| test: E-step only / + M-step |", "|---|---|---|---|---|"]
     for n, seed, r, em in rows:
         old, fitted = em["held_out_prediction"]["old"], em["held_out_prediction"]["fitted"]
@@ -201,8 +205,7 @@ def main() -> int:
     task_config = resolve("subjectivity", args.config, overrides_for(sizes[0])).task.config  # checks it all
     if task_config.em_rounds < 1:
         parser.error("the benchmark compares EM with the E-step alone: task.em_rounds must be at least 1")
-    e_step_differs = task_config.em_rounds > 1 or (task_config.m_validation > 0 and not task_config.m_cross_fit
-                                                   and not task_config.m_validation_in_e_step)
+    e_step_differs = task_config.em_rounds > 1 or task_config.m_validation > 0
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     from job_pool import run_jobs  # benchmarks/job_pool.py, beside this script

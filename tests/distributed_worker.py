@@ -26,8 +26,8 @@ gfnlm.core.trainer.Trainer.train = train_and_save_rank
 real_m_step = gfnlm.tasks.classification.em.m_step
 
 
-def m_step_and_save_rank(trainer, task, round_number, path, **options):
-    record = real_m_step(trainer, task, round_number, path, **options)
+def m_step_and_save_rank(trainer, task, round_number, path):
+    record = real_m_step(trainer, task, round_number, path)
     state = trainer.policy.adapter_state(gfnlm.tasks.classification.em.LIKELIHOOD_ADAPTER)
     save_file(state, str(trainer.run_dir / f"likelihood-round-{round_number}-rank-{trainer.processes.rank}.safetensors"))
     return record

@@ -3,22 +3,18 @@ posterior-predictive vote, and EM end to end on a tiny model (likelihood rises o
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
 from gfnlm.cli import main
 from gfnlm.core.sampler import sample_trajectories
 from gfnlm.core.trainer import Trainer
 from gfnlm.core.trajectories import Trajectories
-from gfnlm.inference.sampling import sample_per_prompt
 from gfnlm.infra.errors import GfnlmError
 from gfnlm.model.policy import LoraSettings, Policy
-from gfnlm.tasks.classification import cross_fit, em
-from gfnlm.tasks.classification.cross_fit import cross_fit_folds
+from gfnlm.tasks.classification import em
 from gfnlm.tasks.classification.data import load_labelled_jsonl, parse_labels
 from gfnlm.tasks.classification.em import held_out_examples
 from gfnlm.tasks.classification.labels import vote
@@ -189,15 +185,12 @@ def em_args(tmp_path, tiny_model_dir, run, rounds, steps, extra=()):
             "--task.supervised_epochs", "2", *extra]
 
 
-@pytest.mark.parametrize("objective", ["sft", "calibrated"])
-def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, tiny_model_dir, objective):
+def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
-    extra = ["--task.calibrate", "true", "--task.m_keep_only_if_better", "false",  # every fit kept: EM's own effect
-             "--task.m_objective", objective]
+    extra = ["--task.calibrate", "true", "--task.m_keep_only_if_better", "false"]  # every fit kept: EM's own effect
     assert main(em_args(tmp_path, tiny_model_dir, run, rounds=3, steps=6, extra=extra)) == 0
     rounds = [json.loads(line) for line in (run / "em.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3] and [r["step"] for r in rounds] == [2, 4, 6]
-    assert {r["m_objective"] for r in rounds} == {objective}
     for r in rounds:  # each M-step raises log p(Y_true | X, Z) of its rationales
         assert r["label_log_likelihood_after"] > r["label_log_likelihood_before"]
     assert rounds[-1]["label_log_likelihood_after"] > rounds[0]["label_log_likelihood_before"] + 0.1
@@ -206,30 +199,6 @@ def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, t
     for r in results.values():
         assert 0 <= r["accuracy"] <= 1
     assert (run / "classification_accuracy.png").stat().st_size > 0
-
-
-def test_the_likelihood_adapter_can_be_smaller_than_the_policys(tmp_path, tiny_model_dir, capsys):
-    """task.m_lora_r / m_lora_layers: the M-step fits (and the evaluation loads) a likelihood adapter of that
-    rank on the last layers only; the policy's adapter keeps its own rank on every layer."""
-    run = tmp_path / "run"
-    extra = ["--task.m_lora_r", "2", "--task.m_lora_layers", "1", "--task.m_keep_only_if_better", "false",
-             "--task.eval_methods", "gfn_em"]
-    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=1, steps=2, extra=extra)) == 0
-    likelihood = load_file(str(run / "likelihood-round-1.safetensors"))
-    a_matrices = {k: v for k, v in likelihood.items() if "lora_A" in k}
-    assert a_matrices and all(v.shape[0] == 2 for v in a_matrices.values())
-    assert all(".layers.1." in k for k in a_matrices)  # the tiny model has 2 layers: only the last is adapted
-    assert any(bool(v.any()) for k, v in likelihood.items() if "lora_B" in k)  # and it was fitted
-    policy_a = {k: v for k, v in load_file(str(run / "adapter" / "adapter_model.safetensors")).items() if "lora_A" in k}
-    assert any(".layers.0." in k for k in policy_a) and all(v.shape[0] == 4 for v in policy_a.values())
-    rounds = [json.loads(line) for line in (run / "em.jsonl").read_text().splitlines()]
-    assert (rounds[0]["m_lora_r"], rounds[0]["m_lora_layers"]) == (2, 1)
-    results = json.loads((run / "eval_classification.json").read_text())["results"]
-    assert 0 <= results["gfn_em"]["accuracy"] <= 1 and "judge" not in results["gfn_em"]
-    too_many = em_args(tmp_path, tiny_model_dir, tmp_path / "bad", rounds=1, steps=2,
-                       extra=["--task.m_lora_layers", "3"])
-    assert main(too_many) == 2
-    assert "last 3 layers; the model has 2" in capsys.readouterr().err
 
 
 def test_zero_em_rounds_trains_the_e_step_alone(tmp_path, tiny_model_dir):
@@ -244,10 +213,10 @@ def test_zero_em_rounds_trains_the_e_step_alone(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("calibrate", ["false", "true"])
-def test_eval_again_scores_a_fixed_rationale_as_naive_passes_do(tmp_path, tiny_model_dir, calibrate, capsys):
-    """`gfnlm eval` with evaluation overrides: the fixed_rationale method (the same rationale for every test
-    sentence, judged by the base model) against one full forward per (sentence, label); overrides that
-    would change training are refused before any model loads."""
+def test_eval_again_scores_zero_shot_as_naive_passes_do(tmp_path, tiny_model_dir, calibrate, capsys):
+    """`gfnlm eval` with evaluation overrides: zero-shot (" <label>." right after X, minus the label prior when
+    calibrated) against one full forward per (sentence, label); overrides that would change training are
+    refused before any model loads."""
     from gfnlm.runs import load_run, load_trained_policy
 
     run = tmp_path / "run"
@@ -257,58 +226,63 @@ def test_eval_again_scores_a_fixed_rationale_as_naive_passes_do(tmp_path, tiny_m
     assert "not how it was trained: --lr, --task.m_lr" in capsys.readouterr().err
     assert main(["eval", "classify", "--run", str(run), "--m_lr", "1e-2"]) == 2  # a task option without task.
     assert "not how it was trained: --task.m_lr" in capsys.readouterr().err
-    for phrase in [" ab", ""]:
-        overrides = ["--task.eval_methods", "fixed_rationale", "--task.fixed_rationale", phrase,
-                     "--task.eval_size", "5", "--progress", "false"]
-        assert main(["eval", "classify", "--run", str(run), *overrides]) == 0
-        saved = json.loads((run / "eval_classification.json").read_text())
-        assert saved["test_sentences"] == 5 and set(saved["results"]) == {"fixed_rationale"}
-        assert saved["results"]["fixed_rationale"]["rationale"] == phrase
-        spec = load_run(run, {"task": {"fixed_rationale": phrase, "eval_size": "5"}})
-        policy = load_trained_policy(spec, run)
-        task = spec.task
-        rationale = task.encode(phrase)
-        with policy.base() as model:
-            offsets = torch.zeros(len(task.answers))
-            for c in task.content_free:
-                raw = torch.tensor([sequence_log_prob(model, list(c), a) for a in task.answers])
-                offsets += torch.log_softmax(raw, -1) / len(task.content_free)
-            scores = torch.tensor([[sequence_log_prob(model, list(x.ids) + rationale, a) for a in task.answers]
-                                   for x in task.test_set]) - offsets
-        assert len(scores) == 5 and (calibrate == "true") == bool(task.content_free)
-        result = saved["results"]["fixed_rationale"]
-        assert torch.tensor(result["label_probs"]) == pytest.approx(torch.softmax(scores, -1), abs=1e-5)
-        truth = torch.tensor([row.label for row in task.test_rows])
-        assert result["accuracy"] == pytest.approx(float((scores.argmax(-1) == truth).float().mean()))
-        assert "fixed_rationale" in (run / "report.md").read_text()
+    overrides = ["--task.eval_methods", "zero_shot", "--task.eval_size", "5", "--progress", "false"]
+    assert main(["eval", "classify", "--run", str(run), *overrides]) == 0
+    saved = json.loads((run / "eval_classification.json").read_text())
+    assert saved["test_sentences"] == 5 and set(saved["results"]) == {"zero_shot"}
+    assert "zero_shot" in (run / "report.md").read_text()
+    spec = load_run(run, {"task": {"eval_size": "5"}})
+    policy = load_trained_policy(spec, run)
+    task = spec.task
+    with policy.base() as model:
+        offsets = torch.zeros(len(task.direct_answers))
+        for c in task.content_free:
+            raw = torch.tensor([sequence_log_prob(model, list(c), a) for a in task.direct_answers])
+            offsets += torch.log_softmax(raw, -1) / len(task.content_free)
+        scores = torch.tensor([[sequence_log_prob(model, list(x.ids), a) for a in task.direct_answers]
+                               for x in task.test_set]) - offsets
+    assert len(scores) == 5 and (calibrate == "true") == bool(task.content_free)
+    truth = torch.tensor([row.label for row in task.test_rows])
+    assert saved["results"]["zero_shot"]["accuracy"] == pytest.approx(float((scores.argmax(-1) == truth).float().mean()))
 
 
-def test_m_step_adds_rationales_drawn_with_the_adapter_off(tmp_path, tiny_model_dir, monkeypatch):
-    draws = []
+@pytest.mark.parametrize("adapter,calibrate", [(None, False), (None, True), ("likelihood", True)])
+def test_rationale_scores_match_naive_passes(tmp_path, adapter, calibrate):
+    """The label scores of the GFlowNet rows and of the keep check: log p(Z Y_y | X) under the base model or
+    the likelihood adapter, minus that model's label prior when calibrated, against one full forward each."""
+    tok = char_tokenizer()
+    task = ClassificationTask(ClassificationConfig(data=str(write_rows(tmp_path / "d.jsonl", ROWS)),
+                                                   prompt_template="Review: {text} This is", calibrate=calibrate))
+    task.setup(tok, len(tok))
+    policy = Policy(tiny_llama(len(tok), seed=3), None, LoraSettings(r=4, alpha=8))
+    policy.add_adapter("likelihood")
+    with torch.no_grad():  # a likelihood that differs from the base model
+        for name, p in policy.model.named_parameters():
+            if ".likelihood." in name:
+                p.copy_(torch.randn_like(p) * 0.5)
+    prompts = [tp.ids for tp in task.train_set[:3]]
+    rationales = [[task.encode(" a great"), task.encode(" set")] for _ in prompts]
+    got = task.rationale_scores(policy, prompts, rationales, adapter)
+    with policy.adapter(adapter) if adapter else policy.base() as model:
+        offsets = torch.zeros(len(task.answers))
+        for c in task.content_free:
+            raw = torch.tensor([sequence_log_prob(model, list(c), a) for a in task.answers])
+            offsets += torch.log_softmax(raw, -1) / len(task.content_free)
+        naive = torch.tensor([[[sequence_log_prob(model, list(x), z + a) for a in task.answers] for z in zs]
+                              for x, zs in zip(prompts, rationales)]) - offsets
+    assert calibrate == bool(task.content_free) and (not calibrate or offsets.abs().max() > 0.01)
+    assert got.shape == (3, 2, 2)
+    assert got.float() == pytest.approx(naive, abs=1e-4)
 
-    def spy(model, space, prompts, per_prompt, *args, **kwargs):
-        adapter_off = all(m.disable_adapters for m in model.modules() if isinstance(m, BaseTunerLayer))
-        draws.append((per_prompt, adapter_off))
-        return sample_per_prompt(model, space, prompts, per_prompt, *args, **kwargs)
 
-    monkeypatch.setattr(em, "sample_per_prompt", spy)
-    run = tmp_path / "run"
-    extra = ["--evaluate", "false", "--task.m_base_rationales", "3"]
-    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=1, steps=2, extra=extra)) == 0
-    assert draws == [(4, False), (3, True)]  # q's 4 per example, then the base model's 3
-    record = json.loads((run / "em.jsonl").read_text())
-    fitted = len(ROWS) - len(held_out_examples(len(ROWS), 0.2, 0))
-    assert record["m_step_examples"] == fitted * (4 + 3)
-
-
-@pytest.mark.parametrize("rounds,in_e_step", [(1, False), (1, True), (0, False)])
-def test_m_step_held_out_examples_stay_out_of_the_e_step(tmp_path, rounds, in_e_step):
+@pytest.mark.parametrize("rounds", [1, 0])
+def test_m_step_held_out_examples_stay_out_of_the_e_step(tmp_path, rounds):
     tok = char_tokenizer()
     task = ClassificationTask(ClassificationConfig(data=str(write_rows(tmp_path / "d.jsonl", ROWS)), em_rounds=rounds,
-                                                   m_validation=0.4, m_validation_in_e_step=in_e_step))
+                                                   m_validation=0.4))
     task.setup(tok, len(tok))
     held = held_out_examples(len(ROWS), 0.4, 0)
-    expected = [tp.key for i, tp in enumerate(task.train_set) if rounds == 0 or in_e_step or i not in held]
+    expected = [tp.key for i, tp in enumerate(task.train_set) if rounds == 0 or i not in held]
     assert len(held) == 2 and [tp.key for tp in task.train_prompts()] == expected
 
 
@@ -381,116 +355,6 @@ def test_em_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_cross_fit_folds_partition_the_examples_evenly_and_reproducibly():
-    folds = cross_fit_folds(7, 3, 0)
-    assert sorted(i for f in folds for i in f) == list(range(7)) and sorted(map(len, folds)) == [2, 2, 3]
-    assert folds == cross_fit_folds(7, 3, 0) and folds != cross_fit_folds(7, 3, 1)
-    for bad in (1, 8):
-        with pytest.raises(GfnlmError, match="task.m_cross_fit needs between 2 and 7 folds"):
-            cross_fit_folds(7, bad, 0)
-
-
-def test_cross_fit_needs_two_folds_and_an_example_in_each(tmp_path):
-    with pytest.raises(GfnlmError, match="at least 2 folds"):
-        ClassificationConfig(m_cross_fit=1).validate()
-    task = ClassificationTask(ClassificationConfig(data=str(write_rows(tmp_path / "d.jsonl", ROWS)), m_cross_fit=7))
-    with pytest.raises(GfnlmError, match="7 folds, but .* has only 6 training examples"):
-        task.check_inputs()
-
-
-def test_cross_fitted_m_step_draws_each_examples_rationales_from_a_q_that_did_not_see_it(
-        tmp_path, tiny_model_dir, monkeypatch):
-    trained_on, checked = [], []
-    real_fold_trainer, real_prediction = cross_fit.fold_trainer, em.held_out_prediction
-
-    def spy_trainer(trainer, task, fold, f):
-        sub = real_fold_trainer(trainer, task, fold, f)
-        trained_on.append((set(fold), {p.key for p in sub.prompts}, sub.config.steps, sub.run_dir.name))
-        return sub
-
-    def spy_prediction(policy, task, rationales, held):
-        checked.append(set(held))
-        return real_prediction(policy, task, rationales, held)
-
-    monkeypatch.setattr(cross_fit, "fold_trainer", spy_trainer)
-    monkeypatch.setattr(em, "held_out_prediction", spy_prediction)
-    plain, crossed = tmp_path / "plain", tmp_path / "crossed"
-    extra = ["--evaluate", "false", "--task.calibrate", "true", "--task.m_validation", "0"]
-    assert main(em_args(tmp_path, tiny_model_dir, plain, rounds=1, steps=4, extra=extra)) == 0
-    assert main(em_args(tmp_path, tiny_model_dir, crossed, rounds=1, steps=4,
-                        extra=extra + ["--task.m_cross_fit", "2"])) == 0
-    folds = cross_fit_folds(len(ROWS), 2, 0)
-    keys = {f"train-{i}" for i in range(len(ROWS))}
-    assert trained_on == [(set(fold), keys - {f"train-{i}" for i in fold}, 2, f"fold-{f}")
-                          for f, fold in enumerate(folds)]  # each fold q: the other fold, half the steps
-    for f in range(2):
-        assert (crossed / "cross-fit" / f"fold-{f}" / "checkpoints" / "step-0000002" / "adapter.safetensors").is_file()
-    all_n = set(range(len(ROWS)))
-    assert checked[-3:] == [all_n, set(folds[0]), set(folds[1])]  # old judge on all N, then out of fold
-    record = json.loads((crossed / "em.jsonl").read_text())
-    assert record["cross_fit_folds"] == 2 and record["held_out_examples"] == []
-    assert record["m_step_examples"] == len(ROWS) * 4
-    # the main E-step trained on all N, and the folds put its q back: the same q as without cross-fitting
-    a = load_file(plain / "checkpoints" / "step-0000004" / "adapter.safetensors")
-    b = load_file(crossed / "checkpoints" / "step-0000004" / "adapter.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.parametrize("fitted_better", [True, False])
-def test_cross_fitted_m_step_fits_on_all_n_only_when_cross_validation_keeps_it(
-        tmp_path, tiny_model_dir, monkeypatch, fitted_better):
-    fits, real_fit = [], ClassificationTask.fit_likelihood
-    real_out_of_fold = em.out_of_fold_prediction
-
-    def counted_fit(self, policy, rationales, *args, **kwargs):
-        fits.append(sum(len(zs) for zs in rationales))
-        return real_fit(self, policy, rationales, *args, **kwargs)
-
-    def forced(*args):  # the real cross-validation (its two fold fits), then made to pass or fail the check
-        out = real_out_of_fold(*args)
-        out["log_prob"] = 0.0 if fitted_better else -1e9
-        return out
-
-    monkeypatch.setattr(ClassificationTask, "fit_likelihood", counted_fit)
-    monkeypatch.setattr(em, "out_of_fold_prediction", forced)
-    run = tmp_path / "run"
-    extra = ["--evaluate", "false", "--task.calibrate", "true", "--task.m_cross_fit", "2"]
-    assert main(em_args(tmp_path, tiny_model_dir, run, rounds=1, steps=2, extra=extra)) == 0
-    folds = cross_fit_folds(len(ROWS), 2, 0)
-    out_of_fold = [(len(ROWS) - len(fold)) * 4 for fold in folds]  # 4 rationales per example of the other fold
-    assert fits == out_of_fold + ([len(ROWS) * 4] if fitted_better else [])
-    record = json.loads((run / "em.jsonl").read_text())
-    assert record["kept"] == ("fitted" if fitted_better else "base model")
-    assert (record["m_step_updates"] > 0) == fitted_better and (record["m_step_loss"] is None) != fitted_better
-    lora_b = [v for k, v in load_file(run / "likelihood-round-1.safetensors").items() if "lora_B" in k]
-    assert lora_b and any(bool(v.any()) for v in lora_b) == fitted_better
-
-
-def test_cross_fitted_em_resumes_exactly_from_inside_a_fold(tmp_path, tiny_model_dir):
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    extra = ["--evaluate", "false", "--checkpoint_every", "1", "--task.m_cross_fit", "2"]
-    assert main(em_args(tmp_path, tiny_model_dir, full, rounds=2, steps=4, extra=extra)) == 0
-    shutil.copytree(full, cut)  # as if the run died inside fold 1's round-2 E-step
-    for step in ("step-0000003", "step-0000004"):
-        shutil.rmtree(cut / "checkpoints" / step, ignore_errors=True)
-    shutil.rmtree(cut / "cross-fit" / "fold-1" / "checkpoints" / "step-0000002")
-    (cut / "likelihood-round-2.safetensors").unlink()
-    assert main(em_args(tmp_path, tiny_model_dir, cut, rounds=2, steps=4, extra=extra) + ["--resume"]) == 0
-    for name in ("likelihood-round-2.safetensors", "checkpoints/step-0000004/adapter.safetensors",
-                 "cross-fit/fold-1/checkpoints/step-0000002/adapter.safetensors"):
-        a, b = load_file(full / name), load_file(cut / name)
-        assert a.keys() == b.keys()
-        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-
-
-@pytest.mark.parametrize("option", [{"m_cross_fit": 2}, {"m_objective": "calibrated"}])
-def test_one_process_m_step_options_refuse_a_launcher(tmp_path, option):
-    task = ClassificationTask(ClassificationConfig(data=str(write_rows(tmp_path / "d.jsonl", ROWS)), **option))
-    trainer = SimpleNamespace(policy=None, run_dir=tmp_path, processes=SimpleNamespace(distributed=True))
-    with pytest.raises(GfnlmError, match="without a launcher"):
-        em.run_em(trainer, task)
-
-
 def test_classify_needs_data_and_valid_templates(tmp_path, tiny_model_dir, capsys):
     base = ["train", "classify", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "r")]
     assert main(base) == 2
@@ -498,7 +362,7 @@ def test_classify_needs_data_and_valid_templates(tmp_path, tiny_model_dir, capsy
     data = write_rows(tmp_path / "train.jsonl", ROWS)
     assert main(base + ["--data", str(data), "--task.answer_template", "so it is"]) == 2
     assert "answer_template must contain {label}" in capsys.readouterr().err
-    assert main(base + ["--data", str(data), "--task.m_objective", "ce"]) == 2
-    assert "task.m_objective must be one of sft, calibrated, got 'ce'" in capsys.readouterr().err
+    assert main(base + ["--data", str(data), "--task.m_validation", "1"]) == 2
+    assert "task.m_validation must be in [0, 1), got 1" in capsys.readouterr().err
     assert main(base + ["--data", str(data), "--task.data", str(data)]) == 2
     assert "given both as --data and as --task.data" in capsys.readouterr().err

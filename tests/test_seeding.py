@@ -1,6 +1,8 @@
 """One seeding rule: a generator takes the run's seed itself, or a seed derived from it and named parts."""
 
 import random
+import re
+from pathlib import Path
 
 import torch
 
@@ -30,3 +32,12 @@ def test_global_seed_leaves_the_callers_stream_where_it_was():
     assert torch.equal(torch.rand(4), expected)
     with global_seed(11):
         assert torch.equal(torch.rand(4), inside)
+
+
+def test_no_module_seeds_a_generator_by_hand():
+    """Generators come from gfnlm.infra.seeding only, so no module invents its own seed formula."""
+    package = Path(__file__).resolve().parent.parent / "src" / "gfnlm"
+    by_hand = re.compile(r"torch\.Generator\(|random\.Random\(|\.manual_seed\(|\brandom\.seed\(|default_rng\(")
+    found = [f"{path.relative_to(package)}:{n}" for path in package.rglob("*.py") if path.name != "seeding.py"
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if by_hand.search(line)]
+    assert found == []

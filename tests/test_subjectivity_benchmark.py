@@ -25,6 +25,9 @@ def test_the_keep_check_of_each_seed_beside_its_test_accuracy():
     assert lines[-1] == "| 20 | 0 | -0.614 / 0.70 -> -0.912 / 0.65 | base model | 0.810 / 0.810 |"
     assert len(lines) == 4
     assert bench.m_step_checks({"10": {"seeds": {"0": seed_result(0.5, 0.5, [{"held_out_prediction": None}])}}}) == []
+    unchecked = {"held_out_prediction": {"old": {"log_prob": None, "accuracy": None},  # task.m_validation 0
+                                         "fitted": {"log_prob": None, "accuracy": None}}, "kept": "fitted"}
+    assert bench.m_step_checks({"10": {"seeds": {"0": seed_result(0.5, 0.5, [unchecked])}}}) == []
 
 
 def test_the_accuracy_plot_shows_each_methods_seed_mean_and_range(tmp_path, monkeypatch):

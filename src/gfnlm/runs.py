@@ -98,17 +98,17 @@ def check_evaluation_overrides(task_name: str, overrides: dict) -> dict:
 def prepare_model(spec: RunSpec, processes=None):
     """Load the base model on this process's device, wrap it as a LoRA policy, and let the task
     tokenize its inputs."""
-    import torch
 
     from gfnlm.core.config import adapter_file
     from gfnlm.infra.device import resolve_device
+    from gfnlm.infra.seeding import seed_globally
     from gfnlm.model.grad_checkpointing import enable_gradient_checkpointing
     from gfnlm.model.loading import load_base_model
     from gfnlm.model.policy import LoraSettings, Policy
     from gfnlm.model.temperature import parse_temperatures
 
     c = spec.config
-    torch.manual_seed(c.seed)
+    seed_globally(c.seed)
     device = processes.device if processes is not None else resolve_device(c.device)
     model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device, load_in_4bit=c.load_in_4bit)
     policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)

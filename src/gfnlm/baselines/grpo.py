@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from gfnlm.baselines.policy_gradient import TaskReward
 from gfnlm.baselines.sft import TRL_KEEP_MODEL_AS_IS, restores_use_cache, with_pad_token
 from gfnlm.core.sampler import sample_trajectories
 from gfnlm.core.task import Task
 from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.seeding import torch_generator
 from gfnlm.model.policy import Policy
+
+# reward(prompt key, latent tokens incl. tool output) -> a number (e.g. 1.0 for a correct final answer)
+TaskReward = Callable[[str, list[int]], float]
 
 
 @dataclass
@@ -41,7 +45,7 @@ def rollout_function(policy: Policy, task: Task, seed: int):
     space = task.action_space().to(policy.device)
     hook = task.insert_hook()
     stop = [int(t) for t in space.terminator]
-    generator = torch.Generator(device=policy.device).manual_seed(seed)
+    generator = torch_generator(policy.device, seed)
 
     def rollout(prompts: list, trainer) -> dict:
         unknown = [p for p in prompts if p not in by_text]

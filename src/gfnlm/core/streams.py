@@ -32,8 +32,7 @@ class Stream:
     def reseed(self, *parts) -> None:
         """Fresh random streams for a stream whose saved state cannot be restored."""
         s = derive_seed("stream", self.index, *parts)
-        self.rng.seed(s)
-        self.generator.manual_seed(s)
+        self.rng, self.generator = python_rng(s), torch_generator(self.generator.device, s)
 
     def state(self) -> dict:
         """Everything needed to continue this stream exactly (plain data, to send to rank 0)."""

@@ -8,6 +8,8 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from gfnlm.infra.seeding import numpy_rng
+
 
 def empirical_metrics(outcomes: Sequence[Hashable | None], support: Sequence[Hashable]) -> dict:
     """Compare samples with the uniform distribution over ``support``; ``None`` marks an invalid sample.
@@ -32,7 +34,7 @@ def empirical_metrics(outcomes: Sequence[Hashable | None], support: Sequence[Has
 def uniform_noise_floor(support_size: int, n: int, trials: int = 200, seed: int = 0) -> dict:
     """Mean TV and KL of ``n`` samples drawn from the exact uniform target: the best a perfect sampler
     can score with this many samples."""
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     tvs, kls = [], []
     for _ in range(trials):
         counts = rng.multinomial(n, np.full(support_size, 1.0 / support_size))

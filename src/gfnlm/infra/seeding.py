@@ -12,6 +12,7 @@ import hashlib
 import random
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 
@@ -37,6 +38,15 @@ def torch_generator(device, seed: int, *parts) -> torch.Generator:
 
 def python_rng(seed: int, *parts) -> random.Random:
     return random.Random(seed_of(seed, *parts))
+
+
+def numpy_rng(seed: int, *parts) -> np.random.Generator:
+    return np.random.default_rng(seed_of(seed, *parts))
+
+
+def seed_globally(seed: int) -> None:
+    """torch's global streams, for code that draws from them outside gfnlm's own generators."""
+    torch.manual_seed(seed)
 
 
 @contextmanager

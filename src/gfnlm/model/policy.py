@@ -132,24 +132,13 @@ class Policy:
         with self.model.disable_adapter():
             yield self.model
 
-    def add_adapter(self, name: str, seed: int = 0, r: int = 0, last_layers: int = 0) -> None:
+    def add_adapter(self, name: str, seed: int = 0) -> None:
         """A second LoRA adapter on the same base weights, e.g. a likelihood model p(Y | X, Z) beside the
-        policy: the policy's targets and rank, or rank ``r`` (alpha scaled with it, so alpha / r stays) and
-        only the ``last_layers`` transformer layers (0: every layer). It starts as the base model (LoRA B = 0)
-        and is frozen until trained inside ``with policy.adapter(name, train=True)``."""
+        policy, with the policy's targets and rank. It starts as the base model (LoRA B = 0) and is frozen
+        until trained inside ``with policy.adapter(name, train=True)``."""
         if name in self.model.peft_config:
             raise GfnlmError(f"The model already has an adapter named {name!r}.")
         config = copy.deepcopy(self.model.peft_config[POLICY_ADAPTER])
-        if r:
-            config.lora_alpha, config.r = config.lora_alpha * r / config.r, r
-        if last_layers:
-            layers = self.model.base_model.model.config.num_hidden_layers
-            if last_layers > layers:
-                raise GfnlmError(f"The adapter {name!r} asks for the last {last_layers} layers; the model has {layers}.")
-            config.layers_to_transform = list(range(layers - last_layers, layers))
-            # peft resolved "all-linear" to full module names, which it matches whatever the layer: by their
-            # last part (q_proj, ...) it applies layers_to_transform
-            config.target_modules = sorted({t.rsplit(".", 1)[-1] for t in config.target_modules})
         with global_seed(seed):
             self.model.add_adapter(name, config)
         self.model.set_adapter(POLICY_ADAPTER)  # the policy's adapter stays the trainable, active one

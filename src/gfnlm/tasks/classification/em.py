@@ -2,37 +2,25 @@
 fine-tunes a second LoRA adapter, the likelihood p(Y | X, Z), on rationales drawn from q.
 
 The run's steps are split evenly over ``em_rounds``. After each round's E-step: draw ``m_rationales``
-Z ~ q per training example, train the likelihood adapter on (X, Z) -> Y_true (``m_objective``: TRL SFT
-with the label tokens in the loss, or the calibrated label score it is judged by, calibrated_fit.py), save
-it atomically as likelihood-round-R.safetensors, make the E-step target use it, re-score the replay buffers
-under it and checkpoint (not after the last round, whose buffers no E-step reads, nor when the M-step kept
-the old judge: the rewards are the same). On resume a round whose adapter file exists is loaded, not
-retrained (re-scoring is a pure function of the adapters, so it is simply repeated).
+Z ~ q per training example, train the likelihood adapter on (X, Z) -> Y_true (TRL SFT with the label
+tokens in the loss), save it atomically as likelihood-round-R.safetensors, make the E-step target use it,
+re-score the replay buffers under it and checkpoint (not after the last round, whose buffers no E-step
+reads, nor when the M-step kept the old judge: the rewards are the same). On resume a round whose adapter
+file exists is loaded, not retrained (re-scoring is a pure function of the adapters, so it is simply
+repeated).
 
 Under a launcher (torchrun / accelerate launch) every process runs the same EM: each E-step is the
 trainer's (its share of trajectories, gradients all-reduced); each process draws the same M-step
 rationales (one seed), TRL splits them over the processes and all-reduces the gradients, so every
 process holds the same likelihood adapter; rank 0 alone writes its file and em.jsonl.
 
-With ``m_base_rationales`` each training example also gets that many rationales from the base model
-p(Z | X) (adapter off) in the M-step's data: q's rationales were trained to make the true label likely,
-so on them alone the likelihood can learn to copy the label from Z and ignore X, which fails on test
-sentences whose rationale is wrong; early stopping still checks q's rationales only (what a test sentence
-gets).
-
 The M-step is early-stopped: a seeded share of the training examples (``m_validation``) is held out of
 its data, and the adapter of the epoch with the lowest loss on their labels is kept (``m_patience``
-epochs without improvement end it). They are held out of the E-step too (unless ``m_validation_in_e_step``):
-q has not seen their labels, so its rationales for them are like a test sentence's, not label-revealing.
-With ``m_keep_only_if_better`` the fitted likelihood then has to beat the judge it would replace on them,
-scored as at test time (calibrated, the mean probability over q's rationales): otherwise the old judge stays
-(in round 1 the base model: a fresh LoRA adapter, B = 0), and its copy is saved as the round's adapter.
-
-With ``m_cross_fit`` (F folds) the M-step's rationales and its check come from cross-fitting instead
-(cross_fit.py): auxiliary E-steps on F - 1 folds draw each example's rationales, the check is F-fold
-cross-validation on all N, and the E-step trains on all N. The likelihood is fitted on all N only when it
-passes that check (or keeping is unconditional): a rejected fit would be thrown away (em.jsonl records
-m_step_updates 0).
+epochs without improvement end it). They are held out of the E-step too: q has not seen their labels, so
+its rationales for them are like a test sentence's, not label-revealing. With ``m_keep_only_if_better``
+the fitted likelihood then has to beat the judge it would replace on them, scored as at test time
+(calibrated, the mean probability over q's rationales): otherwise the old judge stays (in round 1 the
+base model: a fresh LoRA adapter, B = 0), and its copy is saved as the round's adapter.
 
 Every round appends to em.jsonl the mean log p(Y_true | X, Z) of the training examples (normalized over
 the labels, Z ~ q) before and after its M-step: EM should raise it round after round.
@@ -41,7 +29,6 @@ the labels, Z ~ q) before and after its M-step: EM should raise it round after r
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
@@ -50,9 +37,8 @@ import torch
 from gfnlm.baselines.sft import SupervisedSettings
 from gfnlm.inference.sampling import sample_per_prompt
 from gfnlm.infra.checkpoint import write_atomic
-from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.seeding import derive_seed, python_rng, torch_generator
 from gfnlm.model.policy import Policy
-from gfnlm.tasks.classification.cross_fit import cross_fitted_rationales, out_of_fold_prediction
 from gfnlm.tasks.classification.labels import LIKELIHOOD_ADAPTER, held_out_prediction
 
 
@@ -61,10 +47,9 @@ def likelihood_file(run_dir: Path, round_number: int) -> Path:
 
 
 def add_likelihood_adapter(policy: Policy, config) -> None:
-    """The likelihood p(Y | X, Z): a second adapter, the policy's rank or task.m_lora_r on every layer or the
-    last task.m_lora_layers (fewer free weights for a fit on 10-50 labels). Added once."""
+    """The likelihood p(Y | X, Z): a second adapter of the policy's rank on every layer. Added once."""
     if LIKELIHOOD_ADAPTER not in policy.model.peft_config:
-        policy.add_adapter(LIKELIHOOD_ADAPTER, seed=config.seed, r=config.m_lora_r, last_layers=config.m_lora_layers)
+        policy.add_adapter(LIKELIHOOD_ADAPTER, seed=config.seed)
 
 
 def load_latest_likelihood(policy: Policy, run_dir: Path, config) -> bool:
@@ -80,11 +65,6 @@ def load_latest_likelihood(policy: Policy, run_dir: Path, config) -> bool:
 def run_em(trainer, task, resume: bool = False) -> None:
     c = task.config
     policy, run_dir = trainer.policy, trainer.run_dir
-    if c.m_cross_fit and trainer.processes.distributed:
-        raise GfnlmError("task.m_cross_fit trains its fold E-steps on one process; run it without a launcher.")
-    if c.m_objective == "calibrated" and trainer.processes.distributed:
-        raise GfnlmError("task.m_objective calibrated fits the likelihood on one process; run it without a launcher "
-                         "or use m_objective sft (TRL, data-parallel).")
     add_likelihood_adapter(policy, c)
     judge_changed = False  # by the last M-step: only then do buffered rewards need re-scoring
     for r in range(1, c.em_rounds + 1):
@@ -95,7 +75,7 @@ def run_em(trainer, task, resume: bool = False) -> None:
         if trainer.processes.broadcast(path.is_file()):  # rank 0's view of the run folder decides for all
             policy.load_adapter(path, LIKELIHOOD_ADAPTER)
         else:
-            m_step(trainer, task, r, path, rescore_folds=judge_changed)
+            m_step(trainer, task, r, path)
         now = policy.adapter_state(LIKELIHOOD_ADAPTER)
         judge_changed = now.keys() != judge.keys() or not all(torch.equal(v, judge[k]) for k, v in now.items())
         trainer.target.likelihood_adapter = LIKELIHOOD_ADAPTER  # a kept fresh adapter judges as the base model
@@ -106,56 +86,34 @@ def run_em(trainer, task, resume: bool = False) -> None:
             trainer.save()
 
 
-def m_step(trainer, task, round_number: int, path: Path, rescore_folds: bool = True) -> dict:
+def m_step(trainer, task, round_number: int, path: Path) -> dict:
     c = task.config
     policy = trainer.policy
     started = time.perf_counter()
-    generator = torch.Generator(device=policy.device).manual_seed(c.seed * 1000 + round_number)
+    generator = torch_generator(policy.device, c.seed, "m-step rationales", round_number)
     space = task.action_space().to(policy.device)
     prompts = [tp.ids for tp in task.train_set]
-    if c.m_cross_fit:
-        rationales = cross_fitted_rationales(trainer, task, round_number, c.em_rounds, rescore_folds)
-    else:
-        rationales = sample_per_prompt(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
+    rationales = sample_per_prompt(policy.model, space, prompts, c.m_rationales, 1.0, generator, c.eval_batch)
     before = label_log_likelihood(policy, task, rationales)
-    fit_rationales = rationales
-    if c.m_base_rationales:
-        with policy.base():
-            unlabelled = sample_per_prompt(policy.model, space, prompts, c.m_base_rationales, 1.0, generator,
-                                           c.eval_batch)
-        fit_rationales = [zs + bs for zs, bs in zip(rationales, unlabelled)]
-    held = task.m_step_held_out()  # none with cross-fitting: the check is cross-validation on all N
-    checked = set(range(len(prompts))) if c.m_cross_fit else held
-    fit_on = [[] if i in held else zs for i, zs in enumerate(fit_rationales)]
+    held = task.m_step_held_out()
+    fit_on = [[] if i in held else zs for i, zs in enumerate(rationales)]
     check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
     old_judge = policy.adapter_copy(LIKELIHOOD_ADAPTER)
-    judged = {"old": held_out_prediction(policy, task, rationales, checked)}
-    settings = SupervisedSettings(epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=c.seed + round_number,
+    judged = {"old": held_out_prediction(policy, task, rationales, held)}
+    settings = SupervisedSettings(epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=derive_seed(c.seed, "m-step fit", round_number),
                                   progress=trainer.config.progress)
-    if c.m_cross_fit:
-        judged["fitted"] = out_of_fold_prediction(policy, task, rationales, fit_rationales, settings,
-                                                  LIKELIHOOD_ADAPTER)
-
-    def rejected() -> bool:
-        return c.m_keep_only_if_better and bool(checked) and judged["fitted"]["log_prob"] <= judged["old"]["log_prob"]
-
-    if c.m_cross_fit and rejected():  # cross-validation has already said no: a fit on all N would be thrown away
-        fitted = {"loss": None, "steps": 0}
-    else:
-        with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
-            fitted = task.fit_likelihood(policy, fit_on, settings, validation=check_on, patience=c.m_patience)
-    if not c.m_cross_fit:
-        judged["fitted"] = held_out_prediction(policy, task, rationales, held)
+    with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
+        fitted = task.fit_likelihood(policy, fit_on, settings, validation=check_on, patience=c.m_patience)
+    judged["fitted"] = held_out_prediction(policy, task, rationales, held)
     kept = "fitted"
-    if rejected():
+    if c.m_keep_only_if_better and held and judged["fitted"]["log_prob"] <= judged["old"]["log_prob"]:
         policy.set_adapter_state(old_judge, LIKELIHOOD_ADAPTER)
         kept = "old judge" if round_number > 1 else "base model"
     record = {"round": round_number, "step": trainer.step, "label_log_likelihood_before": before,
               "label_log_likelihood_after": label_log_likelihood(policy, task, rationales),
               "m_step_loss": fitted["loss"], "m_step_updates": fitted["steps"],
-              "held_out_examples": sorted(held), "cross_fit_folds": c.m_cross_fit, "m_objective": c.m_objective,
-              "m_lora_r": c.m_lora_r, "m_lora_layers": c.m_lora_layers,
-              "best_epoch": fitted.get("best_epoch"), "held_out_losses": fitted.get("validation_losses"),
+              "held_out_examples": sorted(held), "best_epoch": fitted.get("best_epoch"),
+              "held_out_losses": fitted.get("validation_losses"),
               "held_out_prediction": judged, "kept": kept,
               "m_step_examples": sum(len(zs) for zs in fit_on), "m_step_seconds": time.perf_counter() - started,
               "examples": [task.tokenizer.decode(z) for z in rationales[0][:4]]}
@@ -176,7 +134,7 @@ def held_out_examples(count: int, share: float, seed: int) -> set[int]:
     if share <= 0 or count < 2:
         return set()
     k = min(count - 1, max(1, round(count * share)))
-    return set(random.Random(seed).sample(range(count), k))
+    return set(python_rng(seed).sample(range(count), k))
 
 
 @torch.no_grad()

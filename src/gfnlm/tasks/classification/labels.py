@@ -7,9 +7,6 @@ answer text (multi-token labels are scored exactly).
 Calibration (``content_free_offsets``): a small LM prefers some label whatever the sentence says; its
 preference on content-free sentences ("N/A", "", "[MASK]" in the same prompt) estimates that prior, and
 subtracting it from every label score removes it (contextual calibration).
-
-With ``grad`` the scores are differentiable in the model's trainable weights (the M-step's calibrated
-objective trains through them); otherwise they run without autograd.
 """
 
 from __future__ import annotations
@@ -24,11 +21,10 @@ LIKELIHOOD_ADAPTER = "likelihood"  # the EM M-step's adapter: p(Y | X, Z)
 
 
 def label_log_probs(model, contexts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-                    shared_prefix: Sequence[int] = (), grad: bool = False) -> torch.Tensor:
+                    shared_prefix: Sequence[int] = ()) -> torch.Tensor:
     """(N, labels): log p(answer_y | shared_prefix, context_n) for every context and label."""
     pairs = [(tuple(c), tuple(a)) for c in contexts for a in answers]
-    scores = continuation_log_probs(model, [c for c, _ in pairs], [a for _, a in pairs], shared_prefix=shared_prefix,
-                                    grad=grad)
+    scores = continuation_log_probs(model, [c for c, _ in pairs], [a for _, a in pairs], shared_prefix=shared_prefix)
     return scores.view(len(contexts), len(answers))
 
 
@@ -36,26 +32,24 @@ CONTENT_FREE_TEXTS = ("N/A", "", "[MASK]")
 
 
 def content_free_offsets(model, contexts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-                         shared_prefix: Sequence[int] = (), grad: bool = False) -> torch.Tensor:
+                         shared_prefix: Sequence[int] = ()) -> torch.Tensor:
     """(labels,): the model's mean log-probability of each label, normalized over the labels, after the
     content-free contexts; label scores minus these offsets are calibrated. No contexts: zeros (uncalibrated)."""
     if not contexts:
         return torch.zeros(len(answers))
-    scores = label_log_probs(model, contexts, answers, shared_prefix, grad)
+    scores = label_log_probs(model, contexts, answers, shared_prefix)
     return torch.log_softmax(scores.float(), dim=-1).mean(dim=0)
 
 
 def rationale_label_log_probs(model, prompts: Sequence[Sequence[int]], rationales: Sequence[Sequence[Sequence[int]]],
                               answers: Sequence[Sequence[int]], content_free: Sequence[Sequence[int]] = (),
-                              progress: bool = False, desc: str = "score rationales", grad: bool = False
-                              ) -> torch.Tensor:
+                              progress: bool = False, desc: str = "score rationales") -> torch.Tensor:
     """(N, K, labels) log p(Z_k Y_y | X_n): log p(Y_y | X_n, Z_k) plus a term that does not depend on the
     label, so normalized over the labels it is p(y | X_n, Z_k); minus the label prior when ``content_free``
     contexts are given. Each X is run once for all its rationales and labels."""
     pairs = [(tuple(p), tuple(z) + tuple(a)) for p, zs in zip(prompts, rationales) for z in zs for a in answers]
-    lp = continuation_log_probs(model, [c for c, _ in pairs], [a for _, a in pairs], progress=progress, desc=desc,
-                                grad=grad)
-    prior = content_free_offsets(model, content_free, answers, grad=grad)
+    lp = continuation_log_probs(model, [c for c, _ in pairs], [a for _, a in pairs], progress=progress, desc=desc)
+    prior = content_free_offsets(model, content_free, answers)
     return lp.view(len(prompts), len(rationales[0]), len(answers)) - prior.to(lp.device)
 
 

@@ -6,7 +6,7 @@ reads X only; each training X carries its label, so on the training set q is q(Z
 sentences it proposes rationales for every label. The policy stops by writing Y's first token (",").
 
 E-step: GFlowNet fine-tuning of q towards p_LM(Z | X) p(Y_true | X, Z) with a penalty when Z makes
-another label more likely (targets/rationale.py); the buffer starts with "wishful" rationales: the base
+another label more likely (target.py); the buffer starts with "wishful" rationales: the base
 model's continuations of X + " <true label> because it is" (``seed_rationales`` per example).
 M-step: a second LoRA adapter learns p(Y | X, Z) on rationales drawn from q (em.py).
 Prediction: for a test sentence, K rationales from q, every label scored under p(Y | X, Z); majority
@@ -14,14 +14,12 @@ vote, mean probability, and the label of the greedy rationale. Baselines on the 
 and few-shot (all N training examples in the prompt) scoring of " <label>." after X, and supervised
 LoRA fine-tuning on X -> " <label>." (TRL), all on the same test sentences.
 ``calibrate``: every label score, of every method and of the E-step's penalty, is taken relative to the
-scoring model's label prior on content-free sentences (evaluation/classification.py).
+scoring model's label prior on content-free sentences (labels.py).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import random
 import re
 import time
 from dataclasses import dataclass
@@ -37,8 +35,8 @@ from gfnlm.core.lm_forward import common_prefix
 from gfnlm.core.task import EvalResult, Task, TaskPrompt
 from gfnlm.inference.sampling import sample_per_prompt
 from gfnlm.infra.errors import GfnlmError
+from gfnlm.infra.seeding import python_rng, torch_generator
 from gfnlm.model.policy import Policy
-from gfnlm.tasks.classification.calibrated_fit import LabelledRationale, fit_calibrated
 from gfnlm.tasks.classification.data import load_labelled_jsonl, parse_labels
 from gfnlm.tasks.classification.labels import (
     CONTENT_FREE_TEXTS,
@@ -49,9 +47,7 @@ from gfnlm.tasks.classification.labels import (
 )
 from gfnlm.tasks.classification.target import RationaleLabelReward
 
-M_OBJECTIVES = ("sft", "calibrated")
-DEFAULT_METHODS = ("zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em")
-METHODS = DEFAULT_METHODS + ("fixed_rationale",)
+METHODS = ("zero_shot", "few_shot", "supervised", "gfn_e_step", "gfn_em")
 WORD_TOKEN = re.compile(r" ?[A-Za-z]*")  # a word piece, with or without its leading space
 SUPERVISED_ADAPTER = "supervised"
 GREEDY_TEMPERATURE = 1e-4  # sampling this cold is argmax decoding (up to exact ties), in one batched pass
@@ -92,50 +88,33 @@ class ClassificationConfig:
     em_rounds: int = 1  # E-step / M-step rounds; the run's steps are split evenly over them. 0: E-step only
     # (q trained against the base model's judge for every step, no likelihood adapter)
     m_rationales: int = 8  # rationales drawn from q per training example for the M-step
-    m_base_rationales: int = 0  # and drawn from the base model p(Z | X): rationales that carry no label, so the
-    # likelihood must also read X (q's rationales alone let it copy the label from Z)
     m_epochs: float = 3.0
     m_lr: float = 2e-4
     m_batch_size: int = 8
-    m_validation: float = 0.2  # share of the training examples held out to early-stop the M-step (0 = none)
+    m_validation: float = 0.2  # share of the training examples held out of the E-step and the M-step's data, to
+    # early-stop the M-step and check its fit (0 = none)
     m_patience: int = 2  # M-step epochs without a better held-out loss before it stops
-    m_validation_in_e_step: bool = False  # the held-out examples also train the E-step; then q's rationales for
-    # them carry their labels, so the M-step is checked on rationales unlike a test sentence's
     m_keep_only_if_better: bool = True  # keep the fitted likelihood only when it predicts the held-out labels
     # better than the judge it would replace (the base model in round 1), scored as at test time
-    m_lora_r: int = 0  # the likelihood adapter's LoRA rank (0: the policy's lora_r; alpha / r kept)
-    m_lora_layers: int = 0  # it adapts only the model's last this-many layers (0: every layer)
-    m_objective: str = "sft"  # the M-step's loss: "sft" (TRL, the label tokens' next-token loss) or "calibrated"
-    # (cross-entropy over the labels of the score used at test time: minus the prior when calibrate)
-    m_cross_fit: int = 0  # folds (>= 2) to cross-fit the M-step: each example's rationales drawn by a q trained
-    # without it (an auxiliary E-step per fold), the keep check cross-validated on all N, the E-step on all N;
-    # m_validation is then unused (0 = off: the held-out share above)
     supervised_epochs: float = 20.0
     supervised_lr: float = 5e-4
     eval_size: int = 200  # first this-many test sentences
     eval_rationales: int = 10  # K rationales per test sentence
     eval_temperature: float = 1.0
     eval_batch: int = 16  # test sentences sampled together
-    eval_methods: str = ",".join(DEFAULT_METHODS)  # also fixed_rationale
-    fixed_rationale: str = ""  # method fixed_rationale: this text as the rationale of every test sentence, judged
-    # by the base model as the GFlowNet rows are (a control: what the judge does without q; "" = no rationale)
+    eval_methods: str = ",".join(METHODS)
 
     def validate(self) -> None:
         parse_labels(self.labels)
         for name in ("max_len", "m_rationales", "m_batch_size", "m_patience", "eval_size",
                      "eval_rationales", "eval_batch"):
             check_range(f"task.{name}", getattr(self, name), low=1)
-        for name in ("min_len", "seed_rationales", "wrong_label_penalty", "m_base_rationales", "em_rounds",
-                     "m_cross_fit", "m_lora_r", "m_lora_layers"):
+        for name in ("min_len", "seed_rationales", "wrong_label_penalty", "em_rounds"):
             check_range(f"task.{name}", getattr(self, name), low=0)
         for name in ("m_epochs", "m_lr", "supervised_epochs", "supervised_lr", "eval_temperature"):
             check_range(f"task.{name}", getattr(self, name), low=0, low_open=True)
         if self.min_len > self.max_len:
             raise GfnlmError("task.min_len must not exceed task.max_len.")
-        if self.m_cross_fit == 1:
-            raise GfnlmError("task.m_cross_fit needs at least 2 folds (0 turns cross-fitting off).")
-        if self.m_objective not in M_OBJECTIVES:
-            raise GfnlmError(f"task.m_objective must be one of {', '.join(M_OBJECTIVES)}, got {self.m_objective!r}.")
         if not 0 <= self.m_validation < 1:
             raise GfnlmError(f"task.m_validation must be in [0, 1), got {self.m_validation}.")
         for name, fields in (("prompt_template", ("{text}",)), ("answer_template", ("{label}",)),
@@ -153,9 +132,7 @@ class ClassificationTask(Task):
     Config = ClassificationConfig
     training_metric_names = ("rationale_right",)
     evaluates_on_every_process = True  # the supervised baseline trains with TRL (data-parallel under a launcher)
-    evaluation_options = ("fixed_rationale",)
     default_data = ("", "")  # (training file, test file) when the config names none
-    e_step_excluded: set[int] | None = None  # set on a cross-fitting fold's view (``excluding``)
 
     def check_inputs(self) -> None:
         c = self.config
@@ -165,9 +142,6 @@ class ClassificationTask(Task):
             raise GfnlmError(f"Task {self.name} needs its training data: --data FILE.jsonl (and --test_data FILE.jsonl to evaluate).")
         self.train_rows = load_labelled_jsonl(train_file, self.labels)
         self.test_rows = load_labelled_jsonl(test_file, self.labels)[: c.eval_size] if test_file else []
-        if c.m_cross_fit > len(self.train_rows):
-            raise GfnlmError(f"task.m_cross_fit = {c.m_cross_fit} folds, but {train_file} has only "
-                             f"{len(self.train_rows)} training examples (each fold needs one).")
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, tokenizer, vocab_size: int) -> None:
@@ -208,29 +182,16 @@ class ClassificationTask(Task):
         return TaskPrompt(full, tuple(self.encode(full)), key)
 
     def train_prompts(self) -> list[TaskPrompt]:
-        """The E-step's examples: all training examples but the M-step's held-out ones (unless
-        ``m_validation_in_e_step``), so that q's rationales for those are drawn as for a test sentence; a
-        cross-fitting fold's E-step (``excluding``) leaves out its fold instead."""
-        c = self.config
-        if self.e_step_excluded is not None:
-            held = self.e_step_excluded
-        else:
-            held = set() if c.em_rounds == 0 or c.m_validation_in_e_step else self.m_step_held_out()
+        """The E-step's examples: all training examples but the M-step's held-out ones, so that q never sees
+        their labels and its rationales for them are drawn as for a test sentence."""
+        held = set() if self.config.em_rounds == 0 else self.m_step_held_out()
         return [tp for i, tp in enumerate(self.train_set) if i not in held]
 
     def m_step_held_out(self) -> set[int]:
-        """The training examples (indices) whose labels check the M-step (none when it is cross-fitted)."""
+        """The training examples (indices) whose labels check the M-step."""
         from gfnlm.tasks.classification.em import held_out_examples
 
-        share = 0.0 if self.config.m_cross_fit else self.config.m_validation
-        return held_out_examples(len(self.train_set), share, self.config.seed)
-
-    def excluding(self, indices: set[int]) -> "ClassificationTask":
-        """This task, but its E-step trains on every training example outside ``indices`` (a cross-fitting
-        fold's auxiliary E-step); it gets its own target when a trainer asks for one."""
-        view = copy.copy(self)
-        view.e_step_excluded = set(indices)
-        return view
+        return held_out_examples(len(self.train_set), self.config.m_validation, self.config.seed)
 
     def all_prompts(self) -> list[TaskPrompt]:
         return self.train_set + self.test_set
@@ -266,7 +227,7 @@ class ClassificationTask(Task):
         prompts = self.train_prompts()
         hints = [tuple(self.encode(tp.text + c.seed_hint.format(label=self.labels[self.label_of[tp.key]])))
                  for tp in prompts]
-        generator = torch.Generator(device=self.policy.device).manual_seed(c.seed)
+        generator = torch_generator(self.policy.device, c.seed)
         space = self.action_space().to(self.policy.device)
         with self.policy.base() as model:
             drawn = sample_per_prompt(model, space, hints, c.seed_rationales, 1.0, generator, c.eval_batch)
@@ -296,21 +257,12 @@ class ClassificationTask(Task):
                 out.append(SupervisedExample(tp.ids + tuple(z), answer, [i >= lead for i in range(len(answer))]))
         return out
 
-    def labelled_rationales(self, rationales: list[list[list[int]]]) -> list[LabelledRationale]:
-        """(X, Z, Y_true) for the calibrated M-step objective."""
-        return [LabelledRationale(tp.ids, tuple(z), self.label_of[tp.key]) for tp, zs in zip(self.train_set, rationales)
-                for z in zs]
-
     def fit_likelihood(self, policy: Policy, rationales: list[list[list[int]]], settings: SupervisedSettings,
                        validation: list[list[list[int]]] | None = None, patience: int = 2) -> dict:
-        """Train the active (likelihood) adapter on each training example's rationales -> its true label, by
-        ``m_objective``; with ``validation`` rationales (of held-out examples) early-stopped on them."""
-        held = validation or []
-        if self.config.m_objective == "calibrated":
-            return fit_calibrated(policy, self.labelled_rationales(rationales), self.answers, self.content_free,
-                                  settings, self.labelled_rationales(held), patience)
+        """Train the active (likelihood) adapter on each training example's rationales -> its true label (TRL
+        SFT); with ``validation`` rationales (of held-out examples) early-stopped on them."""
         return supervised_finetune(policy, self.likelihood_examples(rationales), settings,
-                                   validation=self.likelihood_examples(held), patience=patience)
+                                   validation=self.likelihood_examples(validation or []), patience=patience)
 
     def direct_examples(self) -> list[SupervisedExample]:
         """X -> " <label>." for the supervised baseline (the label's own tokens in the loss)."""
@@ -321,7 +273,7 @@ class ClassificationTask(Task):
     def few_shot_prefix(self) -> tuple[int, ...]:
         """All training examples, answered directly, in one seeded shuffled order (run once, cached)."""
         rows = list(zip(self.train_set, self.train_rows))
-        random.Random(self.config.seed).shuffle(rows)
+        python_rng(self.config.seed).shuffle(rows)
         text = "".join(tp.text + self.config.direct_template.format(label=self.labels[row.label]) + "\n\n"
                        for tp, row in rows)
         return tuple(self.encode(text))
@@ -360,14 +312,6 @@ class ClassificationTask(Task):
                     lp = everyone(lambda: label_log_probs(model, prompts, self.direct_answers, shared))
                     lp = lp - content_free_offsets(model, self.content_free, self.direct_answers, shared).cpu()
             results[method] = {"accuracy": accuracy(lp.argmax(-1), truth), "seconds": time.perf_counter() - started}
-        if "fixed_rationale" in methods:
-            started = time.perf_counter()
-            fixed = [[self.encode(c.fixed_rationale)] for _ in prompts]
-            lp = everyone(lambda: self.rationale_scores(policy, prompts, fixed, None, progress=config.progress))[:, 0]
-            results["fixed_rationale"] = {"accuracy": accuracy(lp.argmax(-1), truth), "rationale": c.fixed_rationale,
-                                          "seconds": time.perf_counter() - started,
-                                          # per test sentence: which ones a phrase alone gets right
-                                          "label_probs": torch.softmax(lp.float(), -1).tolist()}
         rationale_methods = [m for m in methods if m in ("gfn_e_step", "gfn_em")]
         source = Path(processes.broadcast(str(run_dir)))  # the other processes evaluate into a scratch folder
         if "gfn_em" in rationale_methods and not load_latest_likelihood(policy, source, c):
@@ -439,7 +383,6 @@ class ClassificationTask(Task):
                 lines.append(f"| {method} | skipped: {r['skipped']} | | | |")
                 continue
             name = f"{method} (judge: {r['judge']})" if "judge" in r else method
-            name += f" ({r['rationale']!r} for every sentence)" if "rationale" in r else ""
             lines.append(f"| {name} | {r['accuracy']:.3f} | {fmt(r.get('accuracy_majority'))} | "
                          f"{fmt(r.get('accuracy_greedy'))} | {r['seconds']:.0f} |")
         lines += ["", "Examples (true label: rationales):", ""]
