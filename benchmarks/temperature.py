@@ -8,15 +8,9 @@ unless it is already there):
   conditional run must (single-T<T>-batchlogz-seed<S>); --single-steps N other than the preset's adds
   -<N>steps, --single-anneal-steps N (the reward temperature's anneal from 1.0 to T; 0: T from the first
   step, as the conditional run draws it) other than the preset's adds -anneal<N>;
-- conditional-<input>-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch, reading T as a
-  learned embedding (--input embedding, the default; its learning rate x --embedding-lr-scale, named
-  -elr<x> in the run dir when not 1; with --logit-scale also a learned factor on its logits, -lscale, with
-  --stop-offset a learned offset b + x(T) w on its stop token's logit, -stop (-stopw with --stop-slope-only:
-  w alone, b = 0), with --adapter-scale a learned factor exp(g0 + x(T) g1) on every LoRA layer's output,
-  -ascale, all at learning rate
-  x --logit-scale-lr-scale, -lslr<x>; with --loss-weight each micro-batch's loss times (T / T_max)^2, -tw;
-  one run per seed in --conditional-seeds) or
-  a prompt tag (--input text), with as many steps as the
+- conditional-<steps>steps-seed<s>: --conditional_temperatures <range> --log_z batch (the policy reads T as a
+  learned embedding, with learned factors on its logits, its stop token's logit and its LoRA output: see
+  gfnlm.model.temperature), one run per seed in --conditional-seeds, with as many steps as the
   single-temperature runs it replaces together (--conditional-steps, default 2 x the preset's).
 Each policy is evaluated (once: a run's saved evaluation is reused) by the shared harness ("gfn" only) on
 the held-out prompts at each T: mean log p_LM(Z | X), embedding diversity, and the importance estimates
@@ -26,8 +20,8 @@ differs in floating-point detail and a few samples differ). Each run (training, 
 job; --workers K runs K jobs at a time in separate processes, each with 1/K of the cores (benchmarks/job_pool.py: on a
 GPU, where one small run leaves the device mostly idle, and on a small CPU, where one run does not keep two
 cores busy).
---single-seeds '' trains and tabulates the conditional runs alone (no checks: e.g. a new conditional
-setting, compared by hand with single-temperature runs recorded earlier).
+--single-seeds '' trains and tabulates the conditional runs alone (no checks: e.g. compared by hand with
+single-temperature runs recorded earlier).
 --eval-samples N evaluates with N samples per prompt instead of the preset's 16, saved beside the run's
 own evaluation (eval_T<T>-n<N>.json); with more samples the self-normalized estimates of p_T's figures lean
 less toward the policy's own.
@@ -48,12 +42,9 @@ The checks, at each T:
 Plots: benchmarks/out/temperature_frontier.png (every run, labelled) and temperature_seed_means.png (per T,
 every seed and each side's mean ± sd).
 
-  python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0] [--input embedding|text]
+  python benchmarks/temperature.py [--temperatures 0.8,0.95] [--range 0.8:1.0]
                                    [--conditional-steps N] [--single-steps N] [--single-anneal-steps N]
-                                   [--embedding-lr-scale X]
-                                   [--single-log-z learned|batch] [--logit-scale] [--stop-offset [--stop-slope-only]]
-                                   [--adapter-scale] [--logit-scale-lr-scale X] [--loss-weight]
-                                   [--conditional-seeds 0,1] [--single-seeds 0,1]
+                                   [--single-log-z learned|batch] [--conditional-seeds 0,1] [--single-seeds 0,1]
                                    [--workers K] [--eval-samples N] [--base-samples N] [--saved-only]
 """
 
@@ -283,7 +274,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--temperatures", default="0.8,0.95", help="temperatures compared")
     parser.add_argument("--range", default="0.8:1.0", help="the conditional policy's training range")
-    parser.add_argument("--input", default="embedding", choices=["embedding", "text"], help="how it reads T")
     parser.add_argument("--conditional-steps", type=int, default=None,
                         help="its training steps (default: 2 x the single-T runs', the compute of two of them)")
     parser.add_argument("--single-steps", type=int, default=None,
@@ -293,28 +283,6 @@ def main() -> int:
                              "1.0 to T (default: the preset's; 0: T from the first step)")
     parser.add_argument("--single-log-z", default="learned", choices=["learned", "batch"],
                         help="log Z of the single-temperature runs (the conditional run always uses batch)")
-    parser.add_argument("--embedding-lr-scale", type=float, default=1.0,
-                        help="its temperature embedding's learning rate as a multiple of lr (run dir gains -elr<x>)")
-    parser.add_argument("--logit-scale", action="store_true",
-                        help="the conditional policy also learns a factor exp(c(T)) on its logits (run dir gains -lscale)")
-    parser.add_argument("--stop-offset", action="store_true",
-                        help="the conditional policy also learns an offset b + x(T) w on its stop token's logit "
-                             "(run dir gains -stop)")
-    parser.add_argument("--stop-slope-only", action="store_true",
-                        help="with --stop-offset: learn only w, b stays 0 (run dir gains -stopw instead of -stop)")
-    parser.add_argument("--adapter-scale", action="store_true",
-                        help="the conditional policy also learns a factor exp(g0 + x(T) g1) on every LoRA layer's "
-                             "output (temperature_adapter_scale; run dir gains -ascale)")
-    parser.add_argument("--adapter-gate", action="store_true",
-                        help="the conditional policy also learns factors exp(G0 + x(T) G1) on every LoRA layer's r "
-                             "inner activations, one pair per layer and rank (temperature_adapter_gate; run dir "
-                             "gains -agate)")
-    parser.add_argument("--logit-scale-lr-scale", type=float, default=1.0,
-                        help="with --logit-scale / --stop-offset / --adapter-scale / --adapter-gate: their scalars' "
-                             "learning rate as a multiple of lr (run dir gains -lslr<x>)")
-    parser.add_argument("--loss-weight", action="store_true",
-                        help="the conditional policy weights each micro-batch's loss by (T / T_max)^2 "
-                             "(temperature_loss_weight; run dir gains -tw)")
     parser.add_argument("--conditional-seeds", "--conditional-seed", dest="conditional_seeds", default="0",
                         help="the conditional runs' seeds (one run each; each is checked on its own); '' trains "
                              "and evaluates the single-temperature runs alone")
@@ -335,10 +303,6 @@ def main() -> int:
     conditional_seeds = [int(s) for s in args.conditional_seeds.split(",") if s.strip()]
     if args.saved_only and not conditional_seeds:
         parser.error("--saved-only needs at least one conditional seed to compare")
-    if args.stop_slope_only and not args.stop_offset:
-        parser.error("--stop-slope-only needs --stop-offset")
-    if args.adapter_scale and args.adapter_gate:
-        parser.error("--adapter-gate contains --adapter-scale's factor: give one of the two")
     if len(single_seeds) == 1:
         parser.error("--single-seeds needs at least two seeds (the check is against their spread) or none "
                      "(the conditional runs alone, tabulated without checks)")
@@ -356,15 +320,6 @@ def main() -> int:
     preset = yaml.safe_load((ROOT / "configs" / "continuation-cpu.yaml").read_text())
     single_steps, anneal_steps, single_suffix = single_settings(args, preset)
     steps = args.conditional_steps or 2 * single_steps
-    scaled = f"-elr{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
-    scaled += "-lscale" if args.logit_scale else ""
-    scaled += ("-stopw" if args.stop_slope_only else "-stop") if args.stop_offset else ""
-    scaled += "-ascale" if args.adapter_scale else ""
-    scaled += "-agate" if args.adapter_gate else ""
-    scalars_learned = args.logit_scale or args.stop_offset or args.adapter_scale or args.adapter_gate
-    logit_scale_lr_scaled = scalars_learned and args.logit_scale_lr_scale != 1
-    scaled += f"-lslr{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
-    scaled += "-tw" if args.loss_weight else ""
 
     def single_key(t: float, seed: int) -> str:  # also the run's folder name
         return f"single-T{t:g}{single_suffix}-seed{seed}"
@@ -377,17 +332,9 @@ def main() -> int:
     for i in range(max(len(single_seeds), len(conditional_seeds))):
         if i < len(conditional_seeds):
             seed = conditional_seeds[i]
-            jobs.append(Job(conditional_key(seed), out_dir / f"conditional-{args.input}-{steps}steps{scaled}-seed{seed}",
-                            ["--conditional_temperatures", args.range, "--log_z", "batch", "--temperature_input",
-                             args.input, "--steps", str(steps), "--temperature_embedding_lr_scale",
-                             str(args.embedding_lr_scale), "--seed", str(seed), "--temperature_logit_scale",
-                             str(args.logit_scale).lower(), "--temperature_stop_offset", str(args.stop_offset).lower(),
-                             "--temperature_stop_offset_bias", str(not args.stop_slope_only).lower(),
-                             "--temperature_logit_scale_lr_scale", str(args.logit_scale_lr_scale),
-                             "--temperature_loss_weight", str(args.loss_weight).lower(),
-                             "--temperature_adapter_scale", str(args.adapter_scale).lower(),
-                             "--temperature_adapter_gate", str(args.adapter_gate).lower()], temperatures,
-                            args.eval_samples))
+            jobs.append(Job(conditional_key(seed), out_dir / f"conditional-{steps}steps-seed{seed}",
+                            ["--conditional_temperatures", args.range, "--log_z", "batch", "--steps", str(steps),
+                             "--seed", str(seed)], temperatures, args.eval_samples))
         if i < len(single_seeds):
             seed = single_seeds[i]
             for t in temperatures:
@@ -423,21 +370,13 @@ def main() -> int:
     from gfnlm.evaluation.tables import markdown_table
 
     results = []
-    lr_note = f", e(T) lr x{args.embedding_lr_scale:g}" if args.embedding_lr_scale != 1 else ""
-    lr_note += ", logit scale" if args.logit_scale else ""
-    lr_note += (", stop offset (w only)" if args.stop_slope_only else ", stop offset") if args.stop_offset else ""
-    lr_note += ", LoRA output scale" if args.adapter_scale else ""
-    lr_note += ", LoRA rank gates" if args.adapter_gate else ""
-    lr_note += f" lr x{args.logit_scale_lr_scale:g}" if logit_scale_lr_scaled else ""
-    lr_note += ", loss x (T/T_max)^2" if args.loss_weight else ""
     for t in temperatures:
         for seed in single_seeds:
             results.append({"T": t, "policy": f"trained at T = {t:g} (log Z {args.single_log_z}), seed {seed}",
                             "label": f"T={t:g} single, seed {seed}", "kind": "single", "seed": seed,
                             **outcomes[single_key(t, seed)][1][t]})
         for seed in conditional_seeds:
-            results.append({"T": t, "policy": f"conditional ({args.range}, {args.input}{lr_note}, {steps} steps), "
-                                              f"seed {seed}",
+            results.append({"T": t, "policy": f"conditional ({args.range}, {steps} steps), seed {seed}",
                             "label": f"T={t:g} conditional, seed {seed}", "kind": "conditional", "seed": seed,
                             **outcomes[conditional_key(seed)][1][t]})
     seconds_line = "training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_seconds.items())
@@ -468,15 +407,10 @@ def main() -> int:
                          "mean log p_LM(Z | X)", f"conditional policies ({args.range}, stars) vs single-temperature ones",
                          highlight=lambda r: r["kind"] == "conditional")
     means_plot = plot_seed_means(OUT / "temperature_seed_means.png", results, temperatures,
-                                 f"seeds and their mean ± sd: conditional ({args.range}{lr_note}) vs single-T"
+                                 f"seeds and their mean ± sd: conditional ({args.range}) vs single-T"
                                  + (f", {args.eval_samples} samples per prompt" if args.eval_samples else ""))
-    summary = {"temperatures": temperatures, "range": args.range, "input": args.input, "conditional_steps": steps,
-               "single_steps": single_steps, "single_anneal_steps": anneal_steps,
-               "embedding_lr_scale": args.embedding_lr_scale, "logit_scale": args.logit_scale,
-               "stop_offset": args.stop_offset, "stop_slope_only": args.stop_slope_only,
-               "adapter_scale": args.adapter_scale, "adapter_gate": args.adapter_gate,
-               "logit_scale_lr_scale": args.logit_scale_lr_scale, "loss_weight": args.loss_weight,
-               "single_log_z": args.single_log_z, "eval_samples": args.eval_samples, "single_seeds": single_seeds,
+    summary = {"temperatures": temperatures, "range": args.range, "conditional_steps": steps,
+               "single_steps": single_steps, "single_anneal_steps": anneal_steps, "single_log_z": args.single_log_z, "eval_samples": args.eval_samples, "single_seeds": single_seeds,
                "conditional_seeds": conditional_seeds, "results": results, "claims": claims,
                "closeness": closeness, "seeds_passing": passing, "seed_means": mean_rows, "mean_claims": mean_claims,
                "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started, "plot": str(plot),

@@ -75,29 +75,6 @@ def test_smc_resampling_at_every_step_keeps_log_z_unbiased(problem):
     assert abs(pooled - exact_log_z) < 0.03
 
 
-def test_a_proposal_reading_its_own_prompt_is_weighted_against_the_bare_target(problem):
-    """A temperature-conditional policy reads "[T=...] " + X while the target reads X: with R = q(. | tag X)
-    the weights are exactly 1 only if q is scored under the tagged prompt and R under the bare one."""
-    model, space, _, _, _ = problem
-    tagged = (3,) + PROMPT
-    log_q_tagged = policy_distribution(model, space, tagged)
-    bare = {z: math.exp(v) for z, v in policy_distribution(model, space, PROMPT).items()}
-    assert total_variation({z: math.exp(v) for z, v in log_q_tagged.items()}, bare) > 0.02  # the tag matters
-    seen_prompts = set()
-
-    def reward(prompt, z):
-        seen_prompts.add(tuple(prompt))
-        return log_q_tagged.get(tuple(z), 0.0)
-
-    exact = RuleTarget(reward, on="tokens")
-    for method in (importance_sample, smc):
-        out = method(model, space, exact, PROMPT, groups=4, particles=16, generator=torch.Generator().manual_seed(0),
-                     proposal_prompt=tagged)
-        assert torch.allclose(out.log_z, torch.zeros(4, dtype=torch.float64), atol=1e-4)
-        assert torch.allclose(out.ess, torch.ones(4, dtype=torch.float64), atol=1e-6)
-    assert seen_prompts == {PROMPT}
-
-
 def test_resampling_draws_on_the_cpu_are_torch_multinomial_with_the_same_generator():
     weights = torch.softmax(torch.tensor([0.3, -1.0, 2.0, 0.0], dtype=torch.float64), 0)
     ours = draw_indices(weights, 50, torch.Generator().manual_seed(5))

@@ -50,11 +50,11 @@ class EnumerableTask(Task):
 
 def make_trainer(tmp_path, objective, task, steps=400, reward_temp=1.0, seed=0, checkpoint_every=10_000, epsilon=0.05,
                  conditional=""):
-    """``conditional`` ("lo:hi"): one policy for that range of temperatures, reading T as an embedding."""
+    """``conditional`` ("lo:hi"): one policy for that range of temperatures."""
     base = tiny_llama(VOCAB, seed=seed, init=0.3)
     policy = Policy(base, None, LoraSettings(r=8, alpha=16), seed=seed)
     if conditional:
-        policy.add_temperature_embedding(*map(float, conditional.split(":")))
+        policy.add_temperature_embedding(*map(float, conditional.split(":")), task.space.terminator[0])
     config = TrainConfig(objective=objective, steps=steps, trajectories_per_prompt=32, lr=1e-2, logz_lr=0.1,
                          conditional_temperatures=conditional, log_z="batch" if conditional else "learned",
                          warmup_steps=0, lr_schedule="cosine", replay_prob=0.25, tempered_prob=0.25, epsilon=epsilon,

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "temperature.py"
+sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: it imports job_pool from beside it
 spec = importlib.util.spec_from_file_location("temperature_benchmark", SCRIPT)
 bench = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bench  # its dataclass looks its module up
@@ -112,9 +113,9 @@ def test_single_run_settings_name_only_what_differs_from_the_preset(single_steps
 
 
 def test_conditional_runs_alone_are_tabulated_without_checks(tmp_path, monkeypatch, capsys):
-    """--single-seeds '' --saved-only: the saved conditional run (its folder named by --loss-weight) is
+    """--single-seeds '' --saved-only: the saved conditional run (its folder named by its steps) is
     tabulated at every T, and nothing is written as a comparison."""
-    run = tmp_path / "temperature" / "conditional-embedding-400steps-tw-seed0"
+    run = tmp_path / "temperature" / "conditional-400steps-seed0"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"steps": 400, "task": {"eval_samples": 16}}))
     for t, loglik in ((0.8, -19.5), (0.95, -31.25)):
@@ -123,15 +124,16 @@ def test_conditional_runs_alone_are_tabulated_without_checks(tmp_path, monkeypat
         (run / f"eval_T{t:g}.json").write_text(json.dumps({"methods": [row], "n": 16, "temperature": t,
                                                           "prompts": 20}))
     monkeypatch.setattr(bench, "OUT", tmp_path)
-    monkeypatch.setattr(sys, "argv", ["temperature.py", "--loss-weight", "--single-seeds", "", "--saved-only"])
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "", "--saved-only"])
     assert bench.main() == 0
     out = capsys.readouterr().out
-    assert "-19.5" in out and "-31.25" in out and "loss x (T/T_max)^2" in out
+    assert "-19.5" in out and "-31.25" in out and "conditional (0.8:1.0, 400 steps), seed 0" in out
     assert not (tmp_path / "temperature.json").exists()
-    monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "", "--saved-only"])
-    with pytest.raises(SystemExit, match="no conditional seed"):  # the run without -tw was never trained
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "", "--saved-only",
+                                      "--conditional-steps", "300"])
+    with pytest.raises(SystemExit, match="no conditional seed"):  # the 300-step run was never trained
         bench.main()
-    monkeypatch.setattr(sys, "argv", ["temperature.py", "--loss-weight", "--single-seeds", "0,1", "--saved-only"])
+    monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "0,1", "--saved-only"])
     with pytest.raises(SystemExit, match="fewer than two single-T seeds"):  # asked for, never trained
         bench.main()
     monkeypatch.setattr(sys, "argv", ["temperature.py", "--single-seeds", "", "--eval-samples", "1"])

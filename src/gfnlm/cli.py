@@ -146,22 +146,15 @@ def _sample(args) -> int:
     # Several processes each draw their share of the n outputs from their own seed; rank 0 prints all.
     generator = process_generator(args.seed, policy.device, processes)
     n = share(args.n, processes)
-    # A conditional policy reads T (its prompt tag or embedding); the target (and the base model) read X.
+    # A conditional policy reads T through its embedding; the target and the base model never see it.
     reading = (conditioning.at(policy, args.target_temperature) if conditioning is not None
-               else contextlib.nullcontext(tuple))
-    with reading as policy_prompt_of:
-        policy_prompt = prompt if args.base else policy_prompt_of(prompt)
+               else contextlib.nullcontext())
+    with reading:
         if args.correct:
             temperature = args.target_temperature if conditioning is not None else spec.config.reward_temp_end
-            return _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperature, generator, n,
-                                     processes)
-        if args.base:
-            with policy.base() as model:
-                rows = sample_completions(model, space, prompt, n, temperature=args.temperature,
-                                          generator=generator)
-        else:
-            rows = sample_completions(policy.model, space, policy_prompt, n, temperature=args.temperature,
-                                      generator=generator)
+            return _sample_corrected(args, spec, policy, space, prompt, temperature, generator, n, processes)
+        with policy.base() if args.base else contextlib.nullcontext(policy.model) as model:
+            rows = sample_completions(model, space, prompt, n, temperature=args.temperature, generator=generator)
     rows = gather_flat(rows, processes)
     if processes.is_main:
         for row in rows:
@@ -171,7 +164,7 @@ def _sample(args) -> int:
 
 
 def _conditioning(args, spec):
-    """The temperature tag of a temperature-conditional run (None otherwise), checked before any loading."""
+    """The conditioning of a temperature-conditional run (None otherwise), checked before any loading."""
     from gfnlm.model.temperature import TemperatureConditioning
 
     conditional = spec.config.conditional_temperatures
@@ -179,7 +172,7 @@ def _conditioning(args, spec):
         raise GfnlmError("--target-temperature needs a run trained with conditional_temperatures.")
     if not conditional or (args.base and not args.correct):  # plain base-model samples need no T
         return None
-    conditioning = TemperatureConditioning.for_run(spec.config, spec.task)
+    conditioning = TemperatureConditioning(conditional)
     if args.target_temperature is None:
         raise GfnlmError(f"This policy is temperature-conditional ({conditional}); give --target-temperature.")
     if not conditioning.covers(args.target_temperature):
@@ -188,10 +181,9 @@ def _conditioning(args, spec):
     return conditioning
 
 
-def _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperature, generator, n,
-                      processes) -> int:
+def _sample_corrected(args, spec, policy, space, prompt, temperature, generator, n, processes) -> int:
     """Each output is one draw from an independent IS / SMC run of --particles particles, for the target
-    p_LM(Z | X)^(1/temperature); the proposal is the policy reading ``policy_prompt``, or the base model."""
+    p_LM(Z | X)^(1/temperature); the proposal is the policy, or the base model."""
     import contextlib
     import math
 
@@ -200,16 +192,14 @@ def _sample_corrected(args, spec, policy, space, prompt, policy_prompt, temperat
     from gfnlm.inference.correction import importance_sample, smc
 
     target = spec.task.target(policy)
-    proposal_prompt = prompt if args.base else policy_prompt
     mine = ([], [], [], [], 0)  # a process with no share of the n outputs (n < processes)
     if n:
         with policy.base() if args.base else contextlib.nullcontext(policy.model) as model:
             if args.correct == "is":
-                out = importance_sample(model, space, target, prompt, n, args.particles, temperature, generator,
-                                        proposal_prompt)
+                out = importance_sample(model, space, target, prompt, n, args.particles, temperature, generator)
             else:
                 out = smc(model, space, target, prompt, n, args.particles, temperature, generator,
-                          args.ess_threshold, proposal_prompt)
+                          args.ess_threshold)
         mine = (out.completions, out.log_z.tolist(), out.ess.tolist(), out.resamplings.tolist(), out.generated_tokens)
     parts = processes.gather(mine)
     completions = [row for part in parts for row in part[0]]

@@ -73,8 +73,6 @@ def load_run(run_dir: str | Path, evaluation_overrides: dict | None = None) -> R
     task_name = values.pop("task_name", None)
     if task_name is None:
         raise GfnlmError(f"{path} names no task_name.")
-    if values.get("conditional_temperatures") and "temperature_input" not in values:
-        values["temperature_input"] = "text"  # written before the embedding existed: the prompt tag was the only way
     if evaluation_overrides:
         values = merge(values, check_evaluation_overrides(task_name, evaluation_overrides))
     return resolve(task_name, None, values)
@@ -113,12 +111,9 @@ def prepare_model(spec: RunSpec, processes=None):
     model, tokenizer = load_base_model(c.model, dtype=c.dtype, device=device, load_in_4bit=c.load_in_4bit)
     policy = Policy(model, tokenizer, LoraSettings(c.lora_r, c.lora_alpha, c.lora_targets), seed=c.seed)
     spec.task.setup(tokenizer, policy.vocab_size)  # first: the stop offset needs the task's terminator
-    if c.conditional_temperatures and c.temperature_input == "embedding":
+    if c.conditional_temperatures:
         temperatures = parse_temperatures(c.conditional_temperatures)[1]
-        stop_token = spec.task.action_space().terminator[0] if c.temperature_stop_offset else None
-        policy.add_temperature_embedding(min(temperatures), max(temperatures), c.temperature_logit_scale, stop_token,
-                                         c.temperature_stop_offset_bias, c.temperature_adapter_scale,
-                                         c.temperature_adapter_gate)
+        policy.add_temperature_embedding(min(temperatures), max(temperatures), spec.task.action_space().terminator[0])
     if c.init_adapter:
         policy.load_adapter(adapter_file(c.init_adapter))
     if c.gradient_checkpointing:

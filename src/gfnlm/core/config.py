@@ -18,7 +18,6 @@ import yaml
 
 from gfnlm.core.objectives import LOG_Z_MODES, OBJECTIVES
 from gfnlm.infra.errors import GfnlmError
-from gfnlm.model.temperature import TEMPERATURE_INPUTS
 
 LR_SCHEDULES = ("constant_with_warmup", "linear", "cosine", "constant")
 
@@ -69,39 +68,9 @@ class TrainConfig:
     reward_temp_end: float = field(default=1.0, metadata={"help": "reward temperature after the horizon"})
     conditional_temperatures: str = field(default="", metadata={
         "help": "train one policy for many reward temperatures: 'lo:hi' (a range) or 'a,b' (values); each "
-                "micro-batch draws T and the policy reads it (temperature_input; replaces the reward_temp "
-                "schedule; needs log_z: batch)"})
-    temperature_input: str = field(default="embedding", metadata={
-        "help": "how a temperature-conditional policy reads T: embedding (a learned vector added to its input "
-                "embeddings) or text (\"[T=0.85] \" before X)"})
-    temperature_logit_scale: bool = field(default=False, metadata={
-        "help": "a temperature-conditional policy reading T as an embedding also multiplies its logits by a "
-                "learned exp(u + x(T) v) (starting at 1), so T can sharpen every next-token distribution"})
-    temperature_stop_offset: bool = field(default=False, metadata={
-        "help": "a temperature-conditional policy reading T as an embedding also adds a learned b + x(T) w "
-                "(starting at 0) to the logit of the task's stop token, so T can move when sequences end"})
-    temperature_stop_offset_bias: bool = field(default=True, metadata={
-        "help": "with temperature_stop_offset: also learn b, the part of the offset shared by every T (false: b "
-                "stays 0, so only the offset's dependence on T is learned and it is 0 mid-range)"})
-    temperature_adapter_scale: bool = field(default=False, metadata={
-        "help": "a temperature-conditional policy reading T as an embedding also multiplies the output of every "
-                "LoRA layer by a learned exp(g0 + x(T) g1) (starting at 1), so the adapter's whole correction "
-                "can shrink toward T = 1, where the target is the base model"})
-    temperature_adapter_gate: bool = field(default=False, metadata={
-        "help": "a temperature-conditional policy reading T as an embedding also multiplies each LoRA layer's r "
-                "inner activations (A x) by learned factors exp(G0 + x(T) G1), one pair per layer and rank "
-                "(starting at 1), so the adapter can use other directions at other T (it contains "
-                "temperature_adapter_scale's one factor; set one of the two)"})
-    temperature_loss_weight: bool = field(default=False, metadata={
-        "help": "a temperature-conditional policy weights each micro-batch's loss by (T / T_max)^2: the "
-                "squared residual of R^(1/T) grows as 1/T^2, so without it the lowest T dominate the gradient"})
-    temperature_embedding_lr_scale: float = field(default=1.0, metadata={
-        "help": "learning rate of the temperature embedding e(T) as a multiple of lr (its two vectors start "
-                "at zero and are shared by every position)"})
-    temperature_logit_scale_lr_scale: float = field(default=1.0, metadata={
-        "help": "learning rate of the conditioning's scalars (the logit scale's u, v, the stop offset's b, w "
-                "and the adapter scale's g0, g1) as a multiple of lr (numbers that act on every step, like log Z "
-                "they may need a larger step than the LoRA weights)"})
+                "micro-batch draws T and the policy reads it as a learned embedding, with learned factors on its "
+                "logits, its stop token's logit and its LoRA output (replaces the reward_temp schedule; needs "
+                "log_z: batch)"})
     reward_temp_horizon: int = field(default=0, metadata={"help": "steps of the linear temperature schedule"})
     log_reward_floor: float = field(default=-500.0, metadata={"help": "log-rewards are clamped to at least this"})
     # behaviour policy
@@ -131,13 +100,11 @@ class TrainConfig:
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("log_z", self.log_z, LOG_Z_MODES)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_choice("temperature_input", self.temperature_input, TEMPERATURE_INPUTS)
         check_choice("buffer_sampling", self.buffer_sampling, ("uniform", "prioritized"))
         for name in ("lora_r", "steps", "trajectories_per_prompt", "prompts_per_batch", "grad_accum",
                      "checkpoint_every", "keep_checkpoints", "buffer_capacity", "max_bad_steps", "virtual_ranks"):
             check_range(name, getattr(self, name), low=1)
-        for name in ("lr", "temperature_embedding_lr_scale", "temperature_logit_scale_lr_scale", "lora_alpha",
-                     "reward_temp_start", "reward_temp_end",
+        for name in ("lr", "lora_alpha", "reward_temp_start", "reward_temp_end",
                      "tempered_min", "tempered_max", "buffer_priority_temperature"):
             check_range(name, getattr(self, name), low=0, low_open=True)
         for name in ("replay_prob", "tempered_prob", "epsilon", "buffer_tolerance"):
@@ -160,16 +127,6 @@ class TrainConfig:
             parse_temperatures(self.conditional_temperatures)
             if self.log_z != "batch":
                 raise GfnlmError("conditional_temperatures needs log_z: batch (a learned log Z(X) cannot depend on T).")
-        for name in ("temperature_logit_scale", "temperature_stop_offset", "temperature_adapter_scale",
-                     "temperature_adapter_gate"):
-            if getattr(self, name) and not (self.conditional_temperatures and self.temperature_input == "embedding"):
-                raise GfnlmError(f"{name} needs conditional_temperatures with temperature_input: embedding.")
-        if self.temperature_adapter_scale and self.temperature_adapter_gate:
-            raise GfnlmError("temperature_adapter_gate contains temperature_adapter_scale's factor: set one of the two.")
-        if self.temperature_loss_weight and not self.conditional_temperatures:
-            raise GfnlmError("temperature_loss_weight needs conditional_temperatures.")
-        if not self.temperature_stop_offset_bias and not self.temperature_stop_offset:
-            raise GfnlmError("temperature_stop_offset_bias: false only acts with temperature_stop_offset: true.")
         if self.tempered_min > self.tempered_max:
             raise GfnlmError("tempered_min must not exceed tempered_max.")
         if self.log_reward_floor >= 0:

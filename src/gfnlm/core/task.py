@@ -66,12 +66,6 @@ class Task(ABC):
     @abstractmethod
     def target(self, policy: Policy) -> Target: ...
 
-    def temperature_tag(self):
-        """How a temperature-conditional policy reads T: a function T -> prompt tokens put before X."""
-        from gfnlm.model.temperature import text_tag
-
-        return text_tag(getattr(self, "tokenizer", None))
-
     def insert_hook(self):
         """Tools that write into rollouts (the sampler's insert hook), or None."""
         return None

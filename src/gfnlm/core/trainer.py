@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import hashlib
 import json
 import math
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +43,7 @@ from gfnlm.infra.distributed import Processes
 from gfnlm.infra.errors import GfnlmError
 from gfnlm.infra.metrics_log import MetricsLog
 from gfnlm.model.policy import Policy
-from gfnlm.model.temperature import TemperatureConditioning
+from gfnlm.model.temperature import EMBEDDING_LR_SCALE, SCALAR_LR_SCALE, TemperatureConditioning
 
 METRIC_COLUMNS = [
     "step", "loss", "log_reward", "log_reward_max", "length", "reward_temperature", "lr", "grad_norm", "log_z",
@@ -112,8 +110,8 @@ class Trainer:
         self.space = task.action_space().to(self.device)
         self.target = task.target(policy)
         self.insert_hook = task.insert_hook()
-        self.conditioning = (TemperatureConditioning.for_run(config, task) if config.conditional_temperatures
-                             else None)
+        self.conditioning = (TemperatureConditioning(config.conditional_temperatures)
+                             if config.conditional_temperatures else None)
         self.log_z = LogPartition(len(self.prompts)).to(self.device)
         if config.log_z == "batch":  # estimated from each batch: the table is unused, and DDP must not wait for it
             self.log_z.values.requires_grad_(False)
@@ -125,8 +123,7 @@ class Trainer:
         lora = [p for p in policy.trainable_parameters() if not any(p is e for e in embedding + scalars)]
         groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay},
                   {"params": list(self.log_z.parameters()), "lr": config.logz_lr, "weight_decay": 0.0}]
-        for params, scale in ((embedding, config.temperature_embedding_lr_scale),
-                              (scalars, config.temperature_logit_scale_lr_scale)):
+        for params, scale in ((embedding, EMBEDDING_LR_SCALE), (scalars, SCALAR_LR_SCALE)):
             if params:  # their own learning rates: parameters that start at zero
                 groups.append({"params": params, "lr": config.lr * scale, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)
@@ -168,26 +165,20 @@ class Trainer:
         return c.reward_temp_start + (c.reward_temp_end - c.reward_temp_start) * frac
 
     def reading(self, temperature: float):
-        """Inside: a temperature-conditional policy reads ``temperature``; yields X -> the prompt the policy
-        reads (None for other policies)."""
+        """Inside: a temperature-conditional policy reads ``temperature``."""
         if self.conditioning is None:
             return contextlib.nullcontext()
         return self.conditioning.at(self.policy, temperature)
 
     # ----------------------------------------------------------------------------------------- batches
-    def behaviour_batch(self, stream: Stream | None = None,
-                        policy_prompt: Callable[[Sequence[int]], tuple[int, ...]] | None = None,
-                        ) -> tuple[Trajectories, torch.Tensor, str]:
+    def behaviour_batch(self, stream: Stream | None = None) -> tuple[Trajectories, torch.Tensor, str]:
         """Trajectories drawn by ``stream`` (default: the first), their untempered per-prefix log-rewards,
-        and which behaviour made them. With ``policy_prompt`` (a temperature-conditional policy, from
-        ``reading``) the trajectories carry the prompts the policy reads; rewards read bare X."""
+        and which behaviour made them."""
         c = self.config
         stream = stream or self.streams[0]
         rng, generator, buffer = stream.rng, stream.generator, stream.buffer
         chosen = [self.prompts[rng.randrange(len(self.prompts))] for _ in range(c.prompts_per_batch)]
         prompt_ids = [p.ids for p in chosen]
-        if policy_prompt is not None:
-            bare, prompt_ids = prompt_ids, [policy_prompt(p) for p in prompt_ids]
         keys = [p.key for p in chosen]
         prompt_index = [g for g in range(len(chosen)) for _ in range(c.trajectories_per_prompt)]
         u = rng.random()
@@ -204,8 +195,7 @@ class Trainer:
         traj = sample_trajectories(self.policy.model, self.space, prompt_ids, keys,
                                    torch.tensor(prompt_index), temperature=temperature, epsilon=c.epsilon,
                                    generator=generator, insert_hook=self.insert_hook)
-        scored = traj if policy_prompt is None else dataclasses.replace(traj, prompts=[tuple(p) for p in bare])
-        rewards = self.target.log_rewards(scored).float().clamp(min=c.log_reward_floor)
+        rewards = self.target.log_rewards(traj).float().clamp(min=c.log_reward_floor)
         return traj, rewards, "tempered" if tempered else "on_policy"
 
     @torch.no_grad()
@@ -266,8 +256,8 @@ class Trainer:
             if self.conditioning is not None:  # this micro-batch's target temperature, read by the policy
                 temperature = self.conditioning.draw(stream.rng)
                 stats["reward_temperature"].append(temperature)
-            with self.reading(temperature) as policy_prompt:
-                traj, rewards, mode = self.behaviour_batch(stream, policy_prompt)
+            with self.reading(temperature):
+                traj, rewards, mode = self.behaviour_batch(stream)
             counts[mode] += 1
             prompt_ids = torch.tensor([self.key_index[traj.row_key(b)] for b in range(traj.batch_size)],
                                       device=self.device)
@@ -276,10 +266,9 @@ class Trainer:
             last = k == c.grad_accum - 1
             # The policy reads T through the backward too (gradient checkpointing re-runs the forward).
             sync = contextlib.nullcontext() if last else self.processes.no_sync(self.loss_pass)
-            weight = self.conditioning.loss_weight(temperature) if c.temperature_loss_weight else 1.0
             with self.reading(temperature), sync:
                 out = self.loss_pass(traj, rewards, temperature, prompt_ids)
-                self.processes.backward(out.loss * weight / c.grad_accum)
+                self.processes.backward(out.loss / c.grad_accum)
             if not out.rewards_finite:
                 counts["skipped"] += 1  # non-finite reward: drop the batch, never store it
                 continue

@@ -34,19 +34,15 @@ def base_particles(particles: int, policy_tokens: float, base_tokens: float) -> 
 
 
 def run_corrected(method: str, policy: Policy, space: ActionSpace, target: Target, prompt: Sequence[int],
-                  policy_prompt: Sequence[int], outputs: int, particles: int, temperature: float,
-                  generator: torch.Generator, ess_threshold: float = 0.5) -> CorrectedOutputs:
-    """``method`` is gfn_is / gfn_smc / base_is / base_smc; the policy reads ``policy_prompt``, the base
-    model and the target read ``prompt``."""
+                  outputs: int, particles: int, temperature: float, generator: torch.Generator,
+                  ess_threshold: float = 0.5) -> CorrectedOutputs:
+    """``method`` is gfn_is / gfn_smc / base_is / base_smc: the policy or the base model as the proposal."""
     proposal, kind = method.split("_")
     with policy.base() if proposal == "base" else contextlib.nullcontext(policy.model) as model:
-        proposal_prompt = policy_prompt if proposal == "gfn" else prompt
         if kind == "is":
-            out = importance_sample(model, space, target, prompt, outputs, particles, temperature, generator,
-                                    proposal_prompt)
+            out = importance_sample(model, space, target, prompt, outputs, particles, temperature, generator)
         else:
-            out = smc(model, space, target, prompt, outputs, particles, temperature, generator, ess_threshold,
-                      proposal_prompt)
+            out = smc(model, space, target, prompt, outputs, particles, temperature, generator, ess_threshold)
     metrics = {"log_z_est": float(torch.logsumexp(out.log_z, 0)) - math.log(outputs),
                "ess_fraction": float(out.ess.mean())}
     if kind == "is":  # KL(q || p_T) = log Z - E_q[log w], from every particle of the proposal

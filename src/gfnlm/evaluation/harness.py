@@ -12,9 +12,6 @@ report their own log Z and ESS estimates (and KL for IS).
 Under a launcher the prompts are split over the processes (contiguous blocks) and the results gathered
 on every process; each prompt's samples are seeded by (seed, prompt index), so the table equals one
 process's (its "seconds" are the slowest process's).
-
-A temperature-conditional policy reads its own prompt: ``policy_prompt`` maps X to it ("[T=0.95] " + X)
-for the policy's sampling and scoring; the target and the base model read X.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ import contextlib
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -87,7 +84,6 @@ def sequence_log_probs(model, space: ActionSpace, prompt: Sequence[int], rows, d
 def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts: Sequence[TaskPrompt],
                      methods: Sequence[str], n: int, temperature: float, seed: int, out_dir: Path,
                      stem: str, title: str, top_p: float = 0.95, progress: bool = True, particles: int = 8,
-                     policy_prompt: Callable[[Sequence[int]], Sequence[int]] | None = None,
                      ) -> tuple[list[dict], str, Path]:
     """Run every method on every prompt; write ``stem``.csv/.md/.json, samples and a frontier plot."""
     unknown = [m for m in methods if m not in ALL_METHODS]
@@ -101,7 +97,6 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
     mine = []  # (prompt index, method, metrics, sample) of this process's prompts
     for p_index in tqdm(my_range(len(prompts)), desc="evaluate", disable=not progress, dynamic_ncols=True):
         prompt = prompts[p_index]
-        tagged = tuple(policy_prompt(prompt.ids)) if policy_prompt else prompt.ids
         plain_rows: dict[str, list[list[int]]] = {}  # "gfn" / "sampling" rows, reused to match token budgets
         for method in methods:
             started = time.perf_counter()
@@ -110,16 +105,15 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
             generated = None
             if method == "gfn":
                 generator = torch_generator(device, method_seed)
-                rows = sample_completions(policy.model, space, tagged, n, generator=generator, progress=False)
+                rows = sample_completions(policy.model, space, prompt.ids, n, generator=generator, progress=False)
             elif method in CORRECTED:
                 count = particles
                 if method.startswith("base_"):
-                    count = base_particles(particles, *(_mean_tokens(policy, space, ids, which, n, method_seed,
-                                                                    plain_rows)
-                                                        for ids, which in ((tagged, "gfn"), (prompt.ids, "sampling"))))
+                    count = base_particles(particles, *(_mean_tokens(policy, space, prompt.ids, which, n,
+                                                                    method_seed, plain_rows)
+                                                        for which in ("gfn", "sampling")))
                 generator = torch_generator(device, method_seed)
-                out = run_corrected(method, policy, space, target, prompt.ids, tagged, n, count, temperature,
-                                    generator)
+                out = run_corrected(method, policy, space, target, prompt.ids, n, count, temperature, generator)
                 rows, generated, extra = out.rows, out.generated_tokens, {**out.metrics, "particles": count}
             else:
                 with policy.base() as model:
@@ -139,7 +133,7 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
                                              else sum(len(r) + 1 for r in rows)) / len(rows), **extra}
             if method in ("gfn", "sampling"):
                 if method == "gfn":
-                    log_q = sequence_log_probs(policy.model, space, tagged, rows, device)
+                    log_q = sequence_log_probs(policy.model, space, prompt.ids, rows, device)
                 else:
                     with policy.base() as model:
                         log_q = sequence_log_probs(model, space, prompt.ids, rows, device)

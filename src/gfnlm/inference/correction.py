@@ -2,9 +2,7 @@
 
 Target p_T(Z) = R(Z stop)^(1/T) / Z(X). Both methods run G independent groups of N particles (one
 batched computation) and return, per group, one completion drawn by the final weights, the estimate
-of log Z(X) and the effective sample size. N = 1 is the plain amortized sampler. The proposal may
-read its own prompt (``proposal_prompt``, e.g. a temperature-conditional policy's "[T=0.95] " + X);
-the target always reads X.
+of log Z(X) and the effective sample size. N = 1 is the plain amortized sampler.
 
 - ``importance_sample``: N whole completions from the proposal q, weights R^(1/T) / q.
 - ``smc``: particles grow one token at a time. The intermediate target (twist) of a partial state s
@@ -64,11 +62,9 @@ def terminal_log_rewards(target: Target, prompt: Sequence[int], rows, device) ->
 
 @torch.no_grad()
 def importance_sample(model, space: ActionSpace, target: Target, prompt: Sequence[int], groups: int, particles: int,
-                      temperature: float = 1.0, generator: torch.Generator | None = None,
-                      proposal_prompt: Sequence[int] | None = None) -> Corrected:
+                      temperature: float = 1.0, generator: torch.Generator | None = None) -> Corrected:
     device = next(model.parameters()).device
-    proposal_prompt = prompt if proposal_prompt is None else proposal_prompt
-    traj = sample_trajectories(model, space, [tuple(proposal_prompt)], ["x"],
+    traj = sample_trajectories(model, space, [tuple(prompt)], ["x"],
                                torch.zeros(groups * particles, dtype=torch.long), generator=generator)
     scores = score_policy(model, space, traj)
     index = torch.arange(traj.batch_size, device=device)
@@ -85,8 +81,7 @@ def importance_sample(model, space: ActionSpace, target: Target, prompt: Sequenc
 
 @torch.no_grad()
 def smc(model, space: ActionSpace, target: Target, prompt: Sequence[int], groups: int, particles: int,
-        temperature: float = 1.0, generator: torch.Generator | None = None, ess_threshold: float = 0.5,
-        proposal_prompt: Sequence[int] | None = None) -> Corrected:
+        temperature: float = 1.0, generator: torch.Generator | None = None, ess_threshold: float = 0.5) -> Corrected:
     if space.terminator_length != 1:
         raise GfnlmError("SMC needs a one-token terminator (the stop must be one action); use importance sampling.")
     if not 0 <= ess_threshold <= 1:
@@ -111,8 +106,7 @@ def smc(model, space: ActionSpace, target: Target, prompt: Sequence[int], groups
         values = terminal_log_rewards(target, prompt, states, device) / temperature - log_stop
         return torch.where(torch.isfinite(log_stop), values, torch.zeros_like(values))
 
-    proposal_prompt = prompt if proposal_prompt is None else proposal_prompt
-    out = model(input_ids=torch.tensor([list(proposal_prompt)], device=device), use_cache=True)
+    out = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
     cache = out.cache
     cache.batch_repeat_interleave(B)
     log_probs = next_log_probs(out.logits[:, -1].expand(B, -1), 0)

@@ -59,28 +59,22 @@ class Policy:
         self.tokenizer = tokenizer
         self.temperature_embedding: TemperatureEmbedding | None = None
 
-    def add_temperature_embedding(self, low: float, high: float, logit_scale: bool = False,
-                                  stop_token: int | None = None, stop_offset_bias: bool = True,
-                                  adapter_scale: bool = False, adapter_gate: bool = False) -> TemperatureEmbedding:
-        """Let the policy read a reward temperature in [low, high] as a learned vector e(T) added to its
-        input embeddings (and with ``logit_scale`` a learned factor on its logits, with ``stop_token`` a
-        learned offset on that token's logit, without its shared part b unless ``stop_offset_bias``, with
-        ``adapter_scale`` a learned factor on the output of each of its LoRA layers, with ``adapter_gate`` one
-        on each rank of each LoRA layer; see gfnlm.model.temperature).
+    def add_temperature_embedding(self, low: float, high: float, stop_token: int) -> TemperatureEmbedding:
+        """Let the policy read a reward temperature in [low, high]: a learned vector e(T) added to its input
+        embeddings, a learned factor on its logits, a learned offset on ``stop_token``'s logit and a learned
+        factor on the output of each of its LoRA layers (see gfnlm.model.temperature).
         It is a trainable submodule of the model (so the optimizer and DDP see it) and is saved with the
         policy's adapter; the base model (adapter off) and other adapters never see it."""
         if self.temperature_embedding is not None:
             raise GfnlmError("The policy already has a temperature embedding.")
-        embeddings = self.model.get_input_embeddings()
-        if stop_token is not None and not 0 <= stop_token < self.vocab_size:
+        if not 0 <= stop_token < self.vocab_size:
             raise GfnlmError(f"The stop token {stop_token} is outside the vocabulary (size {self.vocab_size}).")
-        lora_layers = [layer for layer in self.model.modules()
-                       if isinstance(layer, LoraLayer) and POLICY_ADAPTER in layer.lora_B]
-        gate_shape = (len(lora_layers), lora_layers[0].r[POLICY_ADAPTER]) if adapter_gate else None
-        module = TemperatureEmbedding(embeddings.embedding_dim, low, high, logit_scale, stop_token,
-                                      stop_offset_bias, adapter_scale, gate_shape).to(self.device)
+        embeddings = self.model.get_input_embeddings()
+        module = TemperatureEmbedding(embeddings.embedding_dim, low, high, stop_token).to(self.device)
         self.model.add_module("temperature_embedding", module)
         self.temperature_embedding = module
+        lora_layers = [layer for layer in self.model.modules()
+                       if isinstance(layer, LoraLayer) and POLICY_ADAPTER in layer.lora_B]
         lora_layer = lora_layers[0]  # every LoRA layer shares the adapter switches
 
         def reads() -> bool:
@@ -96,19 +90,10 @@ class Policy:
         def scale_lora_output(_module, _inputs, output):  # peft adds lora_B(lora_A(x)) x its scaling
             return output * module.adapter_factor().to(output.dtype) if reads() else output
 
-        def gate_lora_inner(index):  # lora_B's input is lora_A(x), one activation per rank
-            def hook(_module, inputs):
-                return (inputs[0] * module.gate_factors(index).to(inputs[0].dtype),) if reads() else None
-            return hook
-
         embeddings.register_forward_hook(add_offset)
-        if module.logit_parameters():
-            self.model.get_output_embeddings().register_forward_hook(adjust_logits)
-        for index, layer in enumerate(lora_layers):
-            if adapter_scale:
-                layer.lora_B[POLICY_ADAPTER].register_forward_hook(scale_lora_output)
-            if adapter_gate:
-                layer.lora_B[POLICY_ADAPTER].register_forward_pre_hook(gate_lora_inner(index))
+        self.model.get_output_embeddings().register_forward_hook(adjust_logits)
+        for layer in lora_layers:
+            layer.lora_B[POLICY_ADAPTER].register_forward_hook(scale_lora_output)
         return module
 
     def temperature_state(self) -> dict[str, torch.Tensor]:
@@ -190,15 +175,13 @@ class Policy:
         if name == POLICY_ADAPTER and bool(embedding) != (self.temperature_embedding is not None):
             raise GfnlmError(f"The adapter {path} {'has' if embedding else 'lacks'} a temperature "
                              f"embedding and this policy {'lacks' if embedding else 'has'} one "
-                             "(a run trained with another temperature_input or conditional_temperatures?).")
+                             "(a run trained with(out) conditional_temperatures?).")
         if embedding:
             try:
                 self.temperature_embedding.load_state_dict(embedding)
-            except RuntimeError as exc:  # another hidden size, or saved with(out) a logit, stop or adapter scalar
+            except RuntimeError as exc:  # another hidden size, or other parameter names or shapes
                 raise GfnlmError(f"The temperature embedding of {path} does not fit this policy (another model, "
-                                 "or a run trained with another temperature_logit_scale, temperature_stop_offset, "
-                                 "temperature_stop_offset_bias, temperature_adapter_scale or "
-                                 "temperature_adapter_gate?).") from exc
+                                 "or saved with other temperature parameters?).") from exc
         try:
             result = set_peft_model_state_dict(self.model, state, adapter_name=name)
         except RuntimeError as exc:  # shape mismatch: another rank or model

@@ -115,35 +115,33 @@ class ContinuationTask(Task):
         its range (or each of its values), one table per T (``eval_continuation_T0.8``...)."""
         if not config.conditional_temperatures:
             return self.evaluate_at(policy, run_dir, config, config.reward_temp_end)
-        temperatures = TemperatureConditioning.for_run(config, self).values
+        temperatures = TemperatureConditioning(config.conditional_temperatures).values
         results = [self.evaluate_at(policy, run_dir, config, t) for t in temperatures]
-        text = "\n\n".join(f"### T = {t:g} (the policy reads T as {config.temperature_input})\n\n{r.markdown}"
-                            for t, r in zip(temperatures, results))
+        text = "\n\n".join(f"### T = {t:g}\n\n{r.markdown}" for t, r in zip(temperatures, results))
         return EvalResult({f"T={t:g}": r.metrics for t, r in zip(temperatures, results)},
                           [p for r in results for p in r.plots], text)
 
     def evaluate_at(self, policy: Policy, run_dir: Path, config, temperature: float,
                     methods: list[str] | None = None, stem: str | None = None) -> EvalResult:
         """The harness at one temperature, for ``methods`` (default: the task's); a temperature-conditional
-        policy reads T as its run was trained to (its own range and input)."""
+        policy reads T (within its trained range)."""
         from gfnlm.evaluation.harness import evaluate_methods  # transformers + sentence-transformers: heavy
 
         c = self.config
         conditional = bool(config.conditional_temperatures)
-        reading = (TemperatureConditioning.for_run(config, self).at(policy, temperature) if conditional
-                   else contextlib.nullcontext(None))
+        reading = (TemperatureConditioning(config.conditional_temperatures).at(policy, temperature) if conditional
+                   else contextlib.nullcontext())
         stem = stem or evaluation_stem(self.name, temperature if conditional else None)
         prompts = self.test_set or self.train_set
         split = "test" if self.test_set else "train (no test prompts given)"
         if c.eval_prompts:
             prompts = prompts[: c.eval_prompts]
-        with reading as policy_prompt:
+        with reading:
             rows, markdown, plot = evaluate_methods(
                 policy, self.action_space(), self.target(policy), prompts, methods or c.methods(), c.eval_samples,
                 temperature, config.seed, Path(run_dir), stem,
                 f"next sentence, T = {temperature:g}: {len(prompts)} {split.split()[0]} prompts x {c.eval_samples} "
-                "samples", top_p=c.eval_top_p, progress=config.progress, particles=c.eval_particles,
-                policy_prompt=policy_prompt)
+                "samples", top_p=c.eval_top_p, progress=config.progress, particles=c.eval_particles)
         text = "\n".join([
             f"{len(prompts)} {split} prompts, N = {c.eval_samples} samples per prompt and method, target "
             f"p_LM(Z | X)^(1/T) with T = {temperature:g}. Likelihoods are log p_LM(Z . | X) under the base model "
