@@ -27,6 +27,11 @@ def seed_of(seed: int, *parts) -> int:
     return derive_seed(seed, *parts) if parts else seed
 
 
+def library_seed(seed: int, *parts) -> int:
+    """``seed_of`` folded into 32 bits, for libraries that take no larger seed (numpy, and TRL through it)."""
+    return seed_of(seed, *parts) % 2**32
+
+
 def stream_seed(seed: int, index: int) -> int:
     """Seed of sampling stream (or rank) ``index``; index 0 keeps the run's seed, so one process is unchanged."""
     return seed if index == 0 else derive_seed("stream", seed, index)

@@ -37,7 +37,7 @@ import torch
 from gfnlm.baselines.sft import SupervisedSettings
 from gfnlm.inference.sampling import sample_per_prompt
 from gfnlm.infra.checkpoint import write_atomic
-from gfnlm.infra.seeding import derive_seed, python_rng, torch_generator
+from gfnlm.infra.seeding import library_seed, python_rng, torch_generator
 from gfnlm.model.policy import Policy
 from gfnlm.tasks.classification.labels import LIKELIHOOD_ADAPTER, held_out_prediction
 
@@ -100,7 +100,8 @@ def m_step(trainer, task, round_number: int, path: Path) -> dict:
     check_on = [zs if i in held else [] for i, zs in enumerate(rationales)]
     old_judge = policy.adapter_copy(LIKELIHOOD_ADAPTER)
     judged = {"old": held_out_prediction(policy, task, rationales, held)}
-    settings = SupervisedSettings(epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size, seed=derive_seed(c.seed, "m-step fit", round_number),
+    settings = SupervisedSettings(epochs=c.m_epochs, lr=c.m_lr, batch_size=c.m_batch_size,
+                                  seed=library_seed(c.seed, "m-step fit", round_number),
                                   progress=trainer.config.progress)
     with policy.adapter(LIKELIHOOD_ADAPTER, train=True):
         fitted = task.fit_likelihood(policy, fit_on, settings, validation=check_on, patience=c.m_patience)
