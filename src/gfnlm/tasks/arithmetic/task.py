@@ -181,8 +181,12 @@ class ArithmeticTask(Task):
         return examples
 
     def correct(self, key: str, tokens: list[int]) -> float:
-        """1.0 when the chain's final result is the training question's answer (the RL baseline's reward)."""
+        """1.0 when the chain's final result is the training question's answer."""
         return float(final_answer(self.tokenizer.decode(tokens)) == self.problem_of[key].answer)
+
+    def task_reward(self):
+        """The answer checker (``correct``): the RL baseline's reward."""
+        return self.correct
 
     def seed_trajectories(self):
         return [(tp.key, *self.rationale_tokens(p)) for tp, p in zip(self.train_set, self.data.gold)]

@@ -169,7 +169,7 @@ class InfillingTask(Task):
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         return [SupervisedExample((), tuple(self.encode(s.text)) + tuple(eos)) for s in self.train_stories]
 
-    def sft_examples(self) -> list[SupervisedExample]:
+    def supervised_examples(self) -> list[SupervisedExample]:
         """(beginning, ending) -> middle: the SFT baseline of the policy (the policy's prompt, then Z and '.')."""
         return [SupervisedExample(tp.ids, self.middle_ids(self.story_of[tp.key]) + tuple(self.stop))
                 for tp in self.train_set]
