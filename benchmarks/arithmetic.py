@@ -7,9 +7,8 @@ All methods use the same model, the same 50 training questions and the same 10 g
   gfn            GFlowNet fine-tuning (configs/arithmetic-cpu.yaml) from the SFT adapter;
   grpo           TRL's GRPOTrainer (LoRA) from the SFT adapter, rollouts from the project's sampler with
                  the calculator, reward 1 for a correct final answer, as many scored trajectories as the
-                 GFlowNet run;
-  rloo           (not run by default) REINFORCE with a leave-one-out baseline, written here, same reward
-                 and budget as grpo.
+                 GFlowNet run.
+The SFT and GRPO adapters are trained as `gfnlm baseline sft|grpo arithmetic` trains them (gfnlm.runs.fit_baseline).
 Every method samples K chains per question with the calculator at the same temperature; answers by
 majority and by total p_LM(Y | X, Z) (the reward's model and context). Prints and saves the table
 (benchmarks/out/arithmetic.json, arithmetic.md) and a bar chart (arithmetic_accuracy.png).
@@ -67,19 +66,18 @@ def main() -> int:
     parser.add_argument("--questions", type=int, default=200, help="test questions per split")
     parser.add_argument("--chains", type=int, default=5, help="chains per test question")
     parser.add_argument("--sft_epochs", type=float, default=30.0)
-    parser.add_argument("--methods", default="cot_prompting,sft,gfn,grpo", help="of cot_prompting,sft,gfn,grpo,rloo")
+    parser.add_argument("--methods", default="cot_prompting,sft,gfn,grpo", help="of cot_prompting,sft,gfn,grpo")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - {"cot_prompting", "sft", "gfn", "grpo", "rloo"})
+    unknown = sorted(set(methods) - {"cot_prompting", "sft", "gfn", "grpo"})
     if unknown:
         parser.error(f"unknown method(s) {unknown}")
     started = time.perf_counter()
 
-    from gfnlm.baselines.grpo import GrpoSettings, train_grpo
-    from gfnlm.baselines.policy_gradient import PolicyGradientSettings, train_rloo
-    from gfnlm.baselines.sft import SupervisedSettings, supervised_finetune
-    from gfnlm.runs import prepare_model, resolve, train
+    from gfnlm.baselines.grpo import GrpoSettings
+    from gfnlm.baselines.sft import SupervisedSettings
+    from gfnlm.runs import fit_baseline, prepare_model, resolve, train
 
     OUT.mkdir(parents=True, exist_ok=True)
     overrides = {"task": {"eval_questions": str(args.questions), "eval_chains": str(args.chains)}}
@@ -102,9 +100,9 @@ def main() -> int:
 
     if "cot_prompting" in methods:
         evaluate("cot_prompting", 0.0, 0)
-    if {"sft", "gfn", "grpo", "rloo"} & set(methods):
-        stats = supervised_finetune(policy, task.supervised_examples(),
-                                    SupervisedSettings(epochs=args.sft_epochs, lr=5e-4, batch_size=5, seed=c.seed))
+    if {"sft", "gfn", "grpo"} & set(methods):
+        stats = fit_baseline("sft", policy, task, SupervisedSettings(epochs=args.sft_epochs, lr=5e-4, batch_size=5,
+                                                                     seed=c.seed))
         policy.save_adapter(sft_file)
         if "sft" in methods:
             evaluate("sft", stats["seconds"], 0, final_loss=stats["loss"])
@@ -118,23 +116,19 @@ def main() -> int:
         seconds = time.perf_counter() - t
         policy.load_adapter(run_dir / "checkpoints" / sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))[-1]
                             / "adapter.safetensors")
-    # The RL baselines score as many trajectories as the GFlowNet run did (this one's, or the last saved one).
+    # The RL baseline scores as many trajectories as the GFlowNet run did (this one's, or the last saved one).
     budget = (reward_calls_of_gfn_run(run_dir, c.trajectories_per_prompt * c.prompts_per_batch,
                                       len(task.seed_trajectories()))
               if (run_dir / "metrics.jsonl").exists() else c.steps * c.trajectories_per_prompt)
     if "gfn" in methods:
         evaluate("gfn", seconds, budget, steps=c.steps)
     rl_steps = max(1, budget // c.trajectories_per_prompt)
-    for method in [m for m in ("grpo", "rloo") if m in methods]:
+    if "grpo" in methods:
         policy.load_adapter(sft_file)
         t = time.perf_counter()
-        if method == "grpo":
-            rows = train_grpo(policy, task, task.correct, GrpoSettings(
-                steps=rl_steps, trajectories_per_prompt=c.trajectories_per_prompt, lr=c.lr, seed=c.seed))
-        else:
-            rows = train_rloo(policy, task, task.correct, PolicyGradientSettings(
-                steps=rl_steps, trajectories_per_prompt=c.trajectories_per_prompt, lr=c.lr, seed=c.seed))
-        evaluate(method, time.perf_counter() - t, sum(r["reward_calls"] for r in rows), steps=rl_steps,
+        rows = fit_baseline("grpo", policy, task, GrpoSettings(
+            steps=rl_steps, trajectories_per_prompt=c.trajectories_per_prompt, lr=c.lr, seed=c.seed))["steps"]
+        evaluate("grpo", time.perf_counter() - t, sum(r["reward_calls"] for r in rows), steps=rl_steps,
                  final_train_reward=sum(r["reward"] for r in rows[-10:]) / min(10, len(rows)))
 
     lines = ["| method | simple in-dist | hard in-dist | OOD | train s | eval s | reward calls |", "|---|---|---|---|---|---|---|"]
