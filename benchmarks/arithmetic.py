@@ -8,6 +8,7 @@ All methods use the same model, the same 50 training questions and the same 10 g
   grpo           TRL's GRPOTrainer (LoRA) from the SFT adapter, rollouts from the project's sampler with
                  the calculator, reward 1 for a correct final answer, as many scored trajectories as the
                  GFlowNet run.
+The SFT and GRPO adapters are trained as `gfnlm baseline sft|grpo arithmetic` trains them (gfnlm.runs.fit_baseline).
 Every method samples K chains per question with the calculator at the same temperature; answers by
 majority and by total p_LM(Y | X, Z) (the reward's model and context). Prints and saves the table
 (benchmarks/out/arithmetic.json, arithmetic.md) and a bar chart (arithmetic_accuracy.png).
@@ -74,9 +75,9 @@ def main() -> int:
         parser.error(f"unknown method(s) {unknown}")
     started = time.perf_counter()
 
-    from gfnlm.baselines.grpo import GrpoSettings, train_grpo
-    from gfnlm.baselines.sft import SupervisedSettings, supervised_finetune
-    from gfnlm.runs import prepare_model, resolve, train
+    from gfnlm.baselines.grpo import GrpoSettings
+    from gfnlm.baselines.sft import SupervisedSettings
+    from gfnlm.runs import fit_baseline, prepare_model, resolve, train
 
     OUT.mkdir(parents=True, exist_ok=True)
     overrides = {"task": {"eval_questions": str(args.questions), "eval_chains": str(args.chains)}}
@@ -100,8 +101,8 @@ def main() -> int:
     if "cot_prompting" in methods:
         evaluate("cot_prompting", 0.0, 0)
     if {"sft", "gfn", "grpo"} & set(methods):
-        stats = supervised_finetune(policy, task.supervised_examples(),
-                                    SupervisedSettings(epochs=args.sft_epochs, lr=5e-4, batch_size=5, seed=c.seed))
+        stats = fit_baseline("sft", policy, task, SupervisedSettings(epochs=args.sft_epochs, lr=5e-4, batch_size=5,
+                                                                     seed=c.seed))
         policy.save_adapter(sft_file)
         if "sft" in methods:
             evaluate("sft", stats["seconds"], 0, final_loss=stats["loss"])
@@ -125,8 +126,8 @@ def main() -> int:
     if "grpo" in methods:
         policy.load_adapter(sft_file)
         t = time.perf_counter()
-        rows = train_grpo(policy, task, task.correct, GrpoSettings(
-            steps=rl_steps, trajectories_per_prompt=c.trajectories_per_prompt, lr=c.lr, seed=c.seed))
+        rows = fit_baseline("grpo", policy, task, GrpoSettings(
+            steps=rl_steps, trajectories_per_prompt=c.trajectories_per_prompt, lr=c.lr, seed=c.seed))["steps"]
         evaluate("grpo", time.perf_counter() - t, sum(r["reward_calls"] for r in rows), steps=rl_steps,
                  final_train_reward=sum(r["reward"] for r in rows[-10:]) / min(10, len(rows)))
 

@@ -1,5 +1,7 @@
-"""The command line: clear errors before anything heavy, and a full train / sample / eval cycle."""
+"""The command line: clear errors before anything heavy, --help pages, a full train / sample / eval cycle,
+and the baselines' runs."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +10,10 @@ import torch
 import gfnlm.infra.errors
 import gfnlm.model.loading
 from gfnlm.cli import main
+from gfnlm.core.config import TrainConfig, shown_default
 from gfnlm.model.loading import fast_dtype
+from gfnlm.runs import BASELINES
+from gfnlm.tasks import TASKS
 
 
 @pytest.fixture
@@ -156,3 +161,104 @@ def test_temperature_conditional_run_samples_at_a_chosen_temperature(capsys, tmp
     capsys.readouterr()
     assert "Unknown key 'temperature_input'" in error_of(capsys, ["sample", "--run", str(run),
                                                                    "--target-temperature", "0.7"])
+
+
+def listed(cls, prefix: str = "", skip: tuple = ()) -> list[str]:
+    """Each option of config dataclass ``cls`` as its --help line should read (whitespace collapsed)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name not in skip:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            out.append(" ".join(f"--{prefix}{f.name} {f.metadata.get('help', '')} (default: {shown_default(default)})".split()))
+    return out
+
+
+def help_page(capsys, argv) -> str:
+    assert main(argv) == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_the_help_of_a_task_lists_the_trainer_options_and_the_tasks(capsys, no_model_loading, command, task):
+    page = help_page(capsys, [command, task, "--help"])
+    trainer, own = page.index("trainer options ("), page.index(f"{task} options (--task.KEY VALUE")
+    assert trainer < own
+    for line in listed(TrainConfig, skip=("task",)):
+        assert line in page[trainer:own], line
+    for line in listed(TASKS[task].Config, "task."):
+        assert line in page[own:], line
+    assert "--task.leading_space numbers are spelled with a leading space" in help_page(capsys, [command, "rng", "-h"])
+    assert "(default: true)" in page or "(default: false)" in page  # booleans read as in YAML
+
+
+def test_the_help_without_a_task_says_how_to_see_a_tasks(capsys, no_model_loading):
+    page = help_page(capsys, ["train", "--help"])
+    assert all(line in page for line in listed(TrainConfig, skip=("task",)))
+    assert "gfnlm train TASK --help" in page and "--task.min_len" not in page
+    assert "Unknown task 'rgn'" in error_of(capsys, ["train", "rgn", "--help"])
+    assert "needs a task" in error_of(capsys, ["train"])
+
+
+@pytest.mark.parametrize("method", sorted(BASELINES))
+def test_the_help_of_a_baseline_lists_its_settings(capsys, no_model_loading, method):
+    settings, _ = BASELINES[method]
+    page = help_page(capsys, ["baseline", method, "arithmetic", "--help"])
+    for line in listed(settings, f"{method}.", skip=("seed", "progress")) + listed(TASKS["arithmetic"].Config, "task."):
+        assert line in page, line
+    assert f"--{method}.seed" not in page and "--seed seed of every random stream" in page
+
+
+def test_every_option_of_every_config_has_help():
+    configs = [TrainConfig, *{t.Config for t in TASKS.values()}, *(settings for settings, _ in BASELINES.values())]
+    missing = [f"{cls.__name__}.{f.name}" for cls in configs for f in dataclasses.fields(cls)
+               if not str(f.metadata.get("help", "")).strip()]
+    assert missing == []
+
+
+def test_bad_baseline_options_fail_before_the_model_loads(capsys, no_model_loading):
+    from gfnlm.runs import resolve_baseline
+
+    assert "Did you mean 'sft'" in error_of(capsys, ["baseline", "sfft", "arithmetic"])
+    assert "Did you mean 'epochs'" in error_of(capsys, ["baseline", "sft", "arithmetic", "--sft.epoch", "2"])
+    assert "must be >= 2" in error_of(capsys, ["baseline", "grpo", "arithmetic", "--grpo.trajectories_per_prompt", "1"])
+    assert "for gfnlm baseline grpo" in error_of(capsys, ["baseline", "sft", "arithmetic", "--grpo.steps", "3"])
+    assert "give --seed" in error_of(capsys, ["baseline", "sft", "arithmetic", "--sft.seed", "3"])
+    assert "Did you mean 'steps'" in error_of(capsys, ["baseline", "sft", "arithmetic", "--stepz", "3"])
+    assert "no gold examples" in error_of(capsys, ["baseline", "sft", "rng"])
+    assert "no task reward" in error_of(capsys, ["baseline", "grpo", "infilling"])
+    assert "needs a task" in error_of(capsys, ["baseline", "sft"])
+    assert "needs a method" in error_of(capsys, ["baseline"])
+    spec, settings = resolve_baseline("grpo", "arithmetic", None, {"seed": "3", "grpo": {"steps": "5"}})
+    assert spec.config.output_dir == "runs/run-grpo" and (settings.steps, settings.seed) == (5, 3)
+
+
+def test_sft_then_grpo_baseline_runs_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from gfnlm.runs import load_run, load_trained_policy
+
+    common = ["arithmetic", "--model", str(tiny_model_dir), "--lora_r", "4", "--progress", "false",
+              "--task.train_size", "6", "--task.gold_size", "2", "--task.test_size", "2", "--task.max_len", "20",
+              "--task.eval_questions", "1", "--task.eval_chains", "2", "--task.eval_methods", "gfn"]
+    sft, grpo = tmp_path / "sft", tmp_path / "grpo"
+    assert main(["baseline", "sft", *common, "--output_dir", str(sft), "--sft.epochs", "1",
+                 "--sft.batch_size", "2"]) == 0
+    assert main(["baseline", "grpo", *common, "--output_dir", str(grpo), "--init_adapter", str(sft),
+                 "--grpo.steps", "1", "--grpo.trajectories_per_prompt", "2"]) == 0
+    out = capsys.readouterr().out
+    for run, method in ((sft, "sft"), (grpo, "grpo")):
+        assert f"Report: {(run / 'report.md').resolve()}" in out
+        assert (run / "eval_arithmetic.json").is_file() and f"baseline {method}" in (run / "report.md").read_text()
+        assert json.loads((run / "baseline.json").read_text())["method"] == method
+        saved = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+        state = load_trained_policy(load_run(run), run).adapter_state()
+        assert set(state) == set(saved) and all(torch.equal(state[k].cpu(), saved[k].cpu()) for k in state)
+        assert any(bool(v.any()) for k, v in saved.items() if "lora_B" in k)  # trained: B left zero
+    assert len(json.loads((grpo / "baseline.json").read_text())["training"]["steps"]) == 1
+    assert main(["sample", "--run", str(grpo), "--n", "2"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert main(["eval", "arithmetic", "--run", str(sft)]) == 0
+    assert "Report:" in capsys.readouterr().out
+    assert "already holds a trained run" in error_of(capsys, ["baseline", "sft", *common, "--output_dir", str(sft)])
+    assert "holds a baseline run" in error_of(capsys, ["train", *common, "--output_dir", str(sft)])

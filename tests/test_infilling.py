@@ -80,7 +80,7 @@ def test_the_test_split_reaches_no_training_path(tmp_path, tiny_model_dir):
     test_texts = {s.text for s in task.test_stories}
     assert len(task.test_stories) == 4 and not test_texts & {s.text for s in task.train_stories}
     decode = task.tokenizer.decode
-    trained_on = [decode(list(e.prompt) + list(e.target)) for e in task.sft_examples() + task.prior_examples()]
+    trained_on = [decode(list(e.prompt) + list(e.target)) for e in task.supervised_examples() + task.prior_examples()]
     trained_on += [p.text for p in task.train_prompts()] + [decode(task.fewshot_prefix())]
     for story in task.test_stories:
         assert not any(story.ending in text for text in trained_on)

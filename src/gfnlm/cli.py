@@ -1,10 +1,14 @@
-"""Command line: gfnlm train | sample | eval.
+"""Command line: gfnlm train | baseline | prior | sample | eval | compare.
 
   gfnlm train rng --config configs/rng-cpu.yaml [--resume] [--key value ...] [--task.key value ...]
-  gfnlm sample --run runs/rng [--n 20] [--temperature 1.0] [--base]
-  gfnlm eval rng --run runs/rng
+  gfnlm baseline sft|grpo arithmetic --config configs/arithmetic-cpu.yaml [--output_dir DIR] [--init_adapter DIR]
+      [--sft.key value ...] [--grpo.key value ...] [--key value ...] [--task.key value ...]
+  gfnlm prior infilling --out priors/infilling [--config PRESET] [--epochs 2] [--prior-lr 5e-4] [--batch-size 8]
+  gfnlm sample --run runs/rng [--n 20] [--temperature 1.0] [--base] [--correct is|smc]
+  gfnlm eval rng --run runs/rng [--task.eval_key value ...]
   gfnlm compare runs/continuation-T0.8 runs/continuation-T0.9 --out runs/compare
 
+`gfnlm train TASK --help` (and eval, baseline) lists every option with its help and default.
 Every command also runs under ``torchrun --nproc_per_node N -m gfnlm.cli ...`` or ``accelerate launch``:
 train splits the batches (DDP), sample and the rng evaluation split the samples; rank 0 writes.
 """
@@ -12,30 +16,37 @@ train splits the batches (DDP), sample and the rng evaluation split the samples;
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from gfnlm.core.config import TrainConfig, parse_overrides
+from gfnlm.core.config import TrainConfig, options_help, parse_overrides
 from gfnlm.infra.errors import GfnlmError
-
-
-def _train_help() -> str:
-    lines = ["options (also YAML keys; task options as --task.KEY):"]
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else "{}"
-        lines.append(f"  --{f.name:<28} {f.metadata.get('help', '')} (default: {default})")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gfnlm", description="GFlowNet fine-tuning for amortized inference in LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train a policy", epilog=_train_help(),
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p_train.add_argument("task", help="task name: rng, continuation, arithmetic, subjectivity, classify, infilling")
-    p_train.add_argument("--config", help="YAML preset, e.g. configs/rng-cpu.yaml")
+    # train, eval and baseline print their own --help: the options of the task named before it
+    p_train = sub.add_parser("train", help="train a policy", add_help=False,
+                             usage="gfnlm train TASK [--config PRESET] [--resume] [--KEY VALUE ...] "
+                                   "[--task.KEY VALUE ...]")
+    p_train.add_argument("task", nargs="?", help="task name (listed below)")
+    p_train.add_argument("--config", metavar="PRESET", help="YAML preset, e.g. configs/rng-cpu.yaml")
     p_train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p_train.add_argument("-h", "--help", action="store_true", help="show the options (a task's too with TASK)")
+    p_baseline = sub.add_parser(
+        "baseline", help="train a baseline adapter (sft, grpo) into a run folder and evaluate it", add_help=False,
+        usage="gfnlm baseline sft|grpo TASK [--config PRESET] [--output_dir DIR] [--init_adapter ADAPTER]\n"
+              "       [--sft.KEY VALUE ...] [--grpo.KEY VALUE ...] [--KEY VALUE ...] [--task.KEY VALUE ...]",
+        description="sft: supervised fine-tuning on the task's gold examples (TRL SFTTrainer). grpo: TRL's "
+                    "GRPOTrainer on the task's reward, rollouts from gfnlm's sampler with the task's tools; start it "
+                    "from an SFT run with --init_adapter DIR. The run folder (default: the preset's output_dir + "
+                    "'-sft' / '-grpo') holds config.yaml and adapter/ as a GFlowNet run does, for gfnlm sample and "
+                    "gfnlm eval; the model and LoRA options are the run's (--KEY), seed and progress too.")
+    p_baseline.add_argument("method", nargs="?", help="sft | grpo")
+    p_baseline.add_argument("task", nargs="?", help="task name (listed below)")
+    p_baseline.add_argument("--config", metavar="PRESET", help="YAML preset (model, dtype, LoRA and task options)")
+    p_baseline.add_argument("-h", "--help", action="store_true", help="show the options (a task's too with TASK)")
     p_prior = sub.add_parser("prior", help="fine-tune the base model on a task's training texts and save it as a "
                              "prior p_LM for later runs (--model DIR)")
     p_prior.add_argument("task", help="task name (infilling)")
@@ -58,9 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     p_sample.add_argument("--particles", type=int, default=16, help="particles per output with --correct")
     p_sample.add_argument("--ess-threshold", type=float, default=0.5, help="SMC resamples when ESS/N falls below")
     p_eval = sub.add_parser("eval", help="evaluate a trained policy (again: evaluation options such as "
-                                         "--task.eval_size may be changed)")
-    p_eval.add_argument("task")
-    p_eval.add_argument("--run", required=True, help="run folder")
+                                         "--task.eval_size may be changed)", add_help=False,
+                            usage="gfnlm eval TASK --run DIR [--progress false] [--device DEVICE] "
+                                  "[--task.eval_KEY VALUE ...]")
+    p_eval.add_argument("task", nargs="?", help="task name (listed below)")
+    p_eval.add_argument("--run", metavar="DIR", help="run folder")
+    p_eval.add_argument("-h", "--help", action="store_true", help="show the options (a task's too with TASK)")
 
     p_compare = sub.add_parser("compare", help="merge the evaluation tables of several runs into one table and plot")
     p_compare.add_argument("runs", nargs="+", help="evaluated run folders")
@@ -70,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:  # `torchrun -m gfnlm.cli -- sample --run ...` keeps --run/--n away from torchrun
         argv = argv[1:]
     args, rest = parser.parse_known_args(argv)
-    status = _dispatch(args, rest)
+    status = _dispatch(args, rest, sub.choices[args.command])
     from gfnlm.infra.distributed import current, leave
 
     if current().distributed:  # one of the processes a launcher started, not a process that only says so
@@ -78,10 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _dispatch(args, rest: list[str]) -> int:
+def _dispatch(args, rest: list[str], command_parser: argparse.ArgumentParser) -> int:
     try:
+        if getattr(args, "help", False):
+            print(_help(args, command_parser))
+            return 0
+        if args.command == "baseline" and args.method is None:
+            raise GfnlmError("gfnlm baseline needs a method: sft or grpo (gfnlm baseline --help).")
+        if args.command in ("train", "eval", "baseline") and args.task is None:
+            from gfnlm.tasks import TASKS
+
+            raise GfnlmError(f"gfnlm {args.command} needs a task: one of {', '.join(TASKS)} "
+                             f"(gfnlm {args.command} --help lists the options).")
         if args.command == "train":
             return _train(args, rest)
+        if args.command == "baseline":
+            return _baseline(args, rest)
         if args.command == "prior":
             return _prior(args, rest)
         if args.command == "eval":
@@ -96,11 +122,49 @@ def _dispatch(args, rest: list[str]) -> int:
         return 2
 
 
+def _help(args, command_parser: argparse.ArgumentParser) -> str:
+    """The command's usage, then its options by heading: the baseline's settings, the trainer's, the task's."""
+    from gfnlm.runs import BASELINES, EVALUATION_TRAINER_OPTIONS, RUN_SETTINGS, baseline
+    from gfnlm.tasks import TASKS, task_class
+
+    parts = [command_parser.format_help().rstrip()]
+    if args.command == "baseline":
+        if args.method is None:
+            return "\n\n".join(parts + [f"Each baseline's options: gfnlm baseline {'|'.join(BASELINES)} TASK --help"])
+        settings_class, _ = baseline(args.method)
+        parts.append(f"{args.method} options (--{args.method}.KEY VALUE; {' and '.join(RUN_SETTINGS)} are the "
+                     f"run's):\n{options_help(settings_class, f'{args.method}.', skip=RUN_SETTINGS)}")
+    yaml_file = "the run's config.yaml" if args.command == "eval" else "the --config preset"
+    used = "; a baseline reads the model, LoRA, device, seed and run ones" if args.command == "baseline" else ""
+    parts.append(f"trainer options (--KEY VALUE, or KEY: VALUE in {yaml_file}{used}):\n"
+                 + options_help(TrainConfig, skip=("task",)))
+    if args.task is None:
+        parts.append(f"Each task's options: gfnlm {args.command} TASK --help, with TASK one of {', '.join(TASKS)}.")
+    else:
+        config_class = task_class(args.task).Config
+        parts.append(f"{args.task} options (--task.KEY VALUE, or --KEY VALUE where no trainer option is named KEY; "
+                     f"in {yaml_file} under task:):\n{options_help(config_class, 'task.')}")
+    if args.command == "eval":
+        changeable = [*EVALUATION_TRAINER_OPTIONS, "task.eval_*"]
+        if args.task is not None:
+            changeable += [f"task.{k}" for k in task_class(args.task).evaluation_options]
+        parts.append(f"gfnlm eval reads the run's config.yaml; it may change only {', '.join(changeable)}.")
+    return "\n\n".join(parts)
+
+
 def _train(args, rest: list[str]) -> int:
     from gfnlm.runs import resolve, train
 
     spec = resolve(args.task, args.config, parse_overrides(rest))
     train(spec, resume=args.resume)
+    return 0
+
+
+def _baseline(args, rest: list[str]) -> int:
+    from gfnlm.runs import resolve_baseline, train_baseline
+
+    spec, settings = resolve_baseline(args.method, args.task, args.config, parse_overrides(rest))
+    train_baseline(spec, args.method, settings)
     return 0
 
 
@@ -222,6 +286,8 @@ def _eval(args, rest: list[str]) -> int:
     from gfnlm.infra.distributed import start
     from gfnlm.runs import load_run, load_trained_policy, report
 
+    if not args.run:
+        raise GfnlmError("gfnlm eval needs the run folder: --run DIR.")
     spec = load_run(args.run, parse_overrides(rest))
     if spec.task_name != args.task:
         raise GfnlmError(f"{args.run} is a {spec.task_name!r} run, not {args.task!r}.")

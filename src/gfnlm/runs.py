@@ -6,19 +6,28 @@ Everything a user can get wrong is checked here before the model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from gfnlm.baselines.grpo import GrpoSettings, train_grpo
+from gfnlm.baselines.sft import SupervisedSettings, supervised_finetune
 from gfnlm.core.config import TrainConfig, build, merge, read_yaml, to_dict
 from gfnlm.infra.errors import GfnlmError
 from gfnlm.model.loading import resolve_model_source
 from gfnlm.tasks import Task, task_class
 
 CONFIG_FILE = "config.yaml"
+BASELINE_FILE = "baseline.json"  # in a baseline's run folder: its method, settings and training statistics
+# gfnlm baseline METHOD: the settings it reads from --METHOD.KEY, and the Task method that gives its data
+BASELINES = {"sft": (SupervisedSettings, "supervised_examples"), "grpo": (GrpoSettings, "task_reward")}
+RUN_SETTINGS = ("seed", "progress")  # baseline settings that the run's own options give
 
 
 @dataclass
@@ -140,7 +149,7 @@ def check_context_window(task: Task, model_config) -> None:
 def train(spec: RunSpec, resume: bool = False) -> Path:
     """Train and report. Under a launcher every process runs this; only rank 0 writes to the run folder."""
     from gfnlm.core.trainer import Trainer
-    from gfnlm.infra.checkpoint import CheckpointStore, RunLock
+    from gfnlm.infra.checkpoint import CheckpointStore
     from gfnlm.infra.distributed import start
 
     c = spec.config
@@ -148,15 +157,10 @@ def train(spec: RunSpec, resume: bool = False) -> Path:
     if not resume and CheckpointStore(run_dir).list():
         raise GfnlmError(f"{run_dir} already holds a training run; continue it with --resume or choose another "
                          "--output_dir.")
+    if (run_dir / BASELINE_FILE).exists():
+        raise GfnlmError(f"{run_dir} holds a baseline run; choose another --output_dir.")
     processes = start(c.device)
-    lock = RunLock(run_dir)
-    if processes.is_main:
-        try:
-            lock.acquire()
-        except GfnlmError as exc:
-            processes.agree(str(exc))
-    processes.agree(None)
-    try:
+    with _run_lock(run_dir, processes):
         started = time.perf_counter()
         if processes.is_main:
             (run_dir / CONFIG_FILE).write_text(config_text(spec))
@@ -167,11 +171,106 @@ def train(spec: RunSpec, resume: bool = False) -> Path:
             policy.save_peft_folder(run_dir / "adapter")
         train_seconds = time.perf_counter() - started
         report(spec, policy, run_dir, train_seconds, processes)
+    processes.close()
+    return run_dir
+
+
+@contextmanager
+def _run_lock(run_dir: Path, processes):
+    """Rank 0 holds the run folder's lock while the block runs; every process learns when it is taken."""
+    from gfnlm.infra.checkpoint import RunLock
+
+    lock = RunLock(run_dir)
+    if processes.is_main:
+        try:
+            lock.acquire()
+        except GfnlmError as exc:
+            processes.agree(str(exc))
+    processes.agree(None)
+    try:
+        yield
     finally:
         if processes.is_main:
             lock.release()
+
+
+def resolve_baseline(method: str, task_name: str, config_file: str | None, overrides: dict):
+    """The run spec and the baseline's settings (``--METHOD.KEY value``; seed and progress are the run's),
+    every value and the task's data for it checked before any model is loaded. Without --output_dir the
+    run folder is the preset's output_dir + "-METHOD"."""
+    from gfnlm.infra.checkpoint import CheckpointStore
+
+    settings_class, data = baseline(method)
+    sections = {m: overrides[m] for m in BASELINES if m in overrides}
+    if set(sections) - {method}:
+        other = sorted(set(sections) - {method})[0]
+        raise GfnlmError(f"--{other}.KEY options are for gfnlm baseline {other}, not {method}.")
+    values = sections.get(method, {})
+    if not isinstance(values, dict):
+        raise GfnlmError(f"Option --{method} is a section; set its keys as --{method}.KEY value.")
+    from_run = sorted(set(values) & set(RUN_SETTINGS))
+    if from_run:
+        raise GfnlmError(f"--{method}.{from_run[0]} is the run's own option; give --{from_run[0]} instead.")
+    spec = resolve(task_name, config_file, {k: v for k, v in overrides.items() if k not in sections})
+    c = spec.config
+    if "output_dir" not in overrides:
+        c.output_dir = f"{c.output_dir}-{method}"
+    settings = build(settings_class, {**values, "seed": c.seed, "progress": c.progress}, where=f"{method} settings")
+    if c.conditional_temperatures:
+        raise GfnlmError("conditional_temperatures trains a GFlowNet policy for many reward temperatures; a "
+                         "baseline trains a plain adapter: leave it out.")
+    if not spec.task.provides(data):
+        getattr(spec.task, data)()  # the default says, in one line, that the task has no such data
+    for package in ("trl", "datasets"):
+        if importlib.util.find_spec(package) is None:
+            raise GfnlmError(f"gfnlm baseline trains through TRL and needs the {package} package: "
+                             "pip install trl datasets.")
+    run_dir = Path(c.output_dir)
+    if CheckpointStore(run_dir).list() or (run_dir / "adapter").exists():
+        raise GfnlmError(f"{run_dir} already holds a trained run; choose another --output_dir.")
+    return spec, settings
+
+
+def baseline(method: str) -> tuple[type, str]:
+    """A baseline's settings class and the Task method that gives its data, or a clear error."""
+    if method not in BASELINES:
+        import difflib
+
+        hint = difflib.get_close_matches(method, list(BASELINES), n=1)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise GfnlmError(f"Unknown baseline {method!r}; available: {', '.join(BASELINES)}.{extra}")
+    return BASELINES[method]
+
+
+def train_baseline(spec: RunSpec, method: str, settings) -> Path:
+    """Train the baseline's adapter (the run's model and LoRA settings, from init_adapter when given) into a
+    run folder that `gfnlm sample` and `gfnlm eval` read as they read a GFlowNet run (config.yaml, adapter/,
+    and BASELINE_FILE instead of checkpoints), then evaluate it and write the report."""
+    from gfnlm.infra.distributed import start
+
+    run_dir = Path(spec.config.output_dir)
+    processes = start(spec.config.device)
+    with _run_lock(run_dir, processes):
+        started = time.perf_counter()
+        if processes.is_main:
+            (run_dir / CONFIG_FILE).write_text(config_text(spec))
+        policy = prepare_model(spec, processes)
+        training = fit_baseline(method, policy, spec.task, settings)
+        if processes.is_main:
+            policy.save_peft_folder(run_dir / "adapter")
+            (run_dir / BASELINE_FILE).write_text(json.dumps(
+                {"method": method, "settings": dataclasses.asdict(settings), "training": training}, indent=1))
+        report(spec, policy, run_dir, time.perf_counter() - started, processes)
     processes.close()
     return run_dir
+
+
+def fit_baseline(method: str, policy, task: Task, settings) -> dict:
+    """Train the policy's active adapter by the baseline on the task's own data (its gold examples, or its
+    reward with the project's sampler for rollouts); returns the training statistics."""
+    if method == "sft":
+        return supervised_finetune(policy, task.supervised_examples(), settings)
+    return {"steps": train_grpo(policy, task, task.task_reward(), settings)}
 
 
 def config_text(spec: RunSpec) -> str:
@@ -190,9 +289,12 @@ def load_trained_policy(spec: RunSpec, run_dir: Path, processes=None):
 
     policy = prepare_model(spec, processes)
     latest = CheckpointStore(run_dir).latest()
-    if latest is None:
+    if latest is not None:
+        policy.load_adapter(latest / "adapter.safetensors")
+    elif (run_dir / BASELINE_FILE).is_file():  # a baseline run keeps only its final adapter
+        policy.load_adapter(run_dir / "adapter" / "adapter_model.safetensors")
+    else:
         raise GfnlmError(f"{run_dir} has no complete checkpoint to load.")
-    policy.load_adapter(latest / "adapter.safetensors")
     return policy
 
 
@@ -216,14 +318,22 @@ def _write_report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | N
 
     c = spec.config
     weights = str(policy.model.get_input_embeddings().weight.dtype).removeprefix("torch.")  # what dtype auto chose
+    baseline_file = run_dir / BASELINE_FILE
     lines = [f"# gfnlm run: {spec.task_name}", "",
-             f"- model: `{c.model}` ({weights}), LoRA r={c.lora_r}, alpha={c.lora_alpha}, targets {c.lora_targets}",
-             f"- objective: {c.objective} (lambda {c.subtb_lambda}), {c.steps} steps x {c.grad_accum} micro-batches x "
-             f"{c.prompts_per_batch} prompts x {c.trajectories_per_prompt} trajectories, lr {c.lr}",
-             f"- reward temperature {c.reward_temp_start} -> {c.reward_temp_end} over {c.reward_temp_horizon} steps; "
-             f"behaviour: replay {c.replay_prob}, tempered {c.tempered_prob} (T in [{c.tempered_min}, "
-             f"{c.tempered_max}]), epsilon {c.epsilon}",
-             f"- seed {c.seed}"]
+             f"- model: `{c.model}` ({weights}), LoRA r={c.lora_r}, alpha={c.lora_alpha}, targets {c.lora_targets}"]
+    if baseline_file.is_file():
+        trained = json.loads(baseline_file.read_text())
+        settings = ", ".join(f"{k} {v}" for k, v in trained["settings"].items() if k not in RUN_SETTINGS)
+        origin = f", from the adapter {c.init_adapter}" if c.init_adapter else ""
+        lines.append(f"- baseline {trained['method']} through TRL ({settings}{origin}); the evaluation's policy "
+                     "rows (named gfn...) are this adapter's")
+    else:
+        lines += [f"- objective: {c.objective} (lambda {c.subtb_lambda}), {c.steps} steps x {c.grad_accum} "
+                  f"micro-batches x {c.prompts_per_batch} prompts x {c.trajectories_per_prompt} trajectories, lr {c.lr}",
+                  f"- reward temperature {c.reward_temp_start} -> {c.reward_temp_end} over {c.reward_temp_horizon} "
+                  f"steps; behaviour: replay {c.replay_prob}, tempered {c.tempered_prob} (T in [{c.tempered_min}, "
+                  f"{c.tempered_max}]), epsilon {c.epsilon}"]
+    lines.append(f"- seed {c.seed}")
     if train_seconds is not None:
         lines.append(f"- training wall time: {train_seconds:.0f} s")
     plots = []
@@ -240,8 +350,12 @@ def _write_report(spec: RunSpec, policy, run_dir: Path, train_seconds: float | N
         lines += ["", "## Evaluation", "", result.markdown, "", f"Evaluation wall time: {time.perf_counter() - started:.0f} s"]
         plots += result.plots
     lines += ["", "## Files", ""] + [f"- {p.name}" for p in plots]
-    lines += ["- metrics.jsonl / metrics.csv: per-step training metrics", "- adapter/: the trained LoRA adapter (peft)",
-              "- checkpoints/: resumable state"]
+    if baseline_file.is_file():
+        lines += [f"- {BASELINE_FILE}: the baseline's settings and training statistics",
+                  "- adapter/: the trained LoRA adapter (peft)"]
+    else:
+        lines += ["- metrics.jsonl / metrics.csv: per-step training metrics",
+                  "- adapter/: the trained LoRA adapter (peft)", "- checkpoints/: resumable state"]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     print(f"\nReport: {path.resolve()}")

@@ -13,11 +13,12 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from gfnlm.baselines.sft import TRL_KEEP_MODEL_AS_IS, restores_use_cache, with_pad_token
+from gfnlm.core.config import check_range
 from gfnlm.core.sampler import sample_trajectories
 from gfnlm.core.task import Task
 from gfnlm.infra.errors import GfnlmError
@@ -30,13 +31,22 @@ TaskReward = Callable[[str, list[int]], float]
 
 @dataclass
 class GrpoSettings:
-    steps: int = 100
-    trajectories_per_prompt: int = 8  # TRL's num_generations: one group per prompt and step
-    lr: float = 1e-4
-    kl_coef: float = 0.0  # TRL's beta; the reference model is the base (adapter off)
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    progress: bool = True
+    steps: int = field(default=100, metadata={"help": "optimizer steps, one prompt each"})
+    trajectories_per_prompt: int = field(default=8, metadata={
+        "help": "trajectories per prompt and step (TRL's num_generations: one group), at least 2"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (constant)"})
+    kl_coef: float = field(default=0.0, metadata={
+        "help": "weight of the KL penalty to the base model, adapter off (TRL's beta)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)"})
+    seed: int = field(default=0, metadata={"help": "seed of the prompt order and the rollouts"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> None:
+        check_range("grpo.steps", self.steps, low=1)
+        check_range("grpo.trajectories_per_prompt", self.trajectories_per_prompt, low=2)
+        check_range("grpo.lr", self.lr, low=0, low_open=True)
+        check_range("grpo.kl_coef", self.kl_coef, low=0)
+        check_range("grpo.max_grad_norm", self.max_grad_norm, low=0)
 
 
 def rollout_function(policy: Policy, task: Task, seed: int):
@@ -81,8 +91,7 @@ def train_grpo(policy: Policy, task: Task, reward: TaskReward, settings: GrpoSet
     prompts = task.train_prompts()
     if not prompts:
         raise GfnlmError("The task has no training prompts.")
-    if s.trajectories_per_prompt < 2:
-        raise GfnlmError("GRPO needs at least 2 trajectories per prompt.")
+    s.validate()  # e.g. GRPO's groups need at least 2 trajectories
     tokenizer = policy.tokenizer
     if tokenizer is None:
         raise GfnlmError("GRPO through TRL needs the policy's tokenizer.")

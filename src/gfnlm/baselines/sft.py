@@ -9,8 +9,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gfnlm.core.config import check_range
 from gfnlm.infra.errors import GfnlmError
 from gfnlm.model.policy import Policy
 
@@ -46,11 +47,16 @@ class SupervisedExample:
 
 @dataclass
 class SupervisedSettings:
-    epochs: float = 20.0
-    lr: float = 5e-4
-    batch_size: int = 4
-    seed: int = 0
-    progress: bool = True
+    epochs: float = field(default=20.0, metadata={"help": "passes over the examples"})
+    lr: float = field(default=5e-4, metadata={"help": "learning rate (constant)"})
+    batch_size: int = field(default=4, metadata={"help": "examples per optimizer step (per process)"})
+    seed: int = field(default=0, metadata={"help": "seed of the example order"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> None:
+        check_range("sft.epochs", self.epochs, low=0, low_open=True)
+        check_range("sft.lr", self.lr, low=0, low_open=True)
+        check_range("sft.batch_size", self.batch_size, low=1)
 
 
 def _rows(examples: Sequence[SupervisedExample]) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -274,6 +275,26 @@ def build(cls, values: dict, where: str = "config"):
     if hasattr(obj, "validate"):
         obj.validate()
     return obj
+
+
+def options_help(cls, prefix: str = "", skip: tuple[str, ...] = ()) -> str:
+    """The options of config dataclass ``cls`` for a --help page: ``--PREFIXNAME``, its help and its default."""
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    column = max(len(prefix + f.name) for f in fields) + 6
+    lines = []
+    for f in fields:
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        text = f"{f.metadata.get('help', '')} (default: {shown_default(default)})"
+        lines += textwrap.wrap(text, 118, initial_indent=f"  --{prefix}{f.name}".ljust(column),
+                               subsequent_indent=" " * column, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def shown_default(value: Any) -> str:
+    """A default as one would write it: true / false, a string quoted (so '' and '\\n' show)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from gfnlm.core.action_space import ActionSpace
 from gfnlm.core.trajectories import Trajectories
+from gfnlm.infra.errors import GfnlmError
 from gfnlm.model.policy import Policy
 
-if TYPE_CHECKING:  # targets sit above the engine: tasks build them, the trainer only calls log_rewards
+if TYPE_CHECKING:  # targets and baselines sit above the engine: tasks build and feed them
+    from gfnlm.baselines.sft import SupervisedExample
     from gfnlm.targets import Target
 
 
@@ -86,3 +89,20 @@ class Task(ABC):
     def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
         """Evaluate a trained policy; ``config`` is the run's TrainConfig (seed, reward temperature, ...)."""
         return EvalResult({})
+
+    # The data of the baselines (gfnlm baseline sft|grpo): a task that has it overrides these.
+    def supervised_examples(self) -> list[SupervisedExample]:
+        """Gold (X, Z) examples for supervised fine-tuning of the policy (after ``setup``)."""
+        raise GfnlmError(f"Task {self.name} has no gold examples of Z for supervised fine-tuning.")
+
+    def task_reward(self) -> Callable[[str, list[int]], float]:
+        """reward(prompt key, latent tokens incl. tool output) -> a number, for reinforcement learning (after
+        ``setup``)."""
+        raise GfnlmError(f"Task {self.name} has no task reward (such as a checked answer) for reinforcement "
+                         "learning.")
+
+    @classmethod
+    def provides(cls, data: str) -> bool:
+        """Whether the task overrides the method ``data`` (supervised_examples, task_reward): known before any
+        model is loaded."""
+        return getattr(cls, data) is not getattr(Task, data)

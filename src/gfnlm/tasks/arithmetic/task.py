@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,25 +43,38 @@ NUMBER = re.compile(r"-?\d+")
 
 @dataclass
 class ArithmeticConfig:
-    seed: int = 0
-    train_size: int = 50
-    gold_size: int = 10
-    test_size: int = 200
-    train_operands: str = "3,4"
-    ood_operands: int = 5
-    max_operand: int = 9
-    answer_template: str = "\nThe answer is {answer}."
-    min_len: int = 5  # as the reference: with 0 the policy learns to answer directly (empty chains)
-    max_len: int = 40  # tokens of Z, calculator outputs included
-    stop_after_tool: bool = True  # Z is a whole chain of calculator calls: stop only right after a result
-    eval_questions: int = 50  # per test split
-    eval_chains: int = 10  # K chains per question
-    eval_temperature: float = 0.5
-    eval_batch_questions: int = 16
-    eval_methods: str = "gfn,cot_prompting"
-    eval_vote_candidates: int = 4  # answers compared by total p(Y | X, Z): the chains' most frequent ones
-    cot_shots: int = 3  # worked examples (gold rationales) before each question for cot_prompting
-    reward_shots: int = 3  # worked examples the reward model reads before X (as the reference); 0 = bare X
+    seed: int = field(default=0, metadata={"help": "seed of the generated questions"})
+    train_size: int = field(default=50, metadata={"help": "training questions"})
+    gold_size: int = field(default=10, metadata={
+        "help": "the first this-many training questions come with a gold rationale (replay-buffer seeds, SFT "
+                "data, worked examples)"})
+    test_size: int = field(default=200, metadata={"help": "test questions per split (simple, hard, ood)"})
+    train_operands: str = field(default="3,4", metadata={
+        "help": "operand counts of the training questions; the smallest is the simple test split, the largest "
+                "the hard one"})
+    ood_operands: int = field(default=5, metadata={"help": "operand count of the out-of-distribution test split"})
+    max_operand: int = field(default=9, metadata={"help": "largest operand"})
+    answer_template: str = field(default="\nThe answer is {answer}.", metadata={
+        "help": "Y after the chain; starts with a newline (the policy's stop) and contains {answer}"})
+    min_len: int = field(default=5, metadata={
+        "help": "fewest tokens of Z, as the reference (with 0 the policy learns to answer directly, with empty "
+                "chains)"})
+    max_len: int = field(default=40, metadata={"help": "most tokens of Z, calculator outputs included"})
+    stop_after_tool: bool = field(default=True, metadata={
+        "help": "Z is a whole chain of calculator calls: the policy may stop only right after a result"})
+    eval_questions: int = field(default=50, metadata={"help": "test questions per split in the evaluation"})
+    eval_chains: int = field(default=10, metadata={"help": "K chains per test question"})
+    eval_temperature: float = field(default=0.5, metadata={"help": "sampling temperature of the evaluation's chains"})
+    eval_batch_questions: int = field(default=16, metadata={"help": "test questions sampled together"})
+    eval_methods: str = field(default="gfn,cot_prompting", metadata={
+        "help": "comma-separated evaluation methods, of gfn (the trained policy) and cot_prompting (the base "
+                "model after cot_shots worked examples)"})
+    eval_vote_candidates: int = field(default=4, metadata={
+        "help": "answers compared by total p(Y | X, Z): the chains' most frequent ones"})
+    cot_shots: int = field(default=3, metadata={
+        "help": "worked examples (gold rationales) before each question for cot_prompting"})
+    reward_shots: int = field(default=3, metadata={
+        "help": "worked examples the reward model reads before X, as the reference (0: the bare X)"})
 
     def validate(self) -> None:
         for name in ("train_size", "test_size", "eval_questions", "eval_chains", "eval_batch_questions",
@@ -168,8 +181,12 @@ class ArithmeticTask(Task):
         return examples
 
     def correct(self, key: str, tokens: list[int]) -> float:
-        """1.0 when the chain's final result is the training question's answer (the RL baseline's reward)."""
+        """1.0 when the chain's final result is the training question's answer."""
         return float(final_answer(self.tokenizer.decode(tokens)) == self.problem_of[key].answer)
+
+    def task_reward(self):
+        """The answer checker (``correct``): the RL baseline's reward."""
+        return self.correct
 
     def seed_trajectories(self):
         return [(tp.key, *self.rationale_tokens(p)) for tp, p in zip(self.train_set, self.data.gold)]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -70,39 +70,58 @@ def label_word_tokens(tokenizer, labels: list[str]) -> set[int]:
 
 @dataclass
 class ClassificationConfig:
-    data: str = ""  # training JSON lines {"text", "label"}
-    test_data: str = ""  # test JSON lines
-    labels: str = "objective,subjective"  # label names; integer labels index this list
-    prompt_template: str = 'Classify this movie review as {labels}: "{text}" This review is'
-    answer_template: str = ", so it is {label}."  # Y after the rationale; its first token is the policy's stop
-    direct_template: str = " {label}."  # the answer right after X (zero-shot, few-shot, supervised)
-    seed: int = 0  # wishful seeds, few-shot order, M-step draws
-    min_len: int = 1
-    max_len: int = 5
-    words_only: bool = True  # rationales use word tokens only (no punctuation, digits, newlines)
-    ban_label_words: bool = True  # rationales cannot write a label's name (nor its tokens): they must describe X
-    wrong_label_penalty: float = 50.0
-    calibrate: bool = False  # subtract each scoring model's label prior on content-free sentences from label scores
-    seed_rationales: int = 20  # wishful rationales per training example put in the buffer (0 = none)
-    seed_hint: str = " {label} because it is"
-    em_rounds: int = 1  # E-step / M-step rounds; the run's steps are split evenly over them. 0: E-step only
-    # (q trained against the base model's judge for every step, no likelihood adapter)
-    m_rationales: int = 8  # rationales drawn from q per training example for the M-step
-    m_epochs: float = 3.0
-    m_lr: float = 2e-4
-    m_batch_size: int = 8
-    m_validation: float = 0.2  # share of the training examples held out of the E-step and the M-step's data, to
-    # early-stop the M-step and check its fit (0 = none)
-    m_patience: int = 2  # M-step epochs without a better held-out loss before it stops
-    m_keep_only_if_better: bool = True  # keep the fitted likelihood only when it predicts the held-out labels
-    # better than the judge it would replace (the base model in round 1), scored as at test time
-    supervised_epochs: float = 20.0
-    supervised_lr: float = 5e-4
-    eval_size: int = 200  # first this-many test sentences
-    eval_rationales: int = 10  # K rationales per test sentence
-    eval_temperature: float = 1.0
-    eval_batch: int = 16  # test sentences sampled together
-    eval_methods: str = ",".join(METHODS)
+    data: str = field(default="", metadata={"help": 'training examples, JSON lines {"text", "label"}'})
+    test_data: str = field(default="", metadata={"help": "test examples, JSON lines"})
+    labels: str = field(default="objective,subjective", metadata={
+        "help": "comma-separated label names; integer labels index this list"})
+    prompt_template: str = field(default='Classify this movie review as {labels}: "{text}" This review is', metadata={
+        "help": "X: contains {text} (and may contain {labels})"})
+    answer_template: str = field(default=", so it is {label}.", metadata={
+        "help": "Y after the rationale; contains {label}, and its first token is the policy's stop"})
+    direct_template: str = field(default=" {label}.", metadata={
+        "help": "the answer right after X (zero_shot, few_shot, supervised)"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the wishful seeds, the few-shot order and the M-step draws"})
+    min_len: int = field(default=1, metadata={"help": "fewest tokens of a rationale"})
+    max_len: int = field(default=5, metadata={"help": "most tokens of a rationale"})
+    words_only: bool = field(default=True, metadata={
+        "help": "rationales use word tokens only (no punctuation, digits, newlines)"})
+    ban_label_words: bool = field(default=True, metadata={
+        "help": "rationales cannot write a label's name (nor its tokens): they must describe X"})
+    wrong_label_penalty: float = field(default=50.0, metadata={
+        "help": "log-reward penalty of a rationale after which another label is more likely than the true one"})
+    calibrate: bool = field(default=False, metadata={
+        "help": "subtract each scoring model's label prior on content-free sentences from its label scores"})
+    seed_rationales: int = field(default=20, metadata={
+        "help": "wishful rationales per training example put in the replay buffer (0: none)"})
+    seed_hint: str = field(default=" {label} because it is", metadata={
+        "help": "what the base model continues after X to write a wishful rationale; contains {label}"})
+    em_rounds: int = field(default=1, metadata={
+        "help": "E-step / M-step rounds; the run's steps are split evenly over them (0: E-step only, q trained "
+                "against the base model's judge for every step, no likelihood adapter)"})
+    m_rationales: int = field(default=8, metadata={
+        "help": "rationales drawn from q per training example for the M-step"})
+    m_epochs: float = field(default=3.0, metadata={
+        "help": "epochs of the M-step's fit (fewer when early stopping ends it)"})
+    m_lr: float = field(default=2e-4, metadata={"help": "learning rate of the M-step's fit"})
+    m_batch_size: int = field(default=8, metadata={
+        "help": "batch size of the M-step's fit and of the supervised baseline"})
+    m_validation: float = field(default=0.2, metadata={
+        "help": "share of the training examples held out of the E-step and of the M-step's data, to early-stop "
+                "the M-step and check its fit (0: none)"})
+    m_patience: int = field(default=2, metadata={
+        "help": "M-step epochs without a better held-out loss before it stops"})
+    m_keep_only_if_better: bool = field(default=True, metadata={
+        "help": "keep the fitted likelihood only when it predicts the held-out labels better than the judge it "
+                "would replace (the base model in round 1), scored as at test time"})
+    supervised_epochs: float = field(default=20.0, metadata={"help": "epochs of the supervised baseline"})
+    supervised_lr: float = field(default=5e-4, metadata={"help": "learning rate of the supervised baseline"})
+    eval_size: int = field(default=200, metadata={"help": "evaluate on the first this-many test sentences"})
+    eval_rationales: int = field(default=10, metadata={"help": "K rationales per test sentence"})
+    eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the test rationales"})
+    eval_batch: int = field(default=16, metadata={"help": "test sentences sampled together"})
+    eval_methods: str = field(default=",".join(METHODS), metadata={
+        "help": f"comma-separated evaluation methods, of {', '.join(METHODS)}"})
 
     def validate(self) -> None:
         parse_labels(self.labels)

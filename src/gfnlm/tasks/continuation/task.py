@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -34,16 +34,20 @@ def builtin_prompts(split: str) -> list[str]:
 
 @dataclass
 class ContinuationConfig:
-    prompt_file: str = ""  # training prompts, one per line ("" = the built-in set's 80 training prompts)
-    test_prompt_file: str = ""  # held-out prompts ("" = the built-in set's 20 test prompts)
-    terminator: str = "."
-    min_len: int = 1
-    max_len: int = 20
-    eval_samples: int = 16  # N samples per prompt and method
-    eval_prompts: int = 0  # evaluate on the first this-many test prompts (0 = all)
-    eval_methods: str = ",".join(DEFAULT_METHODS)  # also gfn_is, gfn_smc, base_is, base_smc
-    eval_top_p: float = 0.95
-    eval_particles: int = 8  # corrected methods: policy particles per output (the base gets equal tokens)
+    prompt_file: str = field(default="", metadata={
+        "help": "training prompts, one per line (\"\": the built-in set's 80 training prompts)"})
+    test_prompt_file: str = field(default="", metadata={
+        "help": "held-out prompts, one per line (\"\": the built-in set's 20 test prompts)"})
+    terminator: str = field(default=".", metadata={"help": "the text that ends a sentence (the policy's stop)"})
+    min_len: int = field(default=1, metadata={"help": "fewest tokens before the policy may stop"})
+    max_len: int = field(default=20, metadata={"help": "most tokens of a sentence"})
+    eval_samples: int = field(default=16, metadata={"help": "N samples per prompt and method"})
+    eval_prompts: int = field(default=0, metadata={"help": "evaluate on the first this-many test prompts (0: all)"})
+    eval_methods: str = field(default=",".join(DEFAULT_METHODS), metadata={
+        "help": f"comma-separated evaluation methods, of {', '.join(ALL_METHODS)}"})
+    eval_top_p: float = field(default=0.95, metadata={"help": "p of the nucleus-sampling method"})
+    eval_particles: int = field(default=8, metadata={
+        "help": "corrected methods: policy particles per output (the base model gets as many tokens)"})
 
     def validate(self) -> None:
         if not self.terminator:

@@ -97,7 +97,7 @@ def train_sft_baseline(task, policy, config) -> None:
     if SFT_ADAPTER not in policy.model.peft_config:
         policy.add_adapter(SFT_ADAPTER, seed=c.seed)
     with policy.adapter(SFT_ADAPTER, train=True):
-        supervised_finetune(policy, task.sft_examples(), SupervisedSettings(
+        supervised_finetune(policy, task.supervised_examples(), SupervisedSettings(
             epochs=c.sft_epochs, lr=c.sft_lr, batch_size=8, seed=c.seed, progress=config.progress))
 
 

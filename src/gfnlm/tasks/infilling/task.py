@@ -14,7 +14,7 @@ the few-shot examples all read training stories only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gfnlm.baselines.sft import SupervisedExample
@@ -31,24 +31,33 @@ METHODS = ("prompting", "prompting_fewshot", "beginning_only", "sft", "gfn")
 
 @dataclass
 class InfillingConfig:
-    data: str = ""  # stories in the ROCStories CSV layout ("" = the built-in 160: first 110 train, last 50 test)
-    test_data: str = ""  # held-out stories ("" = the last test_size stories of data)
-    test_size: int = 50
-    train_size: int = 0  # use the first this-many training stories (0 = all)
-    instruction: str = "Write the missing fourth sentence of the story."
-    policy_template: str = "{instruction}\nBeginning: {beginning}\nEnding: {ending}\nMiddle:"
-    min_len: int = 3
-    max_len: int = 25
-    seed_gold: bool = False  # gold middles of the training stories seed the buffer (not a fair comparison)
-    seed: int = 0
-    eval_stories: int = 50
-    eval_samples: int = 8  # N samples per test story and method
-    eval_temperature: float = 1.0
-    eval_batch: int = 8  # stories sampled together
-    eval_methods: str = ",".join(METHODS)
-    fewshot_examples: int = 3  # solved training stories before the prompt (prompting_fewshot)
-    sft_epochs: float = 5.0
-    sft_lr: float = 5e-4
+    data: str = field(default="", metadata={
+        "help": "stories in the ROCStories CSV layout (\"\": the built-in 160, the first 110 for training and "
+                "the last 50 for testing)"})
+    test_data: str = field(default="", metadata={"help": "held-out stories (\"\": the last test_size stories of data)"})
+    test_size: int = field(default=50, metadata={"help": "stories of data held out for testing when no test_data"})
+    train_size: int = field(default=0, metadata={"help": "use the first this-many training stories (0: all)"})
+    instruction: str = field(default="Write the missing fourth sentence of the story.", metadata={
+        "help": "the instruction at the start of the policy's prompt"})
+    policy_template: str = field(
+        default="{instruction}\nBeginning: {beginning}\nEnding: {ending}\nMiddle:", metadata={
+            "help": "the policy's prompt; contains {beginning} and {ending} (and may contain {instruction})"})
+    min_len: int = field(default=3, metadata={"help": "fewest tokens of the middle sentence"})
+    max_len: int = field(default=25, metadata={"help": "most tokens of the middle sentence"})
+    seed_gold: bool = field(default=False, metadata={
+        "help": "the training stories' gold middles seed the replay buffer (not a fair comparison)"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the evaluation: its samples, its sft adapter and its BERTScore rescaling"})
+    eval_stories: int = field(default=50, metadata={"help": "test stories in the evaluation"})
+    eval_samples: int = field(default=8, metadata={"help": "N samples per test story and method"})
+    eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the evaluation"})
+    eval_batch: int = field(default=8, metadata={"help": "test stories sampled together"})
+    eval_methods: str = field(default=",".join(METHODS), metadata={
+        "help": f"comma-separated evaluation methods, of {', '.join(METHODS)}"})
+    fewshot_examples: int = field(default=3, metadata={
+        "help": "solved training stories before the prompt (prompting_fewshot)"})
+    sft_epochs: float = field(default=5.0, metadata={"help": "epochs of the evaluation's sft method"})
+    sft_lr: float = field(default=5e-4, metadata={"help": "learning rate of the evaluation's sft method"})
 
     def validate(self) -> None:
         for name in ("test_size", "min_len", "max_len", "eval_stories", "eval_samples", "eval_batch",
@@ -59,9 +68,9 @@ class InfillingConfig:
             check_range(f"task.{name}", getattr(self, name), low=0, low_open=True)
         if self.min_len > self.max_len:
             raise GfnlmError("task.min_len must not exceed task.max_len.")
-        for field in ("{beginning}", "{ending}"):
-            if field not in self.policy_template:
-                raise GfnlmError(f"task.policy_template must contain {field}.")
+        for slot in ("{beginning}", "{ending}"):
+            if slot not in self.policy_template:
+                raise GfnlmError(f"task.policy_template must contain {slot}.")
         self.methods()  # an empty list or an unknown method is an error
 
     def methods(self) -> list[str]:
@@ -160,7 +169,7 @@ class InfillingTask(Task):
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         return [SupervisedExample((), tuple(self.encode(s.text)) + tuple(eos)) for s in self.train_stories]
 
-    def sft_examples(self) -> list[SupervisedExample]:
+    def supervised_examples(self) -> list[SupervisedExample]:
         """(beginning, ending) -> middle: the SFT baseline of the policy (the policy's prompt, then Z and '.')."""
         return [SupervisedExample(tp.ids, self.middle_ids(self.story_of[tp.key]) + tuple(self.stop))
                 for tp in self.train_set]

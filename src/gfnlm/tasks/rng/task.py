@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,18 +36,25 @@ from gfnlm.targets import RuleTarget, Target
 
 @dataclass
 class RngConfig:
-    prompt: str = "Random integers drawn uniformly between 0 and 100: 42, 7, 93, 15,"
-    prompt_file: str = ""  # one prompt per line; replaces `prompt` (evaluation uses the first line)
-    low: int = 0
-    high: int = 100
-    terminator: str = ","
-    leading_space: bool = True
-    min_len: int = 1
-    max_len: int = 0  # 0: the token length of the longest valid number
-    invalid_log_reward: float = -60.0  # far below -(max_len x log vocabulary): invalid strings hold ~no mass
-    restrict_vocab: bool = False  # only digits, space and the terminator may be written
-    eval_samples: int = 1000
-    eval_batch_size: int = 250
+    prompt: str = field(default="Random integers drawn uniformly between 0 and 100: 42, 7, 93, 15,", metadata={
+        "help": "the text the LM continues with a number"})
+    prompt_file: str = field(default="", metadata={
+        "help": "one prompt per line; replaces prompt (evaluation uses the first line)"})
+    low: int = field(default=0, metadata={"help": "smallest number of the uniform target"})
+    high: int = field(default=100, metadata={"help": "largest number of the uniform target"})
+    terminator: str = field(default=",", metadata={"help": "the text that ends a number (the policy's stop)"})
+    leading_space: bool = field(default=True, metadata={
+        "help": "numbers are spelled with a leading space (\" 42\"), as after the prompt's comma"})
+    min_len: int = field(default=1, metadata={"help": "fewest tokens before the policy may stop"})
+    max_len: int = field(default=0, metadata={
+        "help": "most tokens of a completion (0: the token length of the longest valid number)"})
+    invalid_log_reward: float = field(default=-60.0, metadata={
+        "help": "log-reward of every invalid completion; far below -(max_len x log vocabulary), so invalid "
+                "strings hold almost no mass"})
+    restrict_vocab: bool = field(default=False, metadata={
+        "help": "only the tokens of valid numbers and the terminator may be written"})
+    eval_samples: int = field(default=1000, metadata={"help": "samples per model (base and policy) in the evaluation"})
+    eval_batch_size: int = field(default=250, metadata={"help": "samples drawn together in the evaluation"})
 
     def validate(self) -> None:
         if not self.prompt_file and not self.prompt.strip():
