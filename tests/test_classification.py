@@ -185,6 +185,7 @@ def em_args(tmp_path, tiny_model_dir, run, rounds, steps, extra=()):
             "--task.supervised_epochs", "2", *extra]
 
 
+@pytest.mark.slow
 def test_em_raises_the_likelihood_of_the_training_labels_over_rounds(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     extra = ["--task.calibrate", "true", "--task.m_keep_only_if_better", "false"]  # every fit kept: EM's own effect
@@ -341,6 +342,7 @@ def test_buffers_are_rescored_only_when_the_judge_changed_and_another_e_step_fol
     assert rescored == ([1, 2] if fitted_better else [])  # never after round 3: no E-step follows
 
 
+@pytest.mark.slow
 def test_em_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):
     full, cut = tmp_path / "full", tmp_path / "cut"
     extra = ["--evaluate", "false", "--checkpoint_every", "50"]

@@ -53,6 +53,7 @@ def test_parse_and_check_temperatures():
         TrainConfig(conditional_temperatures="0.5,1.0").validate()
 
 
+@pytest.mark.slow
 def test_one_policy_learns_the_target_at_each_temperature(tmp_path):
     task = EnumerableTask()
     policy, _ = policy_with_lora(True, r=8, moved=False)

@@ -36,6 +36,7 @@ def problem():
     return model, space, target, log_z, p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [importance_sample, smc])
 def test_log_z_estimates_converge_and_samples_approach_the_target(problem, method):
     model, space, target, exact_log_z, p = problem

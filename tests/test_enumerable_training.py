@@ -76,13 +76,15 @@ def exact_tv(policy, task, temperature=1.0, log_reward=None):
     return total_variation(learned, target)
 
 
-@pytest.mark.parametrize("objective", ["subtb", "db", "tb"])
+@pytest.mark.parametrize("objective", ["subtb", pytest.param("db", marks=pytest.mark.slow),
+                                       pytest.param("tb", marks=pytest.mark.slow)])
 def test_each_objective_learns_the_exact_target(tmp_path, objective):
     task = EnumerableTask()
     policy, _ = train_tiny(tmp_path, objective, task, steps={"subtb": 400, "db": 600, "tb": 800}[objective])
     assert exact_tv(policy, task) < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("terminator,min_len", [((4, 4), 0), ((3, 4), 1)])
 def test_multi_token_terminators_and_min_len(tmp_path, terminator, min_len):
     task = EnumerableTask(terminator=terminator, min_len=min_len)
@@ -90,6 +92,7 @@ def test_multi_token_terminators_and_min_len(tmp_path, terminator, min_len):
     assert exact_tv(policy, task) < 0.05
 
 
+@pytest.mark.slow
 def test_tempered_lm_likelihood_target(tmp_path):
     """q(Z) proportional to p_base(Z stop)^(1/T), with the base model scored through the disabled adapter."""
     task = EnumerableTask(lm_target=True)

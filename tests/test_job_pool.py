@@ -25,16 +25,19 @@ def test_a_process_takes_its_share_of_the_cores(monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_results_come_in_order_in_one_process_or_in_several():
     arguments = [(2, 10), (3, 2), (5, 1)]
     assert list(run_jobs(pow, arguments, 1)) == list(run_jobs(pow, arguments, 2)) == [1024, 9, 5]
 
 
+@pytest.mark.slow
 def test_each_worker_gets_its_share_of_the_cores():
     share = str(max(1, len(os.sched_getaffinity(0)) // 2))
     assert list(run_jobs(os.getenv, [("OMP_NUM_THREADS",)] * 2, 2)) == [share, share]
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_raised_after_the_ones_before_it():
     results = run_jobs(math.sqrt, [(4.0,), (-1.0,), (9.0,)], 2)
     assert next(results) == 2.0

@@ -123,6 +123,7 @@ def same_final_state(run_a, run_b) -> bool:
                                 for x, y in zip(a[1:], b[1:]))
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path, tiny_model_dir):
     full_time = run_uninterrupted(tiny_model_dir, tmp_path / "uninterrupted")
     kills, mid_checkpoint = run_with_kills(tiny_model_dir, tmp_path / "killed", KILLS, full_time)
@@ -184,6 +185,7 @@ def test_sampling_shrinks_its_batch_when_memory_runs_out(monkeypatch):
     assert len(rows) == 40 and sizes[:3] == [32, 16, 8] and max(sizes[3:]) <= 8
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir):
     run_uninterrupted(tiny_model_dir, tmp_path / "uninterrupted")
     run = tmp_path / "interrupted"

@@ -179,6 +179,16 @@ def method_list(name: str, value: str, allowed: tuple[str, ...]) -> list[str]:
     return methods
 
 
+class EvaluationMethods:
+    """Base of the task configs with an ``eval_methods`` option: ``METHODS`` names the methods it may list."""
+
+    METHODS: typing.ClassVar[tuple[str, ...]] = ()
+    eval_methods: str
+
+    def methods(self) -> list[str]:
+        return method_list("task.eval_methods", self.eval_methods, self.METHODS)
+
+
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
                 low_open: bool = False) -> None:
     if low is not None and (value < low or (low_open and value == low)):

@@ -25,7 +25,7 @@ import torch
 
 from gfnlm.baselines.sft import SupervisedExample
 from gfnlm.core.action_space import ActionSpace
-from gfnlm.core.config import check_range, method_list
+from gfnlm.core.config import EvaluationMethods, check_range
 from gfnlm.core.lm_forward import continuation_log_probs
 from gfnlm.core.task import EvalResult, Task, TaskPrompt
 from gfnlm.core.tools import ToolHook
@@ -42,7 +42,8 @@ NUMBER = re.compile(r"-?\d+")
 
 
 @dataclass
-class ArithmeticConfig:
+class ArithmeticConfig(EvaluationMethods):
+    METHODS = ("gfn", "cot_prompting")
     seed: int = field(default=0, metadata={"help": "seed of the generated questions"})
     train_size: int = field(default=50, metadata={"help": "training questions"})
     gold_size: int = field(default=10, metadata={
@@ -94,9 +95,6 @@ class ArithmeticConfig:
         operands = self.operand_counts()
         if not operands or min(operands + (self.ood_operands,)) < 2:
             raise GfnlmError(f"task.train_operands {self.train_operands!r}: give counts of at least 2, like '3,4'.")
-
-    def methods(self) -> list[str]:
-        return method_list("task.eval_methods", self.eval_methods, ("gfn", "cot_prompting"))
 
     def operand_counts(self) -> tuple[int, ...]:
         try:

@@ -30,7 +30,7 @@ import torch
 
 from gfnlm.baselines.sft import SupervisedExample, SupervisedSettings, supervised_finetune
 from gfnlm.core.action_space import ActionSpace
-from gfnlm.core.config import check_range, method_list
+from gfnlm.core.config import EvaluationMethods, check_range
 from gfnlm.core.lm_forward import common_prefix
 from gfnlm.core.task import EvalResult, Task, TaskPrompt
 from gfnlm.inference.sampling import sample_per_prompt
@@ -69,7 +69,8 @@ def label_word_tokens(tokenizer, labels: list[str]) -> set[int]:
 
 
 @dataclass
-class ClassificationConfig:
+class ClassificationConfig(EvaluationMethods):
+    METHODS = METHODS
     data: str = field(default="", metadata={"help": 'training examples, JSON lines {"text", "label"}'})
     test_data: str = field(default="", metadata={"help": "test examples, JSON lines"})
     labels: str = field(default="objective,subjective", metadata={
@@ -141,9 +142,6 @@ class ClassificationConfig:
             if not all(f in getattr(self, name) for f in fields):
                 raise GfnlmError(f"task.{name} must contain {' and '.join(fields)}.")
         self.methods()  # an empty list or an unknown method is an error
-
-    def methods(self) -> list[str]:
-        return method_list("task.eval_methods", self.eval_methods, METHODS)
 
 
 class ClassificationTask(Task):

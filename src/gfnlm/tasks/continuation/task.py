@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from gfnlm.core.action_space import ActionSpace, banned_sentence_tokens
-from gfnlm.core.config import check_range, method_list
+from gfnlm.core.config import EvaluationMethods, check_range
 from gfnlm.core.task import EvalResult, Task, TaskPrompt
 from gfnlm.evaluation.methods import ALL_METHODS, DEFAULT_METHODS
 from gfnlm.evaluation.tables import evaluation_stem
@@ -33,7 +33,8 @@ def builtin_prompts(split: str) -> list[str]:
 
 
 @dataclass
-class ContinuationConfig:
+class ContinuationConfig(EvaluationMethods):
+    METHODS = ALL_METHODS
     prompt_file: str = field(default="", metadata={
         "help": "training prompts, one per line (\"\": the built-in set's 80 training prompts)"})
     test_prompt_file: str = field(default="", metadata={
@@ -62,9 +63,6 @@ class ContinuationConfig:
         if not 0 < self.eval_top_p <= 1:
             raise GfnlmError(f"task.eval_top_p must be in (0, 1], got {self.eval_top_p}.")
         self.methods()  # an empty list or an unknown method is an error
-
-    def methods(self) -> list[str]:
-        return method_list("task.eval_methods", self.eval_methods, ALL_METHODS)
 
 
 class ContinuationTask(Task):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gfnlm.baselines.sft import SupervisedExample
 from gfnlm.core.action_space import ActionSpace, banned_sentence_tokens
-from gfnlm.core.config import check_range, method_list
+from gfnlm.core.config import EvaluationMethods, check_range
 from gfnlm.core.task import EvalResult, Task, TaskPrompt
 from gfnlm.infra.errors import GfnlmError
 from gfnlm.model.policy import Policy
@@ -30,7 +30,8 @@ METHODS = ("prompting", "prompting_fewshot", "beginning_only", "sft", "gfn")
 
 
 @dataclass
-class InfillingConfig:
+class InfillingConfig(EvaluationMethods):
+    METHODS = METHODS
     data: str = field(default="", metadata={
         "help": "stories in the ROCStories CSV layout (\"\": the built-in 160, the first 110 for training and "
                 "the last 50 for testing)"})
@@ -72,9 +73,6 @@ class InfillingConfig:
             if slot not in self.policy_template:
                 raise GfnlmError(f"task.policy_template must contain {slot}.")
         self.methods()  # an empty list or an unknown method is an error
-
-    def methods(self) -> list[str]:
-        return method_list("task.eval_methods", self.eval_methods, METHODS)
 
 
 class InfillingTask(Task):
