@@ -146,8 +146,6 @@ def _help(args, command_parser: argparse.ArgumentParser) -> str:
                      f"in {yaml_file} under task:):\n{options_help(config_class, 'task.')}")
     if args.command == "eval":
         changeable = [*EVALUATION_TRAINER_OPTIONS, "task.eval_*"]
-        if args.task is not None:
-            changeable += [f"task.{k}" for k in task_class(args.task).evaluation_options]
         parts.append(f"gfnlm eval reads the run's config.yaml; it may change only {', '.join(changeable)}.")
     return "\n\n".join(parts)
 

@@ -74,7 +74,7 @@ EVALUATION_TRAINER_OPTIONS = ("progress", "device")  # trainer options that `gfn
 
 def load_run(run_dir: str | Path, evaluation_overrides: dict | None = None) -> RunSpec:
     """The run's saved config; ``evaluation_overrides`` may change how it is evaluated (progress, device, a
-    task's eval_* options and its ``evaluation_options``), never how it was trained."""
+    task's eval_* options), never how it was trained."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise GfnlmError(f"{run_dir} is not a gfnlm run folder (no {CONFIG_FILE}); pass the folder a training run wrote.")
@@ -94,9 +94,9 @@ def check_evaluation_overrides(task_name: str, overrides: dict) -> dict:
     overrides = task_options_to_section(overrides, cls.Config)
     section = overrides.get("task", {})
     trained = sorted(k for k in overrides if k not in ("task",) + EVALUATION_TRAINER_OPTIONS)
-    trained += sorted(f"task.{k}" for k in section if not k.startswith("eval_") and k not in cls.evaluation_options)
+    trained += sorted(f"task.{k}" for k in section if not k.startswith("eval_"))
     if trained:
-        allowed = ", ".join([*EVALUATION_TRAINER_OPTIONS, "task.eval_*", *(f"task.{k}" for k in cls.evaluation_options)])
+        allowed = ", ".join([*EVALUATION_TRAINER_OPTIONS, "task.eval_*"])
         raise GfnlmError(f"gfnlm eval can change how a run is evaluated ({allowed}), not how it was trained: "
                          f"{', '.join('--' + k for k in trained)}.")
     return overrides

@@ -144,43 +144,42 @@ def forward_some_rows(model, cache: DynamicCache, key_valid: torch.Tensor, rows:
     return logits
 
 
+@torch.no_grad()
 def continuation_log_probs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                            batch_size: int = 16, shared_prefix: Sequence[int] = (), progress: bool = False,
-                           desc: str = "score", grad: bool = False) -> torch.Tensor:
+                           desc: str = "score") -> torch.Tensor:
     """log p(continuation_k | shared_prefix, context_k) for many pairs. Each distinct context is run once
     (e.g. one chain scored with several candidate answers) and its key/value cache is shared by the
     pairs that continue it; ``batch_size`` distinct contexts are run together. The leading tokens that
-    every continuation shares (e.g. "The answer is") are run once per context, not once per pair.
-    ``grad``: differentiable in the model's trainable weights (otherwise run without autograd)."""
-    with torch.set_grad_enabled(grad):
-        device = next(model.parameters()).device
-        lead = common_prefix(continuations)
-        lead_ids = torch.tensor(lead, dtype=torch.long, device=device)
-        distinct: dict[tuple[int, ...], int] = {}
-        which = [distinct.setdefault(tuple(c), len(distinct)) for c in contexts]
-        unique = list(distinct)
-        out = torch.zeros(len(contexts))
-        for start in tqdm(range(0, len(unique), batch_size), desc=desc, disable=not progress, dynamic_ncols=True,
-                          leave=False):
-            rows = [r for r, i in enumerate(which) if start <= i < start + batch_size]
-            index = torch.tensor([which[r] - start for r in rows], device=device)
-            cache = encode_prompts(model, [c + lead for c in unique[start: start + batch_size]], shared_prefix,
-                                   tail=len(lead) + 1)
-            lead_lp = torch.log_softmax(cache.tail_logits[:, :-1].float(), -1)
-            lead_lp = lead_lp[:, torch.arange(len(lead)), lead_ids]
-            out[rows] = lead_lp.sum(-1).index_select(0, index).cpu()
-            # Rows run in groups of equal length: one long continuation does not pad all the others.
-            by_length: dict[int, list[int]] = {}
-            for b, r in enumerate(rows):
-                by_length.setdefault(len(continuations[r]) - len(lead), []).append(b)
-            for width, members in by_length.items():
-                if width == 0:
-                    continue
-                tokens = torch.tensor([list(continuations[rows[b]][len(lead):]) for b in members], device=device)
-                states, _ = state_logits(model, cache, index[members], tokens)
-                log_probs = torch.log_softmax(states[:, :-1].float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
-                out[[rows[b] for b in members]] += log_probs.sum(-1).cpu()
-        return out
+    every continuation shares (e.g. "The answer is") are run once per context, not once per pair."""
+    device = next(model.parameters()).device
+    lead = common_prefix(continuations)
+    lead_ids = torch.tensor(lead, dtype=torch.long, device=device)
+    distinct: dict[tuple[int, ...], int] = {}
+    which = [distinct.setdefault(tuple(c), len(distinct)) for c in contexts]
+    unique = list(distinct)
+    out = torch.zeros(len(contexts))
+    for start in tqdm(range(0, len(unique), batch_size), desc=desc, disable=not progress, dynamic_ncols=True,
+                      leave=False):
+        rows = [r for r, i in enumerate(which) if start <= i < start + batch_size]
+        index = torch.tensor([which[r] - start for r in rows], device=device)
+        cache = encode_prompts(model, [c + lead for c in unique[start: start + batch_size]], shared_prefix,
+                               tail=len(lead) + 1)
+        lead_lp = torch.log_softmax(cache.tail_logits[:, :-1].float(), -1)
+        lead_lp = lead_lp[:, torch.arange(len(lead)), lead_ids]
+        out[rows] = lead_lp.sum(-1).index_select(0, index).cpu()
+        # Rows run in groups of equal length: one long continuation does not pad all the others.
+        by_length: dict[int, list[int]] = {}
+        for b, r in enumerate(rows):
+            by_length.setdefault(len(continuations[r]) - len(lead), []).append(b)
+        for width, members in by_length.items():
+            if width == 0:
+                continue
+            tokens = torch.tensor([list(continuations[rows[b]][len(lead):]) for b in members], device=device)
+            states, _ = state_logits(model, cache, index[members], tokens)
+            log_probs = torch.log_softmax(states[:, :-1].float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+            out[[rows[b] for b in members]] += log_probs.sum(-1).cpu()
+    return out
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:

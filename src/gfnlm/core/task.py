@@ -42,9 +42,6 @@ class Task(ABC):
     evaluates_on_every_process: ClassVar[bool] = False
     # whether ``evaluate`` handles a temperature-conditional policy (else its report skips the evaluation)
     evaluates_conditional_runs: ClassVar[bool] = False
-    # task options that change only how a trained run is evaluated (besides every eval_* option):
-    # `gfnlm eval` may override these and no others
-    evaluation_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config):
         self.config = config
