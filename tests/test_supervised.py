@@ -16,6 +16,14 @@ def target_log_probs(policy, prompt, target):
     return [float(lp[len(prompt) + j - 1, t]) for j, t in enumerate(target)]
 
 
+def base_and_policy_logits(policy, batch):
+    """The logits of the shared base model (adapter off) and of the policy (adapter on) on ``batch``."""
+    with torch.no_grad():
+        with policy.base():
+            base = policy.model(input_ids=batch).logits
+        return base, policy.model(input_ids=batch).logits
+
+
 def trained_policy(trained):
     tok = char_tokenizer()
     policy = Policy(tiny_llama(len(tok), seed=3), tok, LoraSettings(r=8, alpha=16))
@@ -36,6 +44,18 @@ def test_imitated_tokens_become_likely_and_tool_output_is_not_learned():
             assert after[j] > -0.3 > before[j]
     _, all_trained, _, _ = trained_policy(None)
     assert all_trained[4] > -0.3 and after[4] < all_trained[4] - 1.0
+
+
+def test_training_changes_the_adapter_and_leaves_the_base_model_bit_for_bit():
+    tok = char_tokenizer()
+    policy = Policy(tiny_llama(len(tok), seed=3), tok, LoraSettings(r=8, alpha=16))
+    batch = torch.tensor([tok.encode("Q:7+2=9\n"), tok.encode("A: ab?c=")])
+    base_before, policy_before = base_and_policy_logits(policy, batch)
+    supervised_finetune(policy, [SupervisedExample(tok.encode("Q:"), tok.encode("7+2=9\n"))],
+                        SupervisedSettings(epochs=2, lr=1e-2, batch_size=1, progress=False))
+    base_after, policy_after = base_and_policy_logits(policy, batch)
+    assert torch.equal(base_after, base_before)
+    assert (policy_after - policy_before).abs().max() > 1e-2
 
 
 def test_bad_examples_are_refused_before_training():
