@@ -49,8 +49,16 @@ from pathlib import Path
 
 from throughput_measure import UNTIMED_STEPS, train_in_fresh_process
 from throughput_reference import STORED, kit_settings, ratios, run_kit, stored_reference
-from throughput_saved import (ROOT, SAVED, code_commit, cpu_info, describe_cpu, file_digest, machine_settings,
-                              saved_or_measured)
+from throughput_saved import (
+    ROOT,
+    SAVED,
+    code_commit,
+    cpu_info,
+    describe_cpu,
+    file_digest,
+    machine_settings,
+    saved_or_measured,
+)
 
 DEFAULT_PROMPTS = ROOT.parent / "shared" / "data" / "reference" / "openwebtext" / "prompts.txt"
 CONFIGS = {
