@@ -13,7 +13,8 @@ of log Z(X) and the effective sample size. N = 1 is the plain amortized sampler.
   policy every increment is 1. (The bare per-prefix reward R(s stop)^(1/T) as twist is also valid
   but ignores how unlikely stopping at s is, and its weights explode.) A group is resampled
   (multinomially) when its ESS falls below ``ess_threshold`` x N; log Z is the usual product of
-  average incremental weights.
+  average incremental weights. The twists read ``Target.twist_log_rewards``: a target that is zero on
+  prefixes that may still be completed (a hard constraint) smooths them there; the final weight is exact.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ def _pick(log_w: torch.Tensor, generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def terminal_log_rewards(target: Target, prompt: Sequence[int], rows, device) -> torch.Tensor:
+def terminal_log_rewards(target: Target, prompt: Sequence[int], rows, device, twist: bool = False) -> torch.Tensor:
+    """log R(Z stop) of whole rows; ``twist``: the target's smoothed prefix rewards for SMC's intermediate
+    targets."""
     traj = Trajectories.from_rows([tuple(prompt)], ["x"], [0] * len(rows), [list(r) for r in rows], device=device)
-    rewards = target.log_rewards(traj)
+    rewards = target.twist_log_rewards(traj) if twist else target.log_rewards(traj)
     return rewards[torch.arange(traj.batch_size, device=rewards.device), traj.lengths].double().cpu()
 
 
@@ -103,7 +106,7 @@ def smc(model, space: ActionSpace, target: Target, prompt: Sequence[int], groups
 
     def log_flow(states: list[list[int]], log_stop: torch.Tensor) -> torch.Tensor:
         """log F(s) = log R(s stop) / T - log q(stop | s), or 0 while s cannot stop."""
-        values = terminal_log_rewards(target, prompt, states, device) / temperature - log_stop
+        values = terminal_log_rewards(target, prompt, states, device, twist=True) / temperature - log_stop
         return torch.where(torch.isfinite(log_stop), values, torch.zeros_like(values))
 
     out = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
@@ -139,7 +142,7 @@ def smc(model, space: ActionSpace, target: Target, prompt: Sequence[int], groups
             index = torch.nonzero(growing).flatten()
             new_twist[index] = log_flow([rows[b] for b in index.tolist()], log_probs[index, stop_token])
         increment[growing] = new_twist[growing] - twist[growing] - chosen_lp[growing]
-        log_w += increment.view(G, N)
+        log_w += increment.view(G, N).nan_to_num(nan=-math.inf)  # -inf - -inf: a particle that already had weight 0
         twist = new_twist
         # Resample the groups whose weights have degenerated.
         low = ess_fraction(log_w) < ess_threshold

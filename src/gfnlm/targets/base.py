@@ -23,6 +23,12 @@ class Target(ABC):
     @abstractmethod
     def log_rewards(self, traj: Trajectories) -> torch.Tensor: ...
 
+    def twist_log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        """The prefix log-rewards SMC builds its intermediate targets from (any finite values are valid). A
+        target that is zero on prefixes whose completions may still have reward (a hard constraint not yet
+        met) returns a smoothed version here, so that no particle that could still succeed gets weight 0."""
+        return self.log_rewards(traj)
+
     def __mul__(self, other: Target) -> Product:
         return Product([self, other])
 
