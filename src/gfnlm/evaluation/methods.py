@@ -6,3 +6,5 @@ from gfnlm.baselines.decoding import BASELINES
 CORRECTED = ("gfn_is", "gfn_smc", "base_is", "base_smc")
 DEFAULT_METHODS = ("gfn",) + BASELINES
 ALL_METHODS = DEFAULT_METHODS + CORRECTED
+# Base-model draws until one has a non-zero reward: for targets with hard constraints.
+REJECTION = "base_rejection"

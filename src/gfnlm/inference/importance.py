@@ -29,7 +29,8 @@ def importance_estimates(log_rewards: Sequence[float], log_q: Sequence[float], t
     elbo = float(log_w.mean())
     ess = float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))) / n
     weights = torch.softmax(log_w, 0)
-    target_log_reward = float((weights * log_r).sum())
+    # R = 0 has weight 0; with no sample of R > 0 the target's mean is unknown
+    target_log_reward = float(torch.where(weights > 0, weights * log_r, 0.0).sum()) if log_z > -math.inf else math.nan
     return {"log_z": log_z, "elbo": elbo, "kl_q_p": log_z - elbo, "ess_fraction": ess,
             "target_log_reward": target_log_reward, "weights": weights.tolist(), "n": n}
 
