@@ -100,9 +100,9 @@ def _dispatch(args, rest: list[str], command_parser: argparse.ArgumentParser) ->
         if args.command == "baseline" and args.method is None:
             raise GfnlmError("gfnlm baseline needs a method: sft or grpo (gfnlm baseline --help).")
         if args.command in ("train", "eval", "baseline") and args.task is None:
-            from gfnlm.tasks import TASKS
+            from gfnlm.tasks import task_names
 
-            raise GfnlmError(f"gfnlm {args.command} needs a task: one of {', '.join(TASKS)} "
+            raise GfnlmError(f"gfnlm {args.command} needs a task: one of {', '.join(task_names())} "
                              f"(gfnlm {args.command} --help lists the options).")
         if args.command == "train":
             return _train(args, rest)
@@ -125,7 +125,7 @@ def _dispatch(args, rest: list[str], command_parser: argparse.ArgumentParser) ->
 def _help(args, command_parser: argparse.ArgumentParser) -> str:
     """The command's usage, then its options by heading: the baseline's settings, the trainer's, the task's."""
     from gfnlm.runs import BASELINES, EVALUATION_TRAINER_OPTIONS, RUN_SETTINGS, baseline
-    from gfnlm.tasks import TASKS, task_class
+    from gfnlm.tasks import task_class, task_names
 
     parts = [command_parser.format_help().rstrip()]
     if args.command == "baseline":
@@ -139,7 +139,7 @@ def _help(args, command_parser: argparse.ArgumentParser) -> str:
     parts.append(f"trainer options (--KEY VALUE, or KEY: VALUE in {yaml_file}{used}):\n"
                  + options_help(TrainConfig, skip=("task",)))
     if args.task is None:
-        parts.append(f"Each task's options: gfnlm {args.command} TASK --help, with TASK one of {', '.join(TASKS)}.")
+        parts.append(f"Each task's options: gfnlm {args.command} TASK --help, with TASK one of {', '.join(task_names())}.")
     else:
         config_class = task_class(args.task).Config
         parts.append(f"{args.task} options (--task.KEY VALUE, or --KEY VALUE where no trainer option is named KEY; "

@@ -37,19 +37,30 @@ class RunSpec:
     task: Task
 
 
-def resolve(task_name: str, config_file: str | None, overrides: dict) -> RunSpec:
-    """Merge the YAML file and overrides, validate every value and the inputs (cheap checks only)."""
+def resolve(task_name: str, config_file: str | None, overrides: dict, functions: dict | None = None) -> RunSpec:
+    """Merge the YAML file and overrides, validate every value and the inputs (cheap checks only).
+    ``functions``: reward functions given from Python, by the names the config's function terms use."""
     values = read_yaml(config_file) if config_file else {}
     file_task = values.pop("task_name", None)
     if file_task is not None and file_task != task_name:
         raise GfnlmError(f"The config file is for task {file_task!r}, not {task_name!r}.")
     cls = task_class(task_name)
     config = build(TrainConfig, merge(values, task_options_to_section(overrides, cls.Config)), where="config")
-    task_config = build(cls.Config, config.task, where=f"task section of the {task_name} config")
-    config.task = to_dict(task_config)
-    resolve_model_source(config.model)
-    task = cls(task_config)
-    task.check_inputs()
+    section = dict(config.task)
+    if "base_dir" in {f.name for f in dataclasses.fields(cls.Config)} and not section.get("base_dir"):
+        # the config's relative paths are read from its own folder; saved absolute, so the run folder keeps them
+        section["base_dir"] = str(Path(config_file).resolve().parent if config_file else Path.cwd())
+    try:
+        task_config = build(cls.Config, section, where=f"task section of the {task_name} config")
+        config.task = to_dict(task_config)
+        resolve_model_source(config.model)
+        task = cls(task_config)
+        task.source = str(config_file or "")
+        if functions:
+            task.functions = dict(functions)
+        task.check_inputs()
+    except GfnlmError as exc:
+        raise GfnlmError(f"{config_file}: {exc}" if config_file else str(exc)) from None
     return RunSpec(task_name, config, task)
 
 
@@ -72,9 +83,9 @@ def task_options_to_section(overrides: dict, task_config: type) -> dict:
 EVALUATION_TRAINER_OPTIONS = ("progress", "device")  # trainer options that `gfnlm eval` may change
 
 
-def load_run(run_dir: str | Path, evaluation_overrides: dict | None = None) -> RunSpec:
+def load_run(run_dir: str | Path, evaluation_overrides: dict | None = None, functions: dict | None = None) -> RunSpec:
     """The run's saved config; ``evaluation_overrides`` may change how it is evaluated (progress, device, a
-    task's eval_* options), never how it was trained."""
+    task's eval_* options), never how it was trained; ``functions``: reward functions given from Python."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise GfnlmError(f"{run_dir} is not a gfnlm run folder (no {CONFIG_FILE}); pass the folder a training run wrote.")
@@ -84,7 +95,7 @@ def load_run(run_dir: str | Path, evaluation_overrides: dict | None = None) -> R
         raise GfnlmError(f"{path} names no task_name.")
     if evaluation_overrides:
         values = merge(values, check_evaluation_overrides(task_name, evaluation_overrides))
-    return resolve(task_name, None, values)
+    return resolve(task_name, None, values, functions)
 
 
 def check_evaluation_overrides(task_name: str, overrides: dict) -> dict:

@@ -41,15 +41,23 @@ def match_automaton(pattern: Sequence[int], vocab_size: int) -> torch.Tensor:
     return table
 
 
-def banned_sentence_tokens(tokenizer, vocab_size: int, terminator: str, terminator_ids: list[int]) -> list[int]:
-    """Tokens that cannot occur inside a sentence: line breaks, special tokens, and any token that
-    contains the terminator text without being the terminator (so sentences end only at it)."""
+LINE_BREAKS = ("\n", "\r", "\t")
+
+
+def banned_sentence_tokens(tokenizer, vocab_size: int, terminator: str, terminator_ids: list[int],
+                           banned_strings: Sequence[str] = LINE_BREAKS, allowed_chars: str = "") -> list[int]:
+    """Tokens that cannot occur inside a sentence: special tokens, tokens that decode to nothing, any token that
+    contains the terminator text without being the terminator (so sentences end only at it), tokens that
+    contain one of ``banned_strings`` (by default line breaks and tabs) and, when ``allowed_chars`` is given,
+    tokens with any other character."""
     allowed_terminator = set(terminator_ids) if len(terminator_ids) == 1 else set()
+    allowed = set(allowed_chars)
     banned = set(tokenizer.all_special_ids)
     pieces = tokenizer.batch_decode([[i] for i in range(min(vocab_size, len(tokenizer)))])
     for i in range(vocab_size):
         piece = pieces[i] if i < len(pieces) else ""
-        if not piece or any(c in piece for c in "\n\r\t") or (terminator in piece and i not in allowed_terminator):
+        if (not piece or any(s in piece for s in banned_strings) or (allowed and not set(piece) <= allowed)
+                or (terminator in piece and i not in allowed_terminator)):
             banned.add(i)
     banned -= set(terminator_ids)
     return sorted(banned)

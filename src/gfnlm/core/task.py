@@ -42,6 +42,7 @@ class Task(ABC):
     evaluates_on_every_process: ClassVar[bool] = False
     # whether ``evaluate`` handles a temperature-conditional policy (else its report skips the evaluation)
     evaluates_conditional_runs: ClassVar[bool] = False
+    source: str = ""  # the config file the task was read from, named in errors found after the model loads
 
     def __init__(self, config):
         self.config = config
@@ -65,6 +66,11 @@ class Task(ABC):
 
     @abstractmethod
     def target(self, policy: Policy) -> Target: ...
+
+    def training_target(self, policy: Policy) -> Target:
+        """The target the trainer fits; the same as ``target`` unless the task trains on a smoothed version of
+        it (a hard constraint as a large finite penalty)."""
+        return self.target(policy)
 
     def insert_hook(self):
         """Tools that write into rollouts (the sampler's insert hook), or None."""

@@ -108,7 +108,7 @@ class Trainer:
             raise GfnlmError("The task has no training prompts.")
         self.key_index = {p.key: i for i, p in enumerate(self.prompts)}
         self.space = task.action_space().to(self.device)
-        self.target = task.target(policy)
+        self.target = task.training_target(policy)
         self.insert_hook = task.insert_hook()
         self.conditioning = (TemperatureConditioning(config.conditional_temperatures)
                              if config.conditional_temperatures else None)
