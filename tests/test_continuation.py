@@ -5,11 +5,12 @@ import json
 from gfnlm.cli import main
 from gfnlm.evaluation.methods import DEFAULT_METHODS
 from gfnlm.evaluation.tables import read_table
-from gfnlm.tasks.continuation.task import builtin_prompts
+from gfnlm.infra.text_files import read_prompt_file
+from gfnlm.tasks.continuation.task import builtin_prompt_file
 
 
 def test_builtin_prompt_split_is_fixed_and_disjoint():
-    train, test = builtin_prompts("train"), builtin_prompts("test")
+    train, test = (read_prompt_file(builtin_prompt_file(split)) for split in ("train", "test"))
     assert len(train) == 80 and len(test) == 20
     assert not set(train) & set(test)
     assert all(p.endswith(".") for p in train + test)
@@ -92,3 +93,27 @@ def test_conditional_run_is_evaluated_at_each_temperature_with_corrected_methods
     assert main(["compare", str(run), "--out", str(out)]) == 0
     labels = [r["method"] for r in read_table(out / "compare.csv")]
     assert "gfn T=0.8 (run)" in labels and "gfn T=0.9 (run)" in labels and labels.count("gfn_is") == 1
+
+
+def test_the_continuation_reward_is_the_renormalized_lm_likelihood(tiny_model_dir):
+    """Continuation is a posterior with one LM term; its reward equals p_LM(Z . | X) renormalized over the
+    allowed tokens, computed directly by LMLikelihood, for every prefix."""
+    import torch
+
+    from gfnlm.core.trajectories import Trajectories
+    from gfnlm.model.loading import load_base_model
+    from gfnlm.model.policy import LoraSettings, Policy
+    from gfnlm.targets import LMLikelihood
+    from gfnlm.tasks.continuation.task import ContinuationConfig, ContinuationTask
+
+    model, tokenizer = load_base_model(str(tiny_model_dir))
+    policy = Policy(model, tokenizer, LoraSettings(4, 8), seed=0)
+    task = ContinuationTask(ContinuationConfig())
+    task.setup(tokenizer, policy.vocab_size)
+    prompt = task.train_prompts()[0]
+    rows = [tokenizer.encode(t, add_special_tokens=False) for t in (" a cat", " rain fell", " ")]
+    traj = Trajectories.from_rows([prompt.ids], [prompt.key], [0] * 3, rows)
+    space = task.action_space()
+    direct = LMLikelihood(policy, space.terminator, renormalize_over=space.vocab_bias).log_rewards(traj)
+    assert torch.allclose(task.target(policy).log_rewards(traj), direct, atol=1e-5)
+

@@ -15,21 +15,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from gfnlm.core.action_space import ActionSpace, banned_sentence_tokens
 from gfnlm.core.config import EvaluationMethods, check_range
-from gfnlm.core.task import EvalResult, Task, TaskPrompt
+from gfnlm.core.task import EvalResult
 from gfnlm.evaluation.methods import ALL_METHODS, DEFAULT_METHODS
 from gfnlm.evaluation.tables import evaluation_stem
 from gfnlm.infra.errors import GfnlmError
-from gfnlm.infra.text_files import read_prompt_file
 from gfnlm.model.policy import Policy
 from gfnlm.model.temperature import TemperatureConditioning
-from gfnlm.targets import LMLikelihood, Target
+from gfnlm.posterior import PosteriorConfig, PosteriorTask
 
 
-def builtin_prompts(split: str) -> list[str]:
-    text = resources.files("gfnlm.data").joinpath(f"continuation_{split}.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def builtin_prompt_file(split: str) -> str:
+    """The built-in prompts of a split (80 train, 20 test), one per line, as a file path."""
+    return str(resources.files("gfnlm.data").joinpath(f"continuation_{split}.txt"))
 
 
 @dataclass
@@ -65,52 +63,28 @@ class ContinuationConfig(EvaluationMethods):
         self.methods()  # an empty list or an unknown method is an error
 
 
-class ContinuationTask(Task):
+def as_posterior(c: ContinuationConfig) -> PosteriorConfig:
+    """The continuation options as a posterior: one LM term log p(Z terminator | X), renormalized."""
+    train = c.prompt_file or builtin_prompt_file("train")
+    test = c.test_prompt_file or ("" if c.prompt_file else builtin_prompt_file("test"))
+    return PosteriorConfig(
+        data=train, test_data=test, prompt="{X}", terminator=c.terminator, min_len=c.min_len, max_len=c.max_len,
+        reward=[{"lm": {"context": "{X}", "text": "{Z}" + c.terminator.replace("{", "{{").replace("}", "}}")},
+                 "renormalize": True}],
+        eval_samples=c.eval_samples, eval_prompts=c.eval_prompts, eval_methods=c.eval_methods,
+        eval_top_p=c.eval_top_p, eval_particles=c.eval_particles)
+
+
+class ContinuationTask(PosteriorTask):
+    """The posterior p_LM(Z terminator | X)^(1/T), renormalized over the allowed tokens: one LM term of the
+    posterior mechanism, with the built-in prompts and an evaluation at each temperature of a conditional run."""
+
     name = "continuation"
     Config = ContinuationConfig
     evaluates_conditional_runs = True
-    evaluates_on_every_process = True  # the harness splits the test prompts over the processes
 
-    def check_inputs(self) -> None:
-        c = self.config
-        self.train_texts = read_prompt_file(c.prompt_file) if c.prompt_file else builtin_prompts("train")
-        self.test_texts = read_prompt_file(c.test_prompt_file) if c.test_prompt_file else (
-            [] if c.prompt_file else builtin_prompts("test"))
-
-    def setup(self, tokenizer, vocab_size: int) -> None:
-        self.check_inputs()
-        self.tokenizer = tokenizer
-        self.vocab_size = vocab_size
-        self.terminator_ids = tokenizer.encode(self.config.terminator, add_special_tokens=False)
-        self.train_set = self._encode(self.train_texts, "train")
-        self.test_set = self._encode(self.test_texts, "test")
-        self.banned = self.banned_tokens(tokenizer, vocab_size)
-
-    def _encode(self, texts: list[str], split: str) -> list[TaskPrompt]:
-        prompts = []
-        for i, text in enumerate(texts):
-            ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-            if not ids:
-                raise GfnlmError(f"{split} prompt {i + 1} tokenizes to nothing.")
-            prompts.append(TaskPrompt(text, ids, f"{split}-{i}"))
-        return prompts
-
-    def banned_tokens(self, tokenizer, vocab_size: int) -> list[int]:
-        return banned_sentence_tokens(tokenizer, vocab_size, self.config.terminator, self.terminator_ids)
-
-    def train_prompts(self) -> list[TaskPrompt]:
-        return list(self.train_set)
-
-    def all_prompts(self) -> list[TaskPrompt]:
-        return self.train_set + self.test_set
-
-    def action_space(self) -> ActionSpace:
-        return ActionSpace(self.vocab_size, self.terminator_ids, min_len=self.config.min_len,
-                           max_len=self.config.max_len, banned_tokens=self.banned)
-
-    def target(self, policy: Policy) -> Target:
-        space = self.action_space()
-        return LMLikelihood(policy, self.terminator_ids, renormalize_over=space.vocab_bias)
+    def __init__(self, config: ContinuationConfig):
+        super().__init__(as_posterior(config))
 
     def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
         """The harness at the run's temperature; a temperature-conditional run is evaluated at each end of
