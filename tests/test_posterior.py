@@ -218,6 +218,9 @@ def test_the_yaml_examples_run_end_to_end_on_a_tiny_model(tmp_path, tiny_model_d
                  "--dtype", "float32", "--output_dir", str(run), *EXAMPLE_FAST]) == 0
     assert (run / "eval_posterior.md").is_file() and (run / "eval_posterior_frontier.png").is_file()
     assert main(["sample", "--run", str(run), "--n", "2", "--correct", "smc", "--particles", "2"]) == 0
+    assert main(["eval", "posterior", "--run", str(run), "--task.eval_methods", "gfn,base_rejection",
+                 "--task.eval_samples", "2", "--progress", "false"]) == 0
+    assert "base_rejection" in (run / "eval_posterior.md").read_text()
 
 
 def test_the_python_example_runs_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
@@ -266,3 +269,10 @@ def test_smc_under_a_hard_constraint_estimates_the_exact_normalizer(tmp_path, ti
     estimate = (torch.logsumexp(out.log_z, 0) - math.log(256)).item()
     assert math.isfinite(estimate) and abs(estimate - exact) < 0.1
     assert all("b" in task.tokenizer.decode(row) for row in out.completions)
+
+
+def test_the_default_evaluation_runs_the_baselines_that_apply(tmp_path):
+    soft = make_task(tmp_path, [{"lm": {"context": "{X}", "text": "{Z}."}}]).config
+    hard = make_task(tmp_path, [{"lm": {"context": "{X}", "text": "{Z}."}}, {"regex": "a"}]).config
+    assert soft.evaluation_methods(1) == ["gfn", "sampling", "tempered", "gfn_is", "base_is", "gfn_smc", "base_smc"]
+    assert hard.evaluation_methods(2) == ["gfn", "sampling", "tempered", "gfn_is", "base_is", "base_rejection"]

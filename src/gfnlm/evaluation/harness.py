@@ -7,8 +7,9 @@ under the same action space) q(Z) is exact, so importance estimates of log Z(X),
 ESS and p_T's own mean log-likelihood (whether q is sharper or flatter than its target) are reported; for
 the other methods they are undefined. The corrected methods ("gfn_is", "gfn_smc", "base_is", "base_smc",
 see ``corrected.py``) spend ``particles`` policy samples' worth of generated tokens on each output and
-report their own log Z and ESS estimates (and KL for IS). "base_rejection" gives each output the first of as many base-model draws (the same
-token budget) whose reward is not zero: for targets with hard constraints.
+report their own log Z and ESS estimates (and KL for IS). "base_rejection" gives each output the first of
+as many base-model draws (the same token budget) whose reward is not zero: for targets with hard
+constraints.
 
 A target may give some outputs zero reward (log R = -inf): the likelihood columns average the others and
 "R > 0" gives their fraction (shown when some method has outputs with zero reward).

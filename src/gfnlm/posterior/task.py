@@ -18,7 +18,7 @@ from pathlib import Path
 from gfnlm.core.action_space import LINE_BREAKS, ActionSpace, banned_sentence_tokens
 from gfnlm.core.config import EvaluationMethods, check_range
 from gfnlm.core.task import EvalResult, Task, TaskPrompt
-from gfnlm.evaluation.methods import ALL_METHODS, DEFAULT_METHODS, REJECTION
+from gfnlm.evaluation.methods import ALL_METHODS, REJECTION
 from gfnlm.evaluation.tables import evaluation_stem
 from gfnlm.infra.errors import GfnlmError
 from gfnlm.model.policy import Policy
@@ -68,8 +68,10 @@ class PosteriorConfig(EvaluationMethods):
                 "file's folder)"})
     eval_samples: int = field(default=16, metadata={"help": "N samples per input and method"})
     eval_prompts: int = field(default=0, metadata={"help": "evaluate on the first this-many held-out inputs (0: all)"})
-    eval_methods: str = field(default=",".join(DEFAULT_METHODS), metadata={
-        "help": f"comma-separated evaluation methods, of {', '.join(ALL_METHODS + (REJECTION,))}"})
+    eval_methods: str = field(default="", metadata={
+        "help": f"comma-separated evaluation methods, of {', '.join(ALL_METHODS + (REJECTION,))} (\"\": the policy, "
+                "base sampling, tempered sampling, IS and SMC with either proposal, and rejection sampling when "
+                "the reward has a hard constraint)"})
     eval_top_p: float = field(default=0.95, metadata={"help": "p of the nucleus-sampling method"})
     eval_particles: int = field(default=8, metadata={
         "help": "corrected methods: policy particles per output (base-model methods get as many tokens)"})
@@ -92,8 +94,20 @@ class PosteriorConfig(EvaluationMethods):
         check_range("task.eval_particles", self.eval_particles, low=1)
         if not 0 < self.eval_top_p <= 1:
             raise GfnlmError(f"task.eval_top_p must be in (0, 1], got {self.eval_top_p}.")
-        self.methods()
+        if self.eval_methods:
+            self.methods()
         self.terms()
+
+    def evaluation_methods(self, terminator_length: int) -> list[str]:
+        """The chosen methods, or the ones that apply to this posterior (SMC needs a one-token stop)."""
+        if self.eval_methods:
+            return self.methods()
+        methods = ["gfn", "sampling", "tempered", "gfn_is", "base_is"]
+        if terminator_length == 1:
+            methods += ["gfn_smc", "base_smc"]
+        if any(t.is_hard_constraint for t in self.terms()):
+            methods.append(REJECTION)
+        return methods
 
     def terms(self) -> list[Term]:
         return parse_terms(self.reward)
@@ -243,7 +257,8 @@ class PosteriorTask(Task):
         temperature = config.reward_temp_end
         stem = evaluation_stem(self.name)
         rows, markdown, plot = evaluate_methods(
-            policy, self.action_space(), self.target(policy), prompts, c.methods(), c.eval_samples, temperature,
+            policy, self.action_space(), self.target(policy), prompts,
+            c.evaluation_methods(len(self.terminator_ids)), c.eval_samples, temperature,
             config.seed, Path(run_dir), stem, f"posterior, T = {temperature:g}: {len(prompts)} inputs x "
             f"{c.eval_samples} samples", top_p=c.eval_top_p, progress=config.progress, particles=c.eval_particles,
             extra_metrics=self.constraint_rates,
