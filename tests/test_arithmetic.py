@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from gfnlm.cli import main
@@ -79,3 +80,32 @@ def test_the_vote_matches_full_passes_of_the_judge(tiny_model_dir):
                     total += float(torch.exp(sum(lp[start + j - 1, t] for j, t in enumerate(answer))))
                 totals[y] = total
         assert by_likelihood == max(totals, key=totals.get)
+
+
+def test_the_verifier_target_is_the_lm_likelihood_of_the_chain_plus_the_checker(tiny_model_dir):
+    """reward: verifier gives every prefix log p_LM(z_1..z_i stop | shots X), plus the floor when the prefix's
+    last number is not the answer; checked against one plain forward pass per prefix."""
+    from gfnlm.core.trajectories import Trajectories
+    from gfnlm.runs import resolve
+
+    spec = resolve("arithmetic", None, {"model": str(tiny_model_dir), "task": {
+        "train_size": "6", "gold_size": "2", "test_size": "4", "reward": "verifier", "verifier_floor": "-7"}})
+    policy = prepare_model(spec)
+    task = spec.task
+    prompt = task.train_set[0]
+    right, _ = task.rationale_tokens(task.problem_of[prompt.key])
+    wrong = right[:-1] + tuple(task.tokenizer.encode(str((int(task.tokenizer.decode(right[-1:])) + 1) % 10),
+                                                     add_special_tokens=False))
+    traj = Trajectories.from_rows([prompt.ids], [prompt.key], [0, 0], [right, wrong])
+    got = task.target(policy).log_rewards(traj)
+    context = list(task.few_shot_prefix(task.config.reward_shots)) + list(prompt.ids)
+    answer = task.problem_of[prompt.key].answer
+    for b, row in enumerate([right, wrong]):
+        for i in range(task.config.min_len, len(row) + 1):
+            scored = list(row[:i]) + task.stop
+            with policy.base() as model, torch.no_grad():
+                logits = model(input_ids=torch.tensor([context + scored])).logits[0].float()
+            lm = sum(float(torch.log_softmax(logits[len(context) + j - 1], -1)[t]) for j, t in enumerate(scored))
+            check = 0.0 if final_answer(task.tokenizer.decode(list(row[:i]))) == answer else -7.0
+            assert got[b, i].item() == pytest.approx(lm + check, abs=1e-4)
+    assert got[0, len(right)] - got[1, len(wrong)] > 0  # the right chain beats the wrong one by the floor

@@ -3,8 +3,10 @@
 X = "Question: 3 + 5 - 6 = ? Answer:", Z = " 3 + 5 = 8 , 8 - 6 = 2" where every result after "="
 is written by the calculator (non-policy tokens), and the target is p_LM(X Z Y) with
 Y = "\\nThe answer is 2." for the correct answer: the policy stops by writing Y's first token
-("\\n"), and the reward of every prefix appends all of Y. The policy may only write digits, spaces,
-" +", " -", " =", " ," and the stop. The reward model reads ``reward_shots`` worked examples before X (the
+("\\n"), and the reward of every prefix appends all of Y. With ``reward: verifier`` the target is
+instead p_LM(Z "\\n" | X) for chains whose final result is the answer and exp(verifier_floor) times it
+for the others: the LM's own distribution restricted to correct chains. The policy may only write digits,
+spaces, " +", " -", " =", " ," and the stop. The reward model reads ``reward_shots`` worked examples before X (the
 policy does not); their keys/values are computed once per batch. The gold rationales of the first
 training problems seed the replay buffer (with their calculator outputs marked as non-policy, so
 replays reproduce them).
@@ -25,7 +27,7 @@ import torch
 
 from gfnlm.baselines.sft import SupervisedExample
 from gfnlm.core.action_space import ActionSpace
-from gfnlm.core.config import EvaluationMethods, check_range
+from gfnlm.core.config import EvaluationMethods, check_choice, check_range
 from gfnlm.core.lm_forward import continuation_log_probs
 from gfnlm.core.task import EvalResult, Task, TaskPrompt
 from gfnlm.core.tools import ToolHook
@@ -33,11 +35,12 @@ from gfnlm.core.trajectories import Trajectories
 from gfnlm.infra.distributed import current, gather_flat, my_range, process_generator
 from gfnlm.infra.errors import GfnlmError
 from gfnlm.model.policy import Policy
-from gfnlm.targets import PromptAnswerLikelihood, Target
+from gfnlm.targets import LMLikelihood, PromptAnswerLikelihood, Target, TextFunction
 from gfnlm.tasks.arithmetic.calculator import Calculator
 from gfnlm.tasks.arithmetic.data import Problem, generate
 
 POLICY_PIECES = [" ", *"0123456789", " +", " -", " =", " ,"]
+REWARDS = ("joint", "verifier")
 NUMBER = re.compile(r"-?\d+")
 
 
@@ -76,6 +79,12 @@ class ArithmeticConfig(EvaluationMethods):
         "help": "worked examples (gold rationales) before each question for cot_prompting"})
     reward_shots: int = field(default=3, metadata={
         "help": "worked examples the reward model reads before X, as the reference (0: the bare X)"})
+    reward: str = field(default="joint", metadata={
+        "help": "joint: p_LM(X Z Y) for the correct answer Y (the paper's reward); verifier: p_LM(Z stop | X) for a "
+                "chain whose final result is the answer, times exp(verifier_floor) for any other (the LM's own "
+                "distribution restricted to correct chains)"})
+    verifier_floor: float = field(default=-30.0, metadata={
+        "help": "verifier: log-reward added to a chain whose final result is wrong (before the reward temperature)"})
 
     def validate(self) -> None:
         for name in ("train_size", "test_size", "eval_questions", "eval_chains", "eval_batch_questions",
@@ -87,6 +96,9 @@ class ArithmeticConfig(EvaluationMethods):
         check_range("task.max_len", self.max_len, low=1)
         check_range("task.cot_shots", self.cot_shots, low=0)
         check_range("task.reward_shots", self.reward_shots, low=0)
+        check_choice("task.reward", self.reward, REWARDS)
+        if self.verifier_floor >= 0:
+            raise GfnlmError("task.verifier_floor must be negative: a wrong chain is worth less than a right one.")
         self.methods()  # an empty list or an unknown method is an error
         if self.eval_temperature <= 0:
             raise GfnlmError("task.eval_temperature must be positive.")
@@ -148,7 +160,17 @@ class ArithmeticTask(Task):
                            allowed_tokens=self.allowed + self.stop, stop_after_insert=self.config.stop_after_tool)
 
     def target(self, policy: Policy) -> Target:
-        return PromptAnswerLikelihood(policy, self.answers, context_prefix=self.few_shot_prefix(self.config.reward_shots))
+        context = self.few_shot_prefix(self.config.reward_shots)
+        if self.config.reward == "joint":
+            return PromptAnswerLikelihood(policy, self.answers, context_prefix=context)
+        answers = {tp.ids: {"answer": str(self.problem_of[tp.key].answer)} for tp in self.train_set}
+        return LMLikelihood(policy, self.stop, context_prefix=context) * TextFunction(
+            self.verify, self.tokenizer, answers, "the answer checker")
+
+    def verify(self, texts: list[str], inputs: list[dict]) -> list[float]:
+        """The verifier as a reward function: 0 when a chain's final result is the answer, else the floor."""
+        floor = self.config.verifier_floor
+        return [0.0 if final_answer(t) == int(row["answer"]) else floor for t, row in zip(texts, inputs)]
 
     def insert_hook(self):
         return ToolHook([Calculator()], self.tokenizer)
