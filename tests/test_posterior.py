@@ -88,6 +88,8 @@ def test_lm_terms_match_a_direct_forward_pass(tmp_path, tiny_policy, shape):
                 scored = (enc("ab:") if task.tokenizer.bos_token_id is not None else enc("b:")) + z + enc(".ba")
                 want = direct_log_prob(tiny_policy, start, scored)
             assert got[b, i].item() == pytest.approx(want, abs=1e-4)
+    whole = got[torch.arange(len(rows)), traj.lengths]  # the evaluation's terminal-only pass gives the same
+    assert torch.allclose(target.terminal_log_rewards(traj), whole, atol=1e-4)
 
 
 def test_function_and_constraint_terms_are_the_rules_on_every_prefix(tmp_path, tiny_policy, monkeypatch):
@@ -108,6 +110,10 @@ def test_function_and_constraint_terms_are_the_rules_on_every_prefix(tmp_path, t
             assert got[b, i].item() == pytest.approx(want)
     trained = task.training_target(tiny_policy).log_rewards(traj)  # hard violations cost hard_penalty nats
     assert trained[1, 3].item() == pytest.approx(0.5 * 5 - 0.0 - 2 * task.config.hard_penalty)
+    ends = torch.arange(2), traj.lengths
+    target = task.target(tiny_policy)
+    assert torch.equal(target.terminal_log_rewards(traj), got[ends])
+    assert torch.equal(target.terminal_log_rewards(traj, twist=True), trained[ends])
 
 
 def test_a_yaml_posterior_learns_its_exact_target(tmp_path, tiny_model_dir):

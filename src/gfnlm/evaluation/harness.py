@@ -75,9 +75,7 @@ def _trajectories(prompt: Sequence[int], rows: Sequence[Sequence[int]], device) 
 @torch.no_grad()
 def terminal_log_rewards(target: Target, prompt: Sequence[int], rows, device) -> list[float]:
     """Untempered log R(Z stop | X) of whole completions."""
-    traj = _trajectories(prompt, rows, device)
-    rewards = target.log_rewards(traj)
-    return rewards[torch.arange(traj.batch_size, device=rewards.device), traj.lengths].tolist()
+    return target.terminal_log_rewards(_trajectories(prompt, rows, device)).tolist()
 
 
 @torch.no_grad()

@@ -59,8 +59,7 @@ def terminal_log_rewards(target: Target, prompt: Sequence[int], rows, device, tw
     """log R(Z stop) of whole rows; ``twist``: the target's smoothed prefix rewards for SMC's intermediate
     targets."""
     traj = Trajectories.from_rows([tuple(prompt)], ["x"], [0] * len(rows), [list(r) for r in rows], device=device)
-    rewards = target.twist_log_rewards(traj) if twist else target.log_rewards(traj)
-    return rewards[torch.arange(traj.batch_size, device=rewards.device), traj.lengths].double().cpu()
+    return target.terminal_log_rewards(traj, twist).double().cpu()
 
 
 @torch.no_grad()

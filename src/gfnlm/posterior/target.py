@@ -49,6 +49,10 @@ class PosteriorTarget(Target):
     def twist_log_rewards(self, traj: Trajectories) -> torch.Tensor:
         return self.combine(self.term_values(traj), exact=False)
 
+    def terminal_log_rewards(self, traj: Trajectories, twist: bool = False) -> torch.Tensor:
+        values = [target.terminal_log_rewards(traj) for _, target in self.terms]
+        return self.combine(values, self.exact and not twist)
+
     def check_first_batch(self, traj: Trajectories, values: list[torch.Tensor]) -> None:
         """A term that is NaN anywhere, or that gives zero reward (-inf) to every sampled output, stops the run
         with one line: nothing could be learned from it. A hard constraint may reject a whole batch."""

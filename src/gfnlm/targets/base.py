@@ -29,6 +29,12 @@ class Target(ABC):
         met) returns a smoothed version here, so that no particle that could still succeed gets weight 0."""
         return self.log_rewards(traj)
 
+    def terminal_log_rewards(self, traj: Trajectories, twist: bool = False) -> torch.Tensor:
+        """(B,) log R(Z stop | X) of each whole row (the twist's with ``twist``): what evaluation, importance
+        sampling and SMC need. Targets whose every-prefix pass is costly compute only this."""
+        rewards = self.twist_log_rewards(traj) if twist else self.log_rewards(traj)
+        return rewards[torch.arange(traj.batch_size, device=rewards.device), traj.lengths.to(rewards.device)]
+
     def __mul__(self, other: Target) -> Product:
         return Product([self, other])
 
@@ -46,10 +52,13 @@ class Product(Target):
         self.factors = flat
 
     def log_rewards(self, traj: Trajectories) -> torch.Tensor:
-        total = self.factors[0].log_rewards(traj)
-        for f in self.factors[1:]:
-            total = total + f.log_rewards(traj)
-        return total
+        return sum(f.log_rewards(traj) for f in self.factors)
+
+    def twist_log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        return sum(f.twist_log_rewards(traj) for f in self.factors)
+
+    def terminal_log_rewards(self, traj: Trajectories, twist: bool = False) -> torch.Tensor:
+        return sum(f.terminal_log_rewards(traj, twist) for f in self.factors)
 
 
 class Power(Target):
@@ -61,6 +70,12 @@ class Power(Target):
 
     def log_rewards(self, traj: Trajectories) -> torch.Tensor:
         return self.exponent * self.base.log_rewards(traj)
+
+    def twist_log_rewards(self, traj: Trajectories) -> torch.Tensor:
+        return self.exponent * self.base.twist_log_rewards(traj)
+
+    def terminal_log_rewards(self, traj: Trajectories, twist: bool = False) -> torch.Tensor:
+        return self.exponent * self.base.terminal_log_rewards(traj, twist)
 
 
 class OwnPrompts(Target):

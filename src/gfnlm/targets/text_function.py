@@ -49,6 +49,19 @@ class TextFunction(Target):
             out[b, : len(positions)] = torch.tensor([values[k] for k in positions])
         return out.to(traj.tokens.device)
 
+    def terminal_log_rewards(self, traj: Trajectories, twist: bool = False) -> torch.Tensor:
+        """Whole rows only: one call on the distinct completed texts."""
+        keys: dict[tuple, int] = {}
+        where = []
+        for b in range(traj.batch_size):
+            prompt = traj.row_prompt(b)
+            if prompt not in self.inputs:
+                raise GfnlmError(UNKNOWN_PROMPT)
+            where.append(keys.setdefault((prompt, tuple(traj.row(b))), len(keys)))
+        items = list(keys)
+        values = self.call(self.tokenizer.batch_decode([list(z) for _, z in items]), [self.inputs[p] for p, _ in items])
+        return torch.tensor([values[k] for k in where]).to(traj.tokens.device)
+
     def call(self, texts: list[str], inputs: list[dict]) -> list[float]:
         """The function's values, checked: one finite number or minus infinity per text."""
         try:

@@ -74,6 +74,42 @@ class TextLikelihood(Target):
             constants = [self._constant(model, p) for p in row_pieces]
         return out + torch.tensor(constants, device=out.device)[:, None]
 
+    @torch.no_grad()
+    def terminal_log_rewards(self, traj: Trajectories, twist: bool = False) -> torch.Tensor:
+        """Whole rows only: one pass over before + Z + after per row instead of a copy of ``after`` behind
+        every prefix (what evaluation, IS and SMC need; much cheaper when ``after`` is long)."""
+        row_pieces = [self.pieces_of(traj.row_prompt(b)) for b in range(traj.batch_size)]
+        out = torch.zeros(traj.batch_size, dtype=torch.float64)
+        with self.model_context() as model:
+            for start in range(0, traj.batch_size, self.chunk_size):
+                rows = list(range(start, min(start + self.chunk_size, traj.batch_size)))
+                out[rows] = self._score_whole(model, traj, rows, [row_pieces[b] for b in rows])
+            constants = [self._constant(model, p) for p in row_pieces]
+        return (out + torch.tensor(constants, dtype=torch.float64)).float().to(traj.tokens.device)
+
+    def _score_whole(self, model, traj: Trajectories, rows: list[int], pieces: list[Pieces]) -> torch.Tensor:
+        device = traj.tokens.device
+        sequences = [traj.row(b) + list(p.after) for b, p in zip(rows, pieces)]
+        width = max(len(seq) for seq in sequences)
+        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for i, seq in enumerate(sequences):
+            tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+        befores = list(dict.fromkeys(p.before for p in pieces))
+        index = torch.tensor([befores.index(p.before) for p in pieces], device=device)
+        states, _ = state_logits(model, encode_prompts(model, befores), index, tokens)
+        states = states[:, :-1].float()  # states[:, k] predicts tokens[:, k]
+        picked = states.gather(-1, tokens[..., None]).squeeze(-1)
+        plain = picked - torch.logsumexp(states, -1)
+        biased = plain if self.bias is None else picked - torch.logsumexp(states + self.bias.to(states.device), -1)
+        out = torch.zeros(len(rows), dtype=torch.float64)
+        for i, (b, p) in enumerate(zip(rows, pieces)):
+            z = int(traj.lengths[b])
+            total = biased[i, :z].sum() if p.score_z else 0.0
+            for j in range(p.scored_after, len(p.after)):
+                total = total + (biased if j == 0 else plain)[i, z + j]
+            out[i] = float(total)
+        return out
+
     def _score(self, model, traj: Trajectories, rows: list[int], pieces: list[Pieces], after: tuple[int, ...],
                score_z: bool, scored_after: int) -> torch.Tensor:
         sub = traj.select(torch.tensor(rows, device=traj.tokens.device))
