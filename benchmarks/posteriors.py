@@ -50,7 +50,8 @@ def run_example(name: str, fresh: bool) -> dict:
     print(f"{name}: {' '.join(command)}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
-    timing = {"command": " ".join(EXAMPLES[name]), "seconds": time.perf_counter() - started,
+    shown = ["python" if part == sys.executable else part for part in EXAMPLES[name]]
+    timing = {"command": " ".join(shown), "seconds": time.perf_counter() - started,
               "commit": code_commit()[:12], "cpu": describe_cpu(cpu_info()),
               "threads": os.environ.get("OMP_NUM_THREADS", "all cores")}
     record.write_text(json.dumps(timing, indent=1))
@@ -66,7 +67,9 @@ def table(name: str) -> str:
         rows.append(row)
     from gfnlm.evaluation.tables import markdown_table
 
+    terms = [k for k in rows[0] if k.startswith("mean: ")]  # each LM / function term's mean value
     columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+    columns[2:2] = terms
     if all(r.get("nonzero_reward", 1) == 1 for r in rows):
         columns.remove("nonzero_reward")
     return markdown_table(rows, columns, HEADERS)
@@ -103,7 +106,8 @@ def main() -> int:
             f"## {name}", "", f"`{t['command']}`: {t['seconds']:.0f} s for training and evaluation (torch threads: "
             f"{t['threads']}), commit {t['commit']}, {t['cpu']}, one seed.",
             "", table(name), "", samples(name), "", f"![{name}](../images/{plot.name})"]))
-    PAGE.write_text(PAGE_HEAD + "\n\n".join(sections) + "\n" + PAGE_TAIL)
+    notes = PAGE.read_text().partition(NOTES)[2] if PAGE.is_file() else ""  # the hand-written reading, kept
+    PAGE.write_text(PAGE_HEAD + "\n\n".join(sections) + f"\n\n{NOTES}" + (notes or "\n"))
     print(f"Wrote {PAGE}")
     return 0
 
@@ -118,7 +122,7 @@ and the policy's corrected methods spend 8 policy samples' worth of generated to
 a gap smaller than the spread over seeds (not measured here) is not a finding.
 
 """
-PAGE_TAIL = ""
+NOTES = "<!-- reading: kept when the page is regenerated -->"
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> gfnlm.api.Run:
     run = gfnlm.train(
         INPUTS, test_inputs=TEST_INPUTS,
         reward=[gfnlm.lm("{Z}.", context="{X}", renormalize=True), gfnlm.function(word_count_reward)],
-        model=args.model, dtype="auto", steps=args.steps, trajectories_per_prompt=8, lr=5e-4, warmup_steps=10,
+        model=args.model, dtype="auto", steps=args.steps, trajectories_per_prompt=8, lr=5e-4, log_z="batch",
+        warmup_steps=10,
         buffer_tolerance=0.0, checkpoint_every=20, output_dir=args.output_dir, max_len=16,
         eval_samples=args.eval_samples, eval_methods="gfn,sampling,tempered,base_smc,gfn_smc")
     for row in TEST_INPUTS:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gfnlm.core.action_space import LINE_BREAKS, ActionSpace, banned_sentence_tokens
 from gfnlm.core.config import EvaluationMethods, check_range
 from gfnlm.core.task import EvalResult, Task, TaskPrompt
+from gfnlm.core.trajectories import Trajectories
 from gfnlm.evaluation.methods import ALL_METHODS, REJECTION
 from gfnlm.evaluation.tables import evaluation_stem
 from gfnlm.infra.errors import GfnlmError
@@ -236,15 +238,21 @@ class PosteriorTask(Task):
         model = self.other_models[term.model]
         return lambda: contextlib.nullcontext(model)
 
-    def constraint_rates(self, prompt: TaskPrompt, rows, texts) -> dict:
-        """Per input: the fraction of outputs that satisfy each constraint, and the mean of each other term."""
-        row = self.row_of[prompt.ids]
-        out = {}
-        for term in self.terms:
-            if term.kind in CONSTRAINTS:
-                holds = constraint_function(term)(texts, [row] * len(texts))
-                out[f"rate: {term.name}"] = sum(v == 0 for v in holds) / len(texts)
-        return out
+    def term_metrics(self, target: PosteriorTarget):
+        """Per input: the fraction of outputs that satisfy each constraint, and each other term's mean value."""
+        def metrics(prompt: TaskPrompt, rows, texts) -> dict:
+            traj = Trajectories.from_rows([prompt.ids], [prompt.key], [0] * len(rows), rows,
+                                          device=self.action_space().vocab_bias.device)
+            out = {}
+            for term, term_target in target.terms:
+                values = term_target.terminal_log_rewards(traj).tolist()
+                if term.kind in CONSTRAINTS:
+                    out[f"rate: {term.name}"] = sum(v == 0 for v in values) / len(values)
+                else:
+                    finite = [v for v in values if v > -math.inf]
+                    out[f"mean: {term.name}"] = sum(finite) / len(finite) if finite else math.nan
+            return out
+        return metrics
 
     def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
         from gfnlm.evaluation.harness import evaluate_methods  # transformers + sentence-transformers: heavy
@@ -256,12 +264,13 @@ class PosteriorTask(Task):
             prompts = prompts[: c.eval_prompts]
         temperature = config.reward_temp_end
         stem = evaluation_stem(self.name)
+        target = self.target(policy)
         rows, markdown, plot = evaluate_methods(
-            policy, self.action_space(), self.target(policy), prompts,
+            policy, self.action_space(), target, prompts,
             c.evaluation_methods(len(self.terminator_ids)), c.eval_samples, temperature,
             config.seed, Path(run_dir), stem, f"posterior, T = {temperature:g}: {len(prompts)} inputs x "
             f"{c.eval_samples} samples", top_p=c.eval_top_p, progress=config.progress, particles=c.eval_particles,
-            extra_metrics=self.constraint_rates,
+            extra_metrics=self.term_metrics(target),
             headers={"mean_loglik": "mean log R(Z ∣ X)", "max_loglik": "max log R(Z ∣ X)",
                      "target_loglik_est": "p_T's mean log R (IS)"})
         terms = "; ".join(f"{t.name}: {'hard' if t.is_hard_constraint else f'weight {t.weight:g}'}" for t in self.terms)
