@@ -56,7 +56,7 @@ class PosteriorConfig(EvaluationMethods):
     min_len: int = field(default=1, metadata={"help": "fewest tokens of Z"})
     max_len: int = field(default=20, metadata={"help": "most tokens of Z"})
     banned: list[str] = field(default_factory=lambda: list(LINE_BREAKS), metadata={
-        "help": "strings Z may not contain: every token holding one is banned (default: line breaks and tabs)"})
+        "help": "strings Z may not contain: every token holding one is banned"})
     allowed_chars: str = field(default="", metadata={
         "help": "if given, only tokens made of these characters may be written"})
     reward: list[dict] = field(default_factory=list, metadata={
@@ -66,8 +66,8 @@ class PosteriorConfig(EvaluationMethods):
                 "finite signal, so the policy learns from the other terms of every output); evaluation, IS and "
                 "SMC use R = 0"})
     base_dir: str = field(default="", metadata={
-        "help": "folder that relative data paths and function modules are read from (default: the config "
-                "file's folder)"})
+        "help": "folder that relative data paths and function modules are read from (\"\": the config file's "
+                "folder)"})
     eval_samples: int = field(default=16, metadata={"help": "N samples per input and method"})
     eval_prompts: int = field(default=0, metadata={"help": "evaluate on the first this-many held-out inputs (0: all)"})
     eval_methods: str = field(default="", metadata={
