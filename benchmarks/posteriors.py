@@ -75,6 +75,23 @@ def table(name: str) -> str:
     return markdown_table(rows, columns, HEADERS)
 
 
+def summary(names: list[str], timings: dict) -> str:
+    """The opening table: per example, the policy against the base model's plain and budgeted samplers."""
+    rows = []
+    for name in names:
+        methods = json.loads((OUT / name / "run" / "eval_posterior_summary.json").read_text())
+        for method in ("gfn", "sampling", "base_rejection", "base_smc", "base_is"):
+            if method in methods:
+                row = methods[method]
+                rates = [v for k, v in row.items() if k.startswith("rate: ")]
+                rows.append({"example": name, "seconds": f"{timings[name]['seconds']:.0f}", **row,
+                             "rate": min(rates) if rates else None})
+    from gfnlm.evaluation.tables import markdown_table
+
+    columns = ["example", "seconds", "method", "rate", "mean_loglik", "diversity", "tokens_per_output"]
+    return markdown_table(rows, columns, {**HEADERS, "seconds": "wall time (s)"})
+
+
 def samples(name: str, methods=("gfn", "sampling"), per_method: int = 3) -> str:
     lines = []
     first = None
@@ -107,7 +124,8 @@ def main() -> int:
             f"{t['threads']}), commit {t['commit']}, {t['cpu']}, one seed.",
             "", table(name), "", samples(name), "", f"![{name}](../images/{plot.name})"]))
     notes = PAGE.read_text().partition(NOTES)[2] if PAGE.is_file() else ""  # the hand-written reading, kept
-    PAGE.write_text(PAGE_HEAD + "\n\n".join(sections) + f"\n\n{NOTES}" + (notes or "\n"))
+    PAGE.write_text(PAGE_HEAD + summary(done, timings) + "\n\n" + "\n\n".join(sections) + f"\n\n{NOTES}"
+                    + (notes or "\n"))
     print(f"Wrote {PAGE}")
     return 0
 
