@@ -84,7 +84,7 @@ def summary(names: list[str], timings: dict) -> str:
             if method in methods:
                 row = methods[method]
                 rates = [v for k, v in row.items() if k.startswith("rate: ")]
-                rows.append({"example": name, "seconds": f"{timings[name]['seconds']:.0f}", **row,
+                rows.append({**row, "example": name, "seconds": f"{timings[name]['seconds']:.0f}",
                              "rate": min(rates) if rates else None})
     from gfnlm.evaluation.tables import markdown_table
 
