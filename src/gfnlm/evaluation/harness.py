@@ -48,6 +48,7 @@ from gfnlm.evaluation.diversity import (
 from gfnlm.evaluation.methods import ALL_METHODS, CORRECTED, REJECTION
 from gfnlm.evaluation.plots import plot_frontier
 from gfnlm.evaluation.tables import write_table
+from gfnlm.inference.correction import terminal_log_rewards
 from gfnlm.inference.importance import importance_estimates
 from gfnlm.inference.rejection import rejection_sample
 from gfnlm.inference.sampling import sample_completions
@@ -70,12 +71,6 @@ HEADERS = {"mean_loglik": "mean log p(Z ∣ X)", "max_loglik": "max log p(Z ∣ 
 
 def _trajectories(prompt: Sequence[int], rows: Sequence[Sequence[int]], device) -> Trajectories:
     return Trajectories.from_rows([tuple(prompt)], ["eval"], [0] * len(rows), [list(r) for r in rows], device=device)
-
-
-@torch.no_grad()
-def terminal_log_rewards(target: Target, prompt: Sequence[int], rows, device) -> list[float]:
-    """Untempered log R(Z stop | X) of whole completions."""
-    return target.terminal_log_rewards(_trajectories(prompt, rows, device)).tolist()
 
 
 @torch.no_grad()
@@ -124,7 +119,7 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
                 if method == REJECTION:
                     with policy.base() as model:
                         drawn = rejection_sample(model, space, prompt.ids, n, count, lambda rows: terminal_log_rewards(
-                            target, prompt.ids, rows, device), generator)
+                            target, prompt.ids, rows, device).tolist(), generator)
                     rows, generated, extra = drawn.rows, drawn.generated_tokens, {"particles": count}
                 else:
                     out = run_corrected(method, policy, space, target, prompt.ids, n, count, temperature, generator)
@@ -137,7 +132,7 @@ def evaluate_methods(policy: Policy, space: ActionSpace, target: Target, prompts
             if method in ("gfn", "sampling"):
                 plain_rows[method] = rows
             texts = [tok.decode(r) for r in rows]
-            loglik = terminal_log_rewards(target, prompt.ids, rows, device)
+            loglik = terminal_log_rewards(target, prompt.ids, rows, device).tolist()
             sims = cosine_similarities(texts, encoder)  # encoded once for the samples' and the target's diversity
             rewarded = [v for v in loglik if v > -math.inf]
             metrics = {"mean_loglik": statistics.mean(rewarded) if rewarded else math.nan,

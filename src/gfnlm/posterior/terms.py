@@ -19,7 +19,7 @@ import re
 import string
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gfnlm.infra.errors import GfnlmError
@@ -98,7 +98,7 @@ def parse_term(entry, where: str) -> Term:
     if not isinstance(value, str) or not value:
         raise GfnlmError(f"{where} ({kind}): give a non-empty string (got {value!r}).")
     if kind == "function":
-        return _replace(term, function=value)
+        return replace(term, function=value)
     if kind == "regex":
         try:
             re.compile(value)
@@ -106,7 +106,7 @@ def parse_term(entry, where: str) -> Term:
             raise GfnlmError(f"{where} (regex): {value!r} is not a regular expression ({exc}).") from None
     else:
         template_fields(value, where)
-    return _replace(term, text=value)
+    return replace(term, text=value)
 
 
 def _lm_term(term: Term, value, where: str) -> Term:
@@ -119,13 +119,7 @@ def _lm_term(term: Term, value, where: str) -> Term:
         raise GfnlmError(f"{where} (lm): {{{LATENT}}} must appear exactly once in context + text (found {count}).")
     if not isinstance(term.model, str) or not term.model:
         raise GfnlmError(f"{where} (lm): model is 'base' or a local model folder / .gguf file.")
-    return _replace(term, context=context, text=text)
-
-
-def _replace(term: Term, **changes) -> Term:
-    from dataclasses import replace
-
-    return replace(term, **changes)
+    return replace(term, context=context, text=text)
 
 
 def columns_read(term: Term) -> set[str]:

@@ -34,33 +34,31 @@ class TextFunction(Target):
         self.name = name
 
     def log_rewards(self, traj: Trajectories) -> torch.Tensor:
-        keys: dict[tuple, int] = {}  # (prompt, prefix) -> position in the call
-        where = []
-        for b in range(traj.batch_size):
-            prompt, row = traj.row_prompt(b), tuple(traj.row(b))
-            if prompt not in self.inputs:
-                raise GfnlmError(UNKNOWN_PROMPT)
-            where.append([keys.setdefault((prompt, row[:i]), len(keys)) for i in range(len(row) + 1)])
-        items = list(keys)
-        texts = self.tokenizer.batch_decode([list(z) for _, z in items])
-        values = self.call(texts, [self.inputs[p] for p, _ in items])
+        positions, values = self._values(traj, every_prefix=True)
         out = torch.zeros(traj.batch_size, traj.max_length + 1)
-        for b, positions in enumerate(where):
-            out[b, : len(positions)] = torch.tensor([values[k] for k in positions])
+        for b, row in enumerate(positions):
+            out[b, : len(row)] = torch.tensor([values[k] for k in row])
         return out.to(traj.tokens.device)
 
     def terminal_log_rewards(self, traj: Trajectories, twist: bool = False) -> torch.Tensor:
         """Whole rows only: one call on the distinct completed texts."""
+        positions, values = self._values(traj, every_prefix=False)
+        return torch.tensor([values[row[-1]] for row in positions]).to(traj.tokens.device)
+
+    def _values(self, traj: Trajectories, every_prefix: bool) -> tuple[list[list[int]], list[float]]:
+        """One call on the distinct (prompt, text) pairs of the batch: every prefix of each row, or its whole
+        text; returns, per row, the positions of its prefixes (or of its whole text) in the values."""
         keys: dict[tuple, int] = {}
-        where = []
+        positions = []
         for b in range(traj.batch_size):
-            prompt = traj.row_prompt(b)
+            prompt, row = traj.row_prompt(b), tuple(traj.row(b))
             if prompt not in self.inputs:
                 raise GfnlmError(UNKNOWN_PROMPT)
-            where.append(keys.setdefault((prompt, tuple(traj.row(b))), len(keys)))
+            ends = range(len(row) + 1) if every_prefix else [len(row)]
+            positions.append([keys.setdefault((prompt, row[:i]), len(keys)) for i in ends])
         items = list(keys)
-        values = self.call(self.tokenizer.batch_decode([list(z) for _, z in items]), [self.inputs[p] for p, _ in items])
-        return torch.tensor([values[k] for k in where]).to(traj.tokens.device)
+        texts = self.tokenizer.batch_decode([list(z) for _, z in items])
+        return positions, self.call(texts, [self.inputs[p] for p, _ in items])
 
     def call(self, texts: list[str], inputs: list[dict]) -> list[float]:
         """The function's values, checked: one finite number or minus infinity per text."""
