@@ -24,18 +24,24 @@ def full_log_probs(model, ids):
     return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
 
 
-@pytest.mark.parametrize("shared_prefix", [(), (4, 4, 2)])
-def test_packed_state_logits_match_one_forward_per_prefix(shared_prefix):
+@pytest.mark.parametrize("shared_prefix,pack_tokens", [((), 256), ((4, 4, 2), 256), ((), 5)])
+def test_packed_state_logits_match_one_forward_per_prefix(shared_prefix, pack_tokens):
+    """Rows of different lengths, laid end to end (pack_tokens 5: several packs, rows alone in theirs)."""
     model = tiny_llama(V)
     prompts = [(1, 2, 3, 4, 5), (6, 7)]
-    index = torch.tensor([0, 1, 1, 0])
-    tokens = torch.randint(0, V, (4, 4), generator=torch.Generator().manual_seed(0))
+    index = torch.tensor([0, 1, 1, 0, 0])
+    tokens = torch.randint(0, V, (5, 4), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([4, 2, 0, 3, 1])
     cont = [8, 3, 8]
     with torch.no_grad():
-        states, copies = state_logits(model, encode_prompts(model, prompts, shared_prefix), index, tokens, cont)
-        for b in range(4):
+        states, copies = state_logits(model, encode_prompts(model, prompts, shared_prefix), index, tokens, cont,
+                                      lengths, pack_tokens)
+        for b in range(5):
             prompt = list(shared_prefix) + list(prompts[int(index[b])])
             for i in range(5):
+                if i > lengths[b]:  # past the row's end: nothing computed
+                    assert not states[b, i].any() and not copies[b, i].any()
+                    continue
                 full = model(input_ids=torch.tensor([prompt + tokens[b, :i].tolist() + cont])).logits[0]
                 p = len(prompt)
                 torch.testing.assert_close(states[b, i], full[p + i - 1], atol=1e-5, rtol=1e-5)

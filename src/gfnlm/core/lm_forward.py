@@ -89,42 +89,177 @@ def forward_new_tokens(
     return out.logits
 
 
-def state_logits(model, prompt_cache: PromptCache, prompt_index: torch.Tensor, tokens: torch.Tensor,
-                 continuation: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Next-token logits at every state of every row, in one pass.
+# New tokens per packed sequence: enough rows to fill the matmuls, few enough that attention over the pack
+# (quadratic in its length, and mostly masked) stays a small part of the cost.
+PACK_TOKENS = 256
 
-    Returns ``states`` (B, L+1, V): logits after X z_1..z_i for i = 0..L; and, when ``continuation``
-    C has m > 1 tokens, ``copies`` (B, L+1, m-1, V): logits after X z_1..z_i C_1..C_j (j = 1..m-1),
-    which give log p(C | X z_1..z_i) for every prefix i. The copies are packed after Z in the same
-    sequence; copy i attends to the prompt, z_1..z_i and itself only, at the positions it would have.
+
+@dataclass
+class VisitedStates:
+    """Next-token logits at every state a batch visits, one row per state (b, i), i = 0..n_b."""
+
+    logits: torch.Tensor  # (N, V) after X z_1..z_i
+    copies: torch.Tensor | None  # (N, m-1, V) after X z_1..z_i C_1..C_j, j = 1..m-1
+    row: torch.Tensor  # (N,) b
+    index: torch.Tensor  # (N,) i
+    next_token: torch.Tensor  # (N,) z_{i+1} (0 at a row's last state)
+    has_next: torch.Tensor  # (N,) i < n_b
+
+    def dense(self, values: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+        """(B, L+1, ...) with ``values`` (N, ...) at the visited states and zeros elsewhere."""
+        out = values.new_zeros(batch, length + 1, *values.shape[1:])
+        return out.index_put((self.row, self.index), values)
+
+
+def visited_state_logits(model, prompt_cache: PromptCache, prompt_index: torch.Tensor, tokens: torch.Tensor,
+                         continuation: Sequence[int] = (), lengths: torch.Tensor | None = None,
+                         pack_tokens: int = PACK_TOKENS) -> VisitedStates:
+    """Next-token logits at every state s_0..s_{n_b} of every row, in one pass; and, when ``continuation``
+    C has m > 1 tokens, the logits after each state followed by C_1..C_j (which give log p(C | X z_1..z_i)
+    for every prefix i). ``lengths`` (B,): row b has only its first lengths[b] tokens (default: all L).
+
+    Rows are packed: the rows of one prompt are laid end to end in one sequence of at most ``pack_tokens``
+    new tokens (a longer row gets a sequence of its own), so padding costs nothing. Each row is
+    z_1..z_n followed by n+1 copies of C_1..C_{m-1}, copy i continuing state s_i; a token attends to its
+    prompt and, within its own row, to z_1..z_i and its own copy only, at the positions it would have alone.
     """
     batch, length = tokens.shape
     device = tokens.device
     extra = max(len(continuation) - 1, 0)
-    cache, key_valid, prompt_len = gather_rows(prompt_cache, prompt_index)
-    first = prompt_cache.last_logits.index_select(0, prompt_index)[:, None]
-    copy_len = (length + 1) * extra
-    if length + copy_len == 0:
-        return first, None
-    steps = torch.arange(length, device=device)
-    # Layout: z_1..z_L, then for i = 0..L the copy C_1..C_{m-1} that continues state s_i.
-    copy_state = torch.arange(length + 1, device=device).repeat_interleave(extra)  # which s_i each copy token follows
-    copy_offset = torch.arange(extra, device=device).repeat(length + 1)  # j - 1 within its copy
-    cont = torch.tensor(list(continuation[:extra]), dtype=torch.long, device=device)
-    new_tokens = torch.cat([tokens, cont.repeat(length + 1)[None].expand(batch, copy_len)], dim=1)
-    offsets = torch.cat([steps, copy_state + copy_offset])
-    positions = prompt_len[:, None] + offsets[None]
-    total = length + copy_len
-    visible = torch.zeros(total, total, dtype=torch.bool, device=device)
-    visible[:length, :length] = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    lengths = torch.full((batch,), length, device=device) if lengths is None else lengths.to(device)
+    rows = torch.arange(batch, device=device)
+    first = prompt_cache.last_logits.index_select(0, prompt_index)
+    packs = pack_rows(prompt_index.tolist(), (lengths + (lengths + 1) * extra).tolist(), pack_tokens)
+    if not packs:
+        copies = first.new_zeros(batch, extra, first.shape[-1]) if extra else None
+        return VisitedStates(first, copies, rows, torch.zeros_like(rows), torch.zeros_like(rows),
+                             torch.zeros_like(rows, dtype=torch.bool))
+    layout = PackLayout.build(packs, tokens, lengths, list(continuation[:extra]))
+    pack_group = torch.tensor([int(prompt_index[members[0]]) for members in packs], device=device)
+    cache, key_valid, prompt_len = gather_rows(prompt_cache, pack_group)
+    logits = forward_new_tokens(model, cache, key_valid, layout.ids, prompt_len[:, None] + layout.offsets,
+                                layout.visible())
+    logits = logits.reshape(-1, logits.shape[-1])
+    is_z = layout.token_z_index >= 0
+    # States s_0 (after the prompt) first, then s_{j+1} (after z_{j+1}) in pack order.
+    row = torch.cat([rows, layout.row[is_z]])
+    index = torch.cat([torch.zeros_like(rows), layout.token_z_index[is_z] + 1])
+    states = torch.cat([first, logits.index_select(0, layout.position[is_z])])
+    has_next = index < lengths[row]
+    next_token = tokens[row, index.clamp(max=length - 1)] if length else torch.zeros_like(row)
+    next_token = torch.where(has_next, next_token, torch.zeros_like(next_token))
+    copies = None
     if extra:
-        visible[length:, :length] = steps[None, :] < copy_state[:, None]
-        same_copy = copy_state[:, None] == copy_state[None, :]
-        visible[length:, length:] = same_copy & (copy_offset[None, :] <= copy_offset[:, None])
-    logits = forward_new_tokens(model, cache, key_valid, new_tokens, positions, visible)
-    states = torch.cat([first, logits[:, :length]], dim=1)
-    copies = logits[:, length:].reshape(batch, length + 1, extra, -1) if extra else None
+        where = torch.zeros(batch, length + 1, extra, dtype=torch.long, device=device)
+        where[layout.row[~is_z], layout.token_copy_state[~is_z], layout.token_copy_offset[~is_z]] = \
+            layout.position[~is_z]
+        copies = logits[where[row, index]]
+    return VisitedStates(states, copies, row, index, next_token, has_next)
+
+
+def state_logits(model, prompt_cache: PromptCache, prompt_index: torch.Tensor, tokens: torch.Tensor,
+                 continuation: Sequence[int] = (), lengths: torch.Tensor | None = None,
+                 pack_tokens: int = PACK_TOKENS) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``visited_state_logits`` laid out as ``states`` (B, L+1, V) and, when C has m > 1 tokens,
+    ``copies`` (B, L+1, m-1, V); states past a row's end are zeros."""
+    batch, length = tokens.shape
+    visited = visited_state_logits(model, prompt_cache, prompt_index, tokens, continuation, lengths, pack_tokens)
+    states = visited.dense(visited.logits, batch, length)
+    copies = None if visited.copies is None else visited.dense(visited.copies, batch, length)
     return states, copies
+
+
+def pack_rows(groups: list[int], sizes: list[int], capacity: int) -> list[list[int]]:
+    """Rows of the same group in packs of at most ``capacity`` tokens (first fit, longest rows first; a row
+    longer than the capacity gets a pack of its own). Rows of size 0 are left out."""
+    packs: list[list[int]] = []
+    for group in dict.fromkeys(groups):
+        rows = sorted((b for b, g in enumerate(groups) if g == group and sizes[b] > 0), key=lambda b: -sizes[b])
+        open_packs: list[tuple[int, list[int]]] = []  # (free tokens, rows)
+        for b in rows:
+            for i, (free, members) in enumerate(open_packs):
+                if sizes[b] <= free:
+                    members.append(b)
+                    open_packs[i] = (free - sizes[b], members)
+                    break
+            else:
+                open_packs.append((max(capacity - sizes[b], 0), [b]))
+        packs.extend(members for _, members in open_packs)
+    return packs
+
+
+@dataclass
+class PackLayout:
+    """Where every new token of every row sits: (P, W) tensors over the packs, W the longest pack."""
+
+    ids: torch.Tensor
+    offsets: torch.Tensor  # position after the prompt
+    member: torch.Tensor  # which row of the pack (-1: padding)
+    z_index: torch.Tensor  # j for token z_{j+1}; -1 for copy tokens
+    copy_state: torch.Tensor  # i for a copy continuing s_i; -1 for z tokens
+    copy_offset: torch.Tensor  # j - 1 for copy token C_j
+    position: torch.Tensor  # (T,) over all real tokens: pack x W + place in the pack,
+    row: torch.Tensor  # and each one's row, z index and copy state / offset (as above)
+    token_z_index: torch.Tensor
+    token_copy_state: torch.Tensor
+    token_copy_offset: torch.Tensor
+
+    @staticmethod
+    def build(packs: list[list[int]], tokens: torch.Tensor, lengths: torch.Tensor,
+              continuation: list[int]) -> PackLayout:
+        device = tokens.device
+        extra = len(continuation)
+        cont = torch.tensor(continuation, dtype=torch.long, device=device)
+        names = ("ids", "offsets", "member", "z", "state", "off")
+        columns: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+        pack_of, place, row = [], [], []
+        for p, members in enumerate(packs):
+            parts = {k: [] for k in columns}
+            used = 0
+            for m, b in enumerate(members):
+                n = int(lengths[b])
+                steps = torch.arange(n, device=device)
+                copy_state = torch.arange(n + 1, device=device).repeat_interleave(extra)
+                copy_offset = torch.arange(extra, device=device).repeat(n + 1)
+                size = n + (n + 1) * extra
+                parts["ids"] += [tokens[b, :n], cont.repeat(n + 1)]
+                parts["offsets"] += [steps, copy_state + copy_offset]
+                parts["member"].append(torch.full((size,), m, device=device))
+                parts["z"] += [steps, torch.full(((n + 1) * extra,), -1, device=device)]
+                parts["state"] += [torch.full((n,), -1, device=device), copy_state]
+                parts["off"] += [torch.zeros(n, dtype=torch.long, device=device), copy_offset]
+                pack_of.append(torch.full((size,), p, device=device))
+                place.append(used + torch.arange(size, device=device))
+                row.append(torch.full((size,), b, device=device))
+                used += size
+            for k in columns:
+                columns[k].append(torch.cat(parts[k]))
+        width = max(int(c.shape[0]) for c in columns["ids"])
+
+        def padded(key: str, fill: int) -> torch.Tensor:
+            out = torch.full((len(packs), width), fill, dtype=torch.long, device=device)
+            for p, values in enumerate(columns[key]):
+                out[p, : len(values)] = values
+            return out
+
+        real = padded("member", -1) >= 0
+        return PackLayout(padded("ids", 0), padded("offsets", 0), padded("member", -1), padded("z", -1),
+                          padded("state", -1), padded("off", 0), torch.cat(pack_of) * width + torch.cat(place),
+                          torch.cat(row), padded("z", -1)[real], padded("state", -1)[real], padded("off", 0)[real])
+
+    def visible(self) -> torch.Tensor:
+        """(P, W, W): query token t may attend to key token u of the same pack."""
+        q = {k: v[:, :, None] for k, v in self._fields().items()}
+        k = {k: v[:, None, :] for k, v in self._fields().items()}
+        same_row = (q["member"] == k["member"]) & (q["member"] >= 0)
+        z_q, z_k = q["z"] >= 0, k["z"] >= 0
+        z_sees_z = z_q & z_k & (k["z"] <= q["z"])
+        copy_sees_z = ~z_q & z_k & (k["z"] < q["state"])
+        copy_sees_copy = ~z_q & ~z_k & (k["state"] == q["state"]) & (k["off"] <= q["off"])
+        return same_row & (z_sees_z | copy_sees_z | copy_sees_copy)
+
+    def _fields(self) -> dict[str, torch.Tensor]:
+        return {"member": self.member, "z": self.z_index, "state": self.copy_state, "off": self.copy_offset}
 
 
 def forward_some_rows(model, cache: DynamicCache, key_valid: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor,

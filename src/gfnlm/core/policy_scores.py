@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from gfnlm.core.action_space import ActionSpace
-from gfnlm.core.lm_forward import encode_prompts, state_logits
+from gfnlm.core.lm_forward import encode_prompts, visited_state_logits
 from gfnlm.core.trajectories import Trajectories
 
 
@@ -26,25 +26,29 @@ def score_policy(model, action_space: ActionSpace, traj: Trajectories) -> Policy
     device = tokens.device
     term = action_space.terminator
     prompt_cache = encode_prompts(model, traj.prompts)
-    states, copies = state_logits(model, prompt_cache, traj.prompt_index, tokens, term)
+    # Log-probabilities only at the states the rows visit (one row per state), then laid out (B, L+1).
+    states = visited_state_logits(model, prompt_cache, traj.prompt_index, tokens, term, traj.lengths)
+    row, index = states.row, states.index
 
     match = action_space.match_states(tokens)  # (B, L+1)
     state_index = torch.arange(length + 1, device=device)[None].expand(batch, -1)
     visited = traj.state_mask()
     after_insert = torch.zeros_like(visited)  # state s_i follows a token the environment inserted
     after_insert[:, 1:] = visited[:, 1:] & ~traj.policy_mask
-    log_probs = action_space.log_probs(states, state_index, match, after_insert)  # (B, L+1, V)
+    log_probs = action_space.log_probs(states.logits, index, match[row, index], after_insert[row, index])
 
-    token_valid = visited[:, 1:] & traj.policy_mask
-    log_pf = log_probs[:, :-1].gather(-1, tokens[..., None]).squeeze(-1)
-    log_pf = torch.where(token_valid, log_pf, torch.zeros_like(log_pf))
+    chosen = torch.nn.functional.pad(traj.policy_mask, (0, 1))[row, index]  # the policy wrote z_{i+1}
+    token_lp = log_probs.gather(-1, states.next_token[:, None]).squeeze(-1)
+    token_lp = torch.where(chosen, token_lp, torch.zeros_like(token_lp))
+    log_pf = states.dense(token_lp, batch, length)[:, :length]
 
-    log_stop = log_probs[..., term[0]]
-    copy_match = match
+    stop_lp = log_probs[:, term[0]]
+    copy_match = match[row, index]
     for j in range(1, len(term)):
         copy_match = action_space.automaton[copy_match, term[j - 1]]
-        copy_log_probs = action_space.log_probs(copies[:, :, j - 1], state_index + j, copy_match)
-        log_stop = log_stop + copy_log_probs[..., term[j]]
+        copy_log_probs = action_space.log_probs(states.copies[:, j - 1], index + j, copy_match)
+        stop_lp = stop_lp + copy_log_probs[:, term[j]]
+    log_stop = states.dense(stop_lp, batch, length)
 
     # A state whose next token was inserted (tool output) cannot stop: the environment writes on.
     next_inserted = torch.zeros_like(visited)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gfnlm.core.lm_forward import encode_prompts, state_logits
+from gfnlm.core.lm_forward import encode_prompts, visited_state_logits
 from gfnlm.core.trajectories import Trajectories
 from gfnlm.model.policy import Policy
 from gfnlm.targets.base import Target
@@ -58,16 +58,16 @@ class LMLikelihood(Target):
     def _prefix_and_stop(self, model, traj: Trajectories, terminator: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L+1) log p(z_1..z_i | X) and log p(terminator | X z_1..z_i) of every prefix under ``model``."""
         cache = encode_prompts(model, traj.prompts, self.context_prefix)
-        states, copies = state_logits(model, cache, traj.prompt_index, traj.tokens, terminator)
-        log_probs = self._log_softmax(states)
-        tokens = traj.tokens
-        token_lp = log_probs[:, :-1].gather(-1, tokens[..., None]).squeeze(-1)
-        token_lp = torch.where(traj.state_mask()[:, 1:], token_lp, torch.zeros_like(token_lp))
-        prefix = torch.cat([token_lp.new_zeros(token_lp.shape[0], 1), token_lp.cumsum(-1)], dim=1)
-        stop = log_probs[..., terminator[0]]
+        states = visited_state_logits(model, cache, traj.prompt_index, traj.tokens, terminator, traj.lengths)
+        log_probs = self._log_softmax(states.logits)  # (N, V): one row per visited state
+        batch, length = traj.tokens.shape
+        token_lp = log_probs.gather(-1, states.next_token[:, None]).squeeze(-1)
+        token_lp = states.dense(torch.where(states.has_next, token_lp, torch.zeros_like(token_lp)), batch, length)
+        prefix = torch.cat([token_lp.new_zeros(batch, 1), token_lp[:, :length].cumsum(-1)], dim=1)
+        stop = log_probs[:, terminator[0]]
         for j in range(1, len(terminator)):
-            stop = stop + self._log_softmax(copies[:, :, j - 1])[..., terminator[j]]
-        return prefix, stop
+            stop = stop + self._log_softmax(states.copies[:, j - 1])[:, terminator[j]]
+        return prefix, states.dense(stop, batch, length)
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

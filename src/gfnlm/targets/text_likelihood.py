@@ -96,7 +96,8 @@ class TextLikelihood(Target):
             tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
         befores = list(dict.fromkeys(p.before for p in pieces))
         index = torch.tensor([befores.index(p.before) for p in pieces], device=device)
-        states, _ = state_logits(model, encode_prompts(model, befores), index, tokens)
+        seq_lengths = torch.tensor([len(seq) for seq in sequences], device=device)
+        states, _ = state_logits(model, encode_prompts(model, befores), index, tokens, lengths=seq_lengths)
         states = states[:, :-1].float()  # states[:, k] predicts tokens[:, k]
         picked = states.gather(-1, tokens[..., None]).squeeze(-1)
         plain = picked - torch.logsumexp(states, -1)
@@ -116,7 +117,7 @@ class TextLikelihood(Target):
         befores = list(dict.fromkeys(p.before for p in pieces))
         index = torch.tensor([befores.index(p.before) for p in pieces], device=sub.tokens.device)
         cache = encode_prompts(model, befores)
-        states, copies = state_logits(model, cache, index, sub.tokens, after)
+        states, copies = state_logits(model, cache, index, sub.tokens, after, sub.lengths)
         log_probs = self._log_softmax(states)
         total = torch.zeros(sub.batch_size, sub.max_length + 1, device=states.device)
         if score_z:
