@@ -17,6 +17,7 @@ from gfnlm.core.action_space import ActionSpace
 from gfnlm.core.lm_forward import encode_prompts, forward_new_tokens, forward_some_rows, gather_rows
 from gfnlm.core.trajectories import Trajectories
 from gfnlm.infra.seeding import generator_device
+from gfnlm.model.decoding_weights import decoding_weights
 
 # insert_hook(row, stream) -> tokens to splice after the policy's latest token (or an empty list).
 InsertHook = Callable[[int, list[int]], Sequence[int]]
@@ -62,70 +63,72 @@ def sample_trajectories(
     prompt_index = prompt_index.to(device)
     batch = prompt_index.shape[0]
     m = action_space.terminator_length
-    prompt_cache = encode_prompts(model, prompts, shared_prefix)
-    cache, key_valid, next_position = gather_rows(prompt_cache, prompt_index)
-    next_position = next_position.clone()
-    logits = prompt_cache.last_logits.index_select(0, prompt_index)
-    streams: list[list[int]] = [[] for _ in range(batch)]
-    from_policy: list[list[bool]] = [[] for _ in range(batch)]
-    match = torch.zeros(batch, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    after_insert = torch.zeros(batch, dtype=torch.bool, device=device)  # the row's last token was inserted
+    with decoding_weights(model):  # the adapter folded in: one product per projection
+        prompt_cache = encode_prompts(model, prompts, shared_prefix)
+        cache, key_valid, next_position = gather_rows(prompt_cache, prompt_index)
+        next_position = next_position.clone()
+        logits = prompt_cache.last_logits.index_select(0, prompt_index)
+        streams: list[list[int]] = [[] for _ in range(batch)]
+        from_policy: list[list[bool]] = [[] for _ in range(batch)]
+        match = torch.zeros(batch, dtype=torch.long, device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        after_insert = torch.zeros(batch, dtype=torch.bool, device=device)  # the row's last token was inserted
 
-    while True:
-        stream_len = torch.tensor([len(s) for s in streams], device=device)
-        masked = action_space.masked_logits(logits, stream_len, match, after_insert)
-        tokens = draw(behaviour_probs(masked, temperature, epsilon), generator)
-        chunks: list[list[int]] = []
-        for b in range(batch):
-            if done[b]:
-                chunks.append([])
-                continue
-            chunk = [int(tokens[b])]
-            streams[b].append(chunk[0])
-            from_policy[b].append(True)
-            state = int(action_space.automaton[match[b], chunk[0]])
-            if state < m and insert_hook is not None:
-                for tok in insert_hook(b, list(streams[b])):
-                    streams[b].append(int(tok))
-                    from_policy[b].append(False)
-                    chunk.append(int(tok))
-                    state = int(action_space.automaton[state, int(tok)])
-                    if state == m:
-                        break
-            match[b] = state
-            done[b] = state == m
-            after_insert[b] = len(chunk) > 1
-            chunks.append(chunk)
-        if bool(done.all()):
-            break
-        # Feed every unfinished row its policy token (finished rows get padding that nothing attends to);
-        # the rows that also received tool output feed it in a second pass of their own, so one long
-        # insertion does not pad the whole batch.
-        active = ~done
-        feed = torch.tensor([c[0] if c else 0 for c in chunks], dtype=torch.long, device=device)[:, None]
-        out = forward_new_tokens(model, cache, key_valid, feed, next_position[:, None], active[:, None, None])
-        key_valid = torch.cat([key_valid, active[:, None]], dim=1)
-        next_position = next_position + active.long()
-        logits = out[:, 0]
-        extra = [b for b, (c, d) in enumerate(zip(chunks, done.tolist())) if not d and len(c) > 1]
-        if extra:
-            rows = torch.tensor(extra, device=device)
-            width = max(len(chunks[b]) - 1 for b in extra)
-            feed = torch.zeros(len(extra), width, dtype=torch.long, device=device)
-            feed_valid = torch.zeros(len(extra), width, dtype=torch.bool, device=device)
-            for i, b in enumerate(extra):
-                feed[i, : len(chunks[b]) - 1] = torch.tensor(chunks[b][1:], device=device)
-                feed_valid[i, : len(chunks[b]) - 1] = True
-            positions = next_position[rows, None] + torch.arange(width, device=device)[None]
-            visible = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None] & feed_valid[:, None, :]
-            out = forward_some_rows(model, cache, key_valid, rows, feed, positions, visible)
-            column_valid = torch.zeros(batch, width, dtype=torch.bool, device=device)
-            column_valid[rows] = feed_valid
-            key_valid = torch.cat([key_valid, column_valid], dim=1)
-            count = feed_valid.sum(1)
-            next_position[rows] += count
-            logits[rows] = out[torch.arange(len(extra), device=device), count - 1]
+        while True:
+            stream_len = torch.tensor([len(s) for s in streams], device=device)
+            masked = action_space.masked_logits(logits, stream_len, match, after_insert)
+            tokens = draw(behaviour_probs(masked, temperature, epsilon), generator)
+            chunks: list[list[int]] = []
+            for b in range(batch):
+                if done[b]:
+                    chunks.append([])
+                    continue
+                chunk = [int(tokens[b])]
+                streams[b].append(chunk[0])
+                from_policy[b].append(True)
+                state = int(action_space.automaton[match[b], chunk[0]])
+                if state < m and insert_hook is not None:
+                    for tok in insert_hook(b, list(streams[b])):
+                        streams[b].append(int(tok))
+                        from_policy[b].append(False)
+                        chunk.append(int(tok))
+                        state = int(action_space.automaton[state, int(tok)])
+                        if state == m:
+                            break
+                match[b] = state
+                done[b] = state == m
+                after_insert[b] = len(chunk) > 1
+                chunks.append(chunk)
+            if bool(done.all()):
+                break
+            # Feed every unfinished row its policy token (finished rows get padding that nothing attends to);
+            # the rows that also received tool output feed it in a second pass of their own, so one long
+            # insertion does not pad the whole batch.
+            active = ~done
+            feed = torch.tensor([c[0] if c else 0 for c in chunks], dtype=torch.long, device=device)[:, None]
+            out = forward_new_tokens(model, cache, key_valid, feed, next_position[:, None], active[:, None, None])
+            key_valid = torch.cat([key_valid, active[:, None]], dim=1)
+            next_position = next_position + active.long()
+            logits = out[:, 0]
+            extra = [b for b, (c, d) in enumerate(zip(chunks, done.tolist())) if not d and len(c) > 1]
+            if extra:
+                rows = torch.tensor(extra, device=device)
+                width = max(len(chunks[b]) - 1 for b in extra)
+                feed = torch.zeros(len(extra), width, dtype=torch.long, device=device)
+                feed_valid = torch.zeros(len(extra), width, dtype=torch.bool, device=device)
+                for i, b in enumerate(extra):
+                    feed[i, : len(chunks[b]) - 1] = torch.tensor(chunks[b][1:], device=device)
+                    feed_valid[i, : len(chunks[b]) - 1] = True
+                positions = next_position[rows, None] + torch.arange(width, device=device)[None]
+                causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+                visible = causal[None] & feed_valid[:, None, :]
+                out = forward_some_rows(model, cache, key_valid, rows, feed, positions, visible)
+                column_valid = torch.zeros(batch, width, dtype=torch.bool, device=device)
+                column_valid[rows] = feed_valid
+                key_valid = torch.cat([key_valid, column_valid], dim=1)
+                count = feed_valid.sum(1)
+                next_position[rows] += count
+                logits[rows] = out[torch.arange(len(extra), device=device), count - 1]
 
     rows = [s[: len(s) - m] for s in streams]
     masks = [p[: len(p) - m] for p in from_policy]
