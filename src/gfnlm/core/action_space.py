@@ -139,10 +139,11 @@ class ActionSpace:
         too_short = (match == m - 1) & (stream_len + 1 - m < self.min_len)
         if self.stop_after_insert and after_insert is not None:
             too_short = too_short | (~after_insert & ~capped)
-        x = x.masked_fill(too_short[..., None] & (vocab == self.terminator[-1]), NEG_INF)
+        # In place: x is this function's own tensor (one vocabulary-sized copy instead of three).
+        x.masked_fill_(too_short[..., None] & (vocab == self.terminator[-1]), NEG_INF)
         if bool(capped.any()):
             forced = self.terminator_tensor[match.clamp(max=m - 1)]
-            x = x.masked_fill(capped[..., None] & (vocab != forced[..., None]), NEG_INF)
+            x.masked_fill_(capped[..., None] & (vocab != forced[..., None]), NEG_INF)
         return x
 
     def log_probs(self, logits: torch.Tensor, stream_len: torch.Tensor, match: torch.Tensor,
