@@ -34,7 +34,10 @@ def behaviour_probs(masked_logits: torch.Tensor, temperature: float, epsilon: fl
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row by inverting the cumulative distribution (faster than multinomial on a
-    large vocabulary, and reproducible through ``generator``)."""
+    large vocabulary, and reproducible through ``generator``). Probabilities below float32's smallest
+    normal number count as 0: a 53-bit uniform could never pick them, and their subnormal arithmetic
+    made the cumulative sum about ten times slower."""
+    probs = probs.masked_fill(probs < torch.finfo(torch.float32).tiny, 0.0)
     cdf = probs.double().cumsum(-1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=generator_device(generator, probs),
                    dtype=torch.float64).to(probs.device)

@@ -75,11 +75,12 @@ def decoding_weights(model: torch.nn.Module):
                 if id(layer) in adapted_ids:
                     weight = buffer[offset: offset + base.weight.numel()].view_as(base.weight)
                     offset += base.weight.numel()
-                    weight.copy_(base.weight)
+                    source = base.weight
                     for name in layer.active_adapters:
-                        if name in layer.lora_A:
-                            weight.addmm_(layer.lora_B[name].weight, layer.lora_A[name].weight,
-                                          alpha=layer.scaling[name])
+                        if name in layer.lora_A:  # W + s B A written straight into the buffer
+                            torch.addmm(source, layer.lora_B[name].weight, layer.lora_A[name].weight,
+                                        alpha=layer.scaling[name], out=weight)
+                            source = weight
                 layer.forward = _runner(weight, base.bias)
                 patched.append(layer)
             for module in plain:
