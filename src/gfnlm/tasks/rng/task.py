@@ -123,6 +123,12 @@ class RngTask(Task):
         return ActionSpace(self.vocab_size, self.terminator_ids, min_len=self.config.min_len, max_len=self.max_len,
                            allowed_tokens=allowed)
 
+    def seed_trajectories(self):
+        """Every number's canonical spelling, for every prompt: the support is known, and on-policy sampling
+        alone almost never explores a branch the base model gives one token in tens of thousands (" 10" ->
+        "0" of " 100"), so the policy would learn to stop there and leave that number no mass."""
+        return [(tp.key, ids, (True,) * len(ids)) for tp in self.prompts for ids in self.canonical.values()]
+
     def log_reward(self, prompt: tuple[int, ...], completion: tuple[int, ...]) -> float:
         return 0.0 if tuple(completion) in self.number_of else self.config.invalid_log_reward
 
