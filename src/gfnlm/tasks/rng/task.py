@@ -45,7 +45,9 @@ class RngConfig:
     terminator: str = field(default=",", metadata={"help": "the text that ends a number (the policy's stop)"})
     leading_space: bool = field(default=True, metadata={
         "help": "numbers are spelled with a leading space (\" 42\"), as after the prompt's comma"})
-    min_len: int = field(default=1, metadata={"help": "fewest tokens before the policy may stop"})
+    min_len: int = field(default=0, metadata={
+        "help": "fewest tokens before the policy may stop (0: the token length of the shortest valid number; "
+                "shorter completions, such as the lone leading space, can never be valid)"})
     max_len: int = field(default=0, metadata={
         "help": "most tokens of a completion (0: the token length of the longest valid number)"})
     invalid_log_reward: float = field(default=-60.0, metadata={
@@ -100,6 +102,7 @@ class RngTask(Task):
         self.number_of = {ids: n for n, ids in self.canonical.items()}
         longest = max(len(ids) for ids in self.canonical.values())
         self.max_len = c.max_len or longest
+        self.min_len = c.min_len or min(len(ids) for ids in self.canonical.values())
         if self.max_len < longest:
             raise GfnlmError(f"task.max_len {c.max_len} is shorter than the longest number ({longest} tokens).")
 
@@ -120,7 +123,7 @@ class RngTask(Task):
         allowed = None
         if self.config.restrict_vocab:
             allowed = {t for ids in self.canonical.values() for t in ids}
-        return ActionSpace(self.vocab_size, self.terminator_ids, min_len=self.config.min_len, max_len=self.max_len,
+        return ActionSpace(self.vocab_size, self.terminator_ids, min_len=self.min_len, max_len=self.max_len,
                            allowed_tokens=allowed)
 
     def seed_trajectories(self):
