@@ -9,6 +9,7 @@ KV cache, and reproduced exactly when the trajectory is replayed.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -18,6 +19,8 @@ from gfnlm.core.lm_forward import encode_prompts, forward_new_tokens, forward_so
 from gfnlm.core.trajectories import Trajectories
 from gfnlm.infra.seeding import generator_device
 from gfnlm.model.decoding_weights import decoding_weights
+
+FOLD_MIN_STEPS = 8  # sampling runs on folded weights when a rollout may be longer than this (tokens)
 
 # insert_hook(row, stream) -> tokens to splice after the policy's latest token (or an empty list).
 InsertHook = Callable[[int, list[int]], Sequence[int]]
@@ -66,7 +69,10 @@ def sample_trajectories(
     prompt_index = prompt_index.to(device)
     batch = prompt_index.shape[0]
     m = action_space.terminator_length
-    with decoding_weights(model):  # the adapter folded in: one product per projection
+    # Folding writes every weight once, about what 4-6 decoding steps spend on the unfolded adapter: worth it
+    # for rollouts that may run longer than that.
+    fold = action_space.max_len + m > FOLD_MIN_STEPS
+    with decoding_weights(model) if fold else contextlib.nullcontext():
         prompt_cache = encode_prompts(model, prompts, shared_prefix)
         cache, key_valid, next_position = gather_rows(prompt_cache, prompt_index)
         next_position = next_position.clone()
