@@ -41,7 +41,6 @@ from gfnlm.core.trajectories import Trajectories
 from gfnlm.infra.checkpoint import CheckpointStore
 from gfnlm.infra.distributed import Processes
 from gfnlm.infra.errors import GfnlmError
-from gfnlm.infra.memory import return_freed_memory
 from gfnlm.infra.metrics_log import MetricsLog
 from gfnlm.model.policy import Policy
 from gfnlm.model.temperature import EMBEDDING_LR_SCALE, SCALAR_LR_SCALE, TemperatureConditioning
@@ -97,7 +96,6 @@ class Learner(torch.nn.Module):
 class Trainer:
     def __init__(self, config: TrainConfig, task: Task, policy: Policy, run_dir: Path,
                  processes: Processes | None = None):
-        return_freed_memory()  # so a run's resident size is its largest phase, not the sum of all
         self.config = config
         self.processes = processes if processes is not None else Processes(policy.device)
         self.task = task
