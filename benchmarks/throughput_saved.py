@@ -64,9 +64,11 @@ def machine_settings() -> dict:
 
 
 def reusable(saved: dict, settings: dict) -> bool:
-    """A saved result stands for a new measurement when every setting matches and the code is committed."""
-    commit = settings.get("git_commit", "")
-    return saved.get("settings") == settings and commit not in ("", "unknown") and not commit.endswith("-dirty")
+    """A saved result stands for a new measurement when every setting matches and, for a measurement of our
+    code (settings with a git_commit), that code is committed. The reference kit's runs do not depend on it."""
+    commit = settings.get("git_commit")
+    committed = commit is None or (commit not in ("", "unknown") and not commit.endswith("-dirty"))
+    return saved.get("settings") == settings and committed
 
 
 def saved_or_measured(path: Path, settings: dict, measure: Callable[[], dict | None],

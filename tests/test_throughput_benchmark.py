@@ -84,6 +84,17 @@ def test_a_saved_result_is_reused_only_when_settings_and_a_clean_commit_match(tm
     assert code_changed.calls == 1
 
 
+def test_a_saved_kit_result_is_reused_whatever_our_commit(tmp_path):
+    """The reference kit's figure depends on the kit, n, steps, threads and machine, not on our code."""
+    path = tmp_path / "reference-kit-n8.json"
+    settings = {"n": 8, "steps": 16, "threads": 2, "kit_scripts_sha256": "k", "cpu": "AMD EPYC"}
+    saved.saved_or_measured(path, settings, Counting({"median_s_per_step": 19.8}))
+    again = Counting({"median_s_per_step": 1.0})
+    assert saved.saved_or_measured(path, dict(settings), again) == ({"median_s_per_step": 19.8}, "saved")
+    assert again.calls == 0
+    assert saved.saved_or_measured(path, {**settings, "threads": 1}, again)[1] == "measured"
+
+
 def test_a_failed_measurement_leaves_the_saved_result_alone(tmp_path):
     path = tmp_path / "documented.json"
     settings = {"steps": 12, "git_commit": "abc"}
