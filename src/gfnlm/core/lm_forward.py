@@ -140,10 +140,11 @@ def visited_state_logits(model, prompt_cache: PromptCache, prompt_index: torch.T
     logits = forward_new_tokens(model, cache, key_valid, layout.ids, prompt_len[:, None] + layout.offsets,
                                 layout.visible())
     logits = logits.reshape(-1, logits.shape[-1])
-    is_z = layout.token_z_index >= 0
+    z_index = layout.real(layout.z_index)
+    is_z = z_index >= 0
     # States s_0 (after the prompt) first, then s_{j+1} (after z_{j+1}) in pack order.
     row = torch.cat([rows, layout.row[is_z]])
-    index = torch.cat([torch.zeros_like(rows), layout.token_z_index[is_z] + 1])
+    index = torch.cat([torch.zeros_like(rows), z_index[is_z] + 1])
     states = torch.cat([first, logits.index_select(0, layout.position[is_z])])
     has_next = index < lengths[row]
     next_token = tokens[row, index.clamp(max=length - 1)] if length else torch.zeros_like(row)
@@ -151,8 +152,9 @@ def visited_state_logits(model, prompt_cache: PromptCache, prompt_index: torch.T
     copies = None
     if extra:
         where = torch.zeros(batch, length + 1, extra, dtype=torch.long, device=device)
-        where[layout.row[~is_z], layout.token_copy_state[~is_z], layout.token_copy_offset[~is_z]] = \
-            layout.position[~is_z]
+        copy = ~is_z
+        where[layout.row[copy], layout.real(layout.copy_state)[copy], layout.real(layout.copy_offset)[copy]] = \
+            layout.position[copy]
         copies = logits[where[row, index]]
     return VisitedStates(states, copies, row, index, next_token, has_next)
 
@@ -198,11 +200,12 @@ class PackLayout:
     z_index: torch.Tensor  # j for token z_{j+1}; -1 for copy tokens
     copy_state: torch.Tensor  # i for a copy continuing s_i; -1 for z tokens
     copy_offset: torch.Tensor  # j - 1 for copy token C_j
-    position: torch.Tensor  # (T,) over all real tokens: pack x W + place in the pack,
-    row: torch.Tensor  # and each one's row, z index and copy state / offset (as above)
-    token_z_index: torch.Tensor
-    token_copy_state: torch.Tensor
-    token_copy_offset: torch.Tensor
+    position: torch.Tensor  # (T,) over all real tokens (in pack order): pack x W + place in the pack,
+    row: torch.Tensor  # and each one's row
+
+    def real(self, values: torch.Tensor) -> torch.Tensor:
+        """(T,) ``values`` (one of the (P, W) fields) at the real tokens, in the order of ``position``."""
+        return values[self.member >= 0]
 
     @staticmethod
     def build(packs: list[list[int]], tokens: torch.Tensor, lengths: torch.Tensor,
@@ -242,10 +245,9 @@ class PackLayout:
                 out[p, : len(values)] = values
             return out
 
-        real = padded("member", -1) >= 0
         return PackLayout(padded("ids", 0), padded("offsets", 0), padded("member", -1), padded("z", -1),
                           padded("state", -1), padded("off", 0), torch.cat(pack_of) * width + torch.cat(place),
-                          torch.cat(row), padded("z", -1)[real], padded("state", -1)[real], padded("off", 0)[real])
+                          torch.cat(row))
 
     def visible(self) -> torch.Tensor:
         """(P, W, W): query token t may attend to key token u of the same pack."""
