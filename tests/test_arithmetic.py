@@ -47,9 +47,12 @@ def test_train_and_evaluate_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
     results = json.loads((run / "eval_arithmetic.json").read_text())["results"]
     assert set(results) == {"gfn", "cot_prompting"}
     for result in results.values():
-        assert set(result) == {"simple", "hard", "ood"}
+        assert set(result) == {"simple", "hard", "ood-5"}
     for r in [r for result in results.values() for r in result.values()]:
         assert r["questions"] == 3 and 0 <= r["accuracy_likelihood"] <= 1 and 0 <= r["accuracy_majority"] <= 1
+        assert 0 <= r["pass@1"] <= r["pass@2"] <= r["pass@3"] <= 1 and 0 <= r["distinct_correct"] <= 3
+        # max_len caps the policy's tokens; the calculator's last result may follow the cap
+        assert 0 < r["mean_length"] <= 20 + 4 and r["calculator_calls"] >= 0
     buffer = [json.loads(line) for line in next((run / "checkpoints").glob("step-*/buffer.jsonl")).read_text().splitlines()]
     assert any(not all(row["policy_mask"]) for row in buffer)  # gold chains with calculator tokens were replayed
 
@@ -60,7 +63,8 @@ def test_the_vote_matches_full_passes_of_the_judge(tiny_model_dir):
     task, tok = spec.task, policy.tokenizer
     problems = task.data.tests["simple"][:2]
     prompts = [task.prompt(p, f"q{i}") for i, p in enumerate(problems)]
-    texts = [[" 1 + 2 = 3", " 4 - 1 = 3", " 2 + 3 = 5", " 7 7"], [" 9 - 9 = 0", " 8 +"]]
+    # a chain drawn twice counts twice in the total (it is scored once)
+    texts = [[" 1 + 2 = 3", " 4 - 1 = 3", " 2 + 3 = 5", " 7 7", " 2 + 3 = 5", " 2 + 3 = 5"], [" 9 - 9 = 0", " 8 +"]]
     chains = [[tok.encode(t, add_special_tokens=False) for t in q] for q in texts]
     judge = list(task.few_shot_prefix(task.config.reward_shots))
     for (finals, majority, by_likelihood), problem, prompt, q in zip(

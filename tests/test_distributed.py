@@ -212,7 +212,7 @@ def test_arithmetic_evaluation_counts_every_process_share(tmp_path, tiny_model_d
                  "--task.eval_batch_questions", "1", "--task.eval_methods", "gfn"]) == 0
     launch(["eval", "arithmetic", "--run", str(run)])  # 2 questions of each split on rank 0, 1 on rank 1
     results = json.loads((run / "eval_arithmetic.json").read_text())["results"]["gfn"]
-    assert {split: r["questions"] for split, r in results.items()} == {"simple": 3, "hard": 3, "ood": 3}
+    assert {split: r["questions"] for split, r in results.items()} == {"simple": 3, "hard": 3, "ood-5": 3}
 
 
 @pytest.mark.slow

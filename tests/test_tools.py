@@ -58,11 +58,16 @@ def test_tool_output_is_spliced_as_non_policy_tokens_and_replays_exactly():
 
 
 def test_arithmetic_splits_are_disjoint_and_shaped_as_asked():
-    data = generate(seed=3, train_size=50, gold_size=10, test_size=200)
+    data = generate(seed=3, train_size=50, gold_size=10, test_size=200,
+                    test_operands={"simple": 3, "hard": 4, "ood-5": 5, "ood-6": 6}, validation_size=100)
     queries = [p.query for p in data.train] + [p.query for split in data.tests.values() for p in split]
-    assert len(queries) == len(set(queries)) == 50 + 3 * 200
+    assert len(queries) == len(set(queries)) == 50 + 4 * 200 + 100
     assert {len(p.operands) for p in data.train} == {3, 4}
-    assert {k: {len(p.operands) for p in v} for k, v in data.tests.items()} == {"simple": {3}, "hard": {4}, "ood": {5}}
+    assert {k: {len(p.operands) for p in v} for k, v in data.tests.items()} == {
+        "simple": {3}, "hard": {4}, "ood-5": {5}, "ood-6": {6}, "validation": {3, 4}}
+    without = generate(seed=3, train_size=50, gold_size=10, test_size=200,
+                       test_operands={"simple": 3, "hard": 4, "ood-5": 5, "ood-6": 6})
+    assert without.train == data.train and all(without.tests[k] == data.tests[k] for k in without.tests)
     assert data.gold == data.train[:10]
     p = data.train[0]
     chain = p.rationale.split(" , ")

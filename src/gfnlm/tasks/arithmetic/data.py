@@ -3,8 +3,9 @@
 A problem is a chain of operands joined by + and - ("3 + 5 - 6"); its query is
 "Question: 3 + 5 - 6 = ? Answer:", its gold rationale the left-to-right chain of calculator calls
 "3 + 5 = 8 , 8 - 6 = 2", and its answer "2". Splits: a small training set (by default 50 problems
-with 3-4 operands, 10 of them with gold rationales), and test sets with 3 operands ("simple"), 4
-("hard") and 5 ("ood") that never repeat a training query (nor each other).
+with 3-4 operands, 10 of them with gold rationales), test sets with 3 operands ("simple"), 4 ("hard")
+and 5 ("ood-5"), and optionally a validation set drawn like the training set (for tuning); no query
+appears twice across (or within) them.
 """
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ def random_problem(rng: random.Random, n_operands: int, max_operand: int = 9) ->
 class ArithmeticData:
     train: list[Problem]
     gold: list[Problem]  # the training problems whose gold rationale is given
-    tests: dict[str, list[Problem]]
+    tests: dict[str, list[Problem]]  # by split name; "validation" (when drawn) is one of them
 
 
 def generate(seed: int = 0, train_size: int = 50, gold_size: int = 10, test_size: int = 200,
              train_operands: tuple[int, ...] = (3, 4), test_operands: dict[str, int] | None = None,
-             max_operand: int = 9) -> ArithmeticData:
-    """Seeded splits; no query appears twice across (or within) them."""
-    test_operands = test_operands or {"simple": 3, "hard": 4, "ood": 5}
+             max_operand: int = 9, validation_size: int = 0) -> ArithmeticData:
+    """Seeded splits; no query appears twice across (or within) them. The validation split is drawn last, so
+    asking for it leaves the other splits as they were."""
+    test_operands = test_operands or {"simple": 3, "hard": 4, "ood-5": 5}
     if gold_size > train_size:
         raise GfnlmError(f"gold_size ({gold_size}) exceeds train_size ({train_size}).")
     if min(train_operands + tuple(test_operands.values())) < 2:
@@ -89,4 +91,6 @@ def generate(seed: int = 0, train_size: int = 50, gold_size: int = 10, test_size
 
     train = draw(train_size, train_operands)
     tests = {name: draw(test_size, (k,)) for name, k in test_operands.items()}
+    if validation_size:
+        tests["validation"] = draw(validation_size, train_operands)
     return ArithmeticData(train, train[:gold_size], tests)

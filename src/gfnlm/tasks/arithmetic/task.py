@@ -56,7 +56,10 @@ class ArithmeticConfig(EvaluationMethods):
     train_operands: str = field(default="3,4", metadata={
         "help": "operand counts of the training questions; the smallest is the simple test split, the largest "
                 "the hard one"})
-    ood_operands: int = field(default=5, metadata={"help": "operand count of the out-of-distribution test split"})
+    ood_operands: str = field(default="5", metadata={
+        "help": "operand counts of the out-of-distribution test splits (one split 'ood-K' each), like '5,6'"})
+    validation_size: int = field(default=0, metadata={
+        "help": "questions of a 'validation' split drawn like the training questions (for tuning; 0: none)"})
     max_operand: int = field(default=9, metadata={"help": "largest operand"})
     answer_template: str = field(default="\nThe answer is {answer}.", metadata={
         "help": "Y after the chain; starts with a newline (the policy's stop) and contains {answer}"})
@@ -67,12 +70,16 @@ class ArithmeticConfig(EvaluationMethods):
     stop_after_tool: bool = field(default=True, metadata={
         "help": "Z is a whole chain of calculator calls: the policy may stop only right after a result"})
     eval_questions: int = field(default=50, metadata={"help": "test questions per split in the evaluation"})
+    eval_splits: str = field(default="", metadata={
+        "help": "comma-separated splits to evaluate (default: every test split; 'validation' only when named)"})
     eval_chains: int = field(default=10, metadata={"help": "K chains per test question"})
     eval_temperature: float = field(default=0.5, metadata={"help": "sampling temperature of the evaluation's chains"})
     eval_batch_questions: int = field(default=16, metadata={"help": "test questions sampled together"})
     eval_methods: str = field(default="gfn,cot_prompting", metadata={
         "help": "comma-separated evaluation methods, of gfn (the trained policy) and cot_prompting (the base "
                 "model after cot_shots worked examples)"})
+    eval_vote_by_likelihood: bool = field(default=True, metadata={
+        "help": "also vote by total p(Y | X, Z) (one pass of the judge per distinct chain; off: majority only)"})
     eval_vote_candidates: int = field(default=4, metadata={
         "help": "answers compared by total p(Y | X, Z): the chains' most frequent ones"})
     cot_shots: int = field(default=3, metadata={
@@ -104,15 +111,31 @@ class ArithmeticConfig(EvaluationMethods):
             raise GfnlmError("task.eval_temperature must be positive.")
         if "{answer}" not in self.answer_template or not self.answer_template.startswith("\n"):
             raise GfnlmError("task.answer_template must start with a newline (the stop) and contain {answer}.")
-        operands = self.operand_counts()
-        if not operands or min(operands + (self.ood_operands,)) < 2:
-            raise GfnlmError(f"task.train_operands {self.train_operands!r}: give counts of at least 2, like '3,4'.")
+        check_range("task.validation_size", self.validation_size, low=0)
+        for name in ("train_operands", "ood_operands"):
+            counts = self.counts(name)
+            if not counts or min(counts) < 2:
+                raise GfnlmError(f"task.{name} {getattr(self, name)!r}: give counts of at least 2, like '3,4'.")
+        known = {"simple", "hard", *(f"ood-{k}" for k in self.counts("ood_operands"))}
+        known |= {"validation"} if self.validation_size else set()
+        unknown = sorted(set(self.splits()) - known)
+        if unknown:
+            raise GfnlmError(f"task.eval_splits: unknown split(s) {unknown}; the splits are {sorted(known)}.")
+
+    def counts(self, name: str) -> tuple[int, ...]:
+        """The operand counts of ``train_operands`` or ``ood_operands``."""
+        try:
+            return tuple(int(x) for x in str(getattr(self, name)).split(",") if x.strip())
+        except ValueError as exc:
+            raise GfnlmError(f"task.{name} {getattr(self, name)!r} is not a list of integers.") from exc
 
     def operand_counts(self) -> tuple[int, ...]:
-        try:
-            return tuple(int(x) for x in str(self.train_operands).split(",") if x.strip())
-        except ValueError as exc:
-            raise GfnlmError(f"task.train_operands {self.train_operands!r} is not a list of integers.") from exc
+        return self.counts("train_operands")
+
+    def splits(self) -> list[str]:
+        """The splits the evaluation answers."""
+        named = [s.strip() for s in self.eval_splits.split(",") if s.strip()]
+        return named or ["simple", "hard", *(f"ood-{k}" for k in self.counts("ood_operands"))]
 
 
 def final_answer(text: str) -> int | None:
@@ -130,8 +153,9 @@ class ArithmeticTask(Task):
     def check_inputs(self) -> None:
         c = self.config
         simple, hard = (min(c.operand_counts()), max(c.operand_counts()))
-        tests = {"simple": simple, "hard": hard, "ood": c.ood_operands}
-        self.data = generate(c.seed, c.train_size, c.gold_size, c.test_size, c.operand_counts(), tests, c.max_operand)
+        tests = {"simple": simple, "hard": hard, **{f"ood-{k}": k for k in c.counts("ood_operands")}}
+        self.data = generate(c.seed, c.train_size, c.gold_size, c.test_size, c.operand_counts(), tests, c.max_operand,
+                             c.validation_size)
 
     def setup(self, tokenizer, vocab_size: int) -> None:
         self.check_inputs()
@@ -227,50 +251,59 @@ class ArithmeticTask(Task):
              chains: list[list[list[int]]]) -> list[tuple[list, int | None, int | None]]:
         """Per question: the chains' final results, the majority answer, and the answer with the highest
         total p_LM(Y | X, Z) over the chains among the ``eval_vote_candidates`` most frequent results
-        (scored under the reward's model and context, one batched pass for all questions)."""
+        (scored under the reward's model and context, one batched pass for all questions; a chain drawn
+        several times is scored once and counted as often as it was drawn)."""
         c = self.config
         finals = [[final_answer(self.tokenizer.decode(z)) for z in q] for q in chains]
         candidates = [[y for y, _ in Counter(f for f in q if f is not None).most_common(c.eval_vote_candidates)]
                       for q in finals]
-        pairs = [(i, k, y) for i in range(len(problems)) for k in range(len(chains[i])) for y in candidates[i]]
+        if not c.eval_vote_by_likelihood:
+            return [(f, cands[0] if cands else None, None) for f, cands in zip(finals, candidates)]
+        drawn = [Counter(tuple(z) for z in q) for q in chains]
+        pairs = [(i, z, y) for i in range(len(problems)) for z in drawn[i] for y in candidates[i]]
         with policy.base() as model:
             scores = continuation_log_probs(
-                model, [prompts[i].ids + tuple(chains[i][k]) for i, k, _ in pairs],
+                model, [prompts[i].ids + z for i, z, _ in pairs],
                 [self.answer_ids(problems[i], y) for i, _, y in pairs],
-                shared_prefix=self.few_shot_prefix(c.reward_shots))
+                shared_prefix=self.few_shot_prefix(c.reward_shots), batch_size=64)
         out = []
         for i in range(len(problems)):
             if not candidates[i]:
                 out.append((finals[i], None, None))
                 continue
             mine = torch.tensor([n for n, (q, _, _) in enumerate(pairs) if q == i])
-            log_p = scores[mine].view(len(chains[i]), len(candidates[i]))
+            log_p = scores[mine].view(len(drawn[i]), len(candidates[i]))
+            log_p = log_p + torch.tensor([float(n) for n in drawn[i].values()]).log()[:, None]
             out.append((finals[i], candidates[i][0], candidates[i][int(torch.logsumexp(log_p, 0).argmax())]))
         return out
 
     @torch.no_grad()
     def accuracy(self, policy: Policy, config, few_shot: bool = False, label: str = "policy") -> tuple[dict, list]:
-        """Accuracy on every test split: K chains per question with the calculator, from the policy (adapter
-        on) on the bare question, or with ``few_shot`` from the base model after ``cot_shots`` worked
-        examples. Answers: the majority of the chains' final results, and the candidate (among the most
-        frequent ones) with the highest total p_LM(Y | X, Z) over the chains, under the reward's model and
-        context (the same judge for every method). Under a launcher each process takes a block of the
-        question batches, sampling from its own seed (rank 0 keeps the run's); the counts are summed."""
+        """Every evaluated split: K chains per question with the calculator, from the policy (adapter on) on
+        the bare question, or with ``few_shot`` from the base model after ``cot_shots`` worked examples.
+        Per split: accuracy of the majority of the chains' final results and of the candidate (among the
+        most frequent ones) with the highest total p_LM(Y | X, Z) over the chains, under the reward's model
+        and context (the same judge for every method); unbiased pass@k for k = 1, 2, 4, ... and K; the
+        number of distinct correct chains per question; the mean chain length (tokens of Z, calculator
+        output included) and calculator calls per chain. Under a launcher each process takes a block of the
+        question batches, sampling from its own seed (rank 0 keeps the run's); the sums are gathered."""
         import contextlib
 
         from tqdm.auto import tqdm
 
         from gfnlm.core.sampler import sample_trajectories
+        from gfnlm.evaluation.pass_at_k import pass_at_k
 
         c = self.config
         space = self.action_space().to(policy.device)
         hook = self.insert_hook()
         prefix = self.few_shot_prefix(c.cot_shots) if few_shot else ()
         generator = process_generator(config.seed, policy.device)
+        ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= c.eval_chains} | {c.eval_chains})
         results, examples = {}, []
-        for split, problems in self.data.tests.items():
-            problems = problems[: c.eval_questions]
-            counts = Counter()
+        for split in c.splits():
+            problems = self.data.tests[split][: c.eval_questions]
+            sums = Counter()
             starts = range(0, len(problems), c.eval_batch_questions)
             for start in tqdm([starts[i] for i in my_range(len(starts))], desc=f"{label} {split}",
                               disable=not config.progress, dynamic_ncols=True):
@@ -285,19 +318,28 @@ class ArithmeticTask(Task):
                           for i in range(len(batch))]
                 for problem, chain_set, (finals, majority, by_likelihood) in zip(
                         batch, chains, self.vote(policy, prompts, batch, chains)):
-                    counts["questions"] += 1
-                    counts["chains_correct"] += sum(f == problem.answer for f in finals)
-                    counts["majority"] += majority is not None and majority == problem.answer
-                    counts["likelihood"] += by_likelihood is not None and by_likelihood == problem.answer
+                    right = [f == problem.answer for f in finals]
+                    texts = [self.tokenizer.decode(z) for z in chain_set]
+                    sums["questions"] += 1
+                    sums["majority"] += majority is not None and majority == problem.answer
+                    sums["likelihood"] += by_likelihood is not None and by_likelihood == problem.answer
+                    sums["distinct_correct"] += len({tuple(z) for z, r in zip(chain_set, right) if r})
+                    sums["tokens"] += sum(len(z) for z in chain_set)
+                    sums["calls"] += sum(t.count("=") for t in texts)
+                    for k in ks:
+                        sums[f"pass@{k}"] += pass_at_k(len(right), sum(right), k)
                     if len(examples) < 6:
                         examples.append({"method": label, "split": split, "question": problem.query,
-                                         "answer": problem.answer, "chain": self.tokenizer.decode(chain_set[0]),
-                                         "majority": majority, "by_likelihood": by_likelihood})
-            counts = sum(current().gather(counts), Counter())
-            n = max(counts["questions"], 1)
-            results[split] = {"questions": counts["questions"], "accuracy_majority": counts["majority"] / n,
-                              "accuracy_likelihood": counts["likelihood"] / n,
-                              "single_chain_accuracy": counts["chains_correct"] / (n * c.eval_chains)}
+                                         "answer": problem.answer, "chain": texts[0], "majority": majority,
+                                         "by_likelihood": by_likelihood})
+            sums = sum(current().gather(sums), Counter())
+            n = max(sums["questions"], 1)
+            results[split] = {"questions": sums["questions"], "accuracy_majority": sums["majority"] / n,
+                              "accuracy_likelihood": sums["likelihood"] / n if c.eval_vote_by_likelihood else None,
+                              **{f"pass@{k}": sums[f"pass@{k}"] / n for k in ks},
+                              "distinct_correct": sums["distinct_correct"] / n,
+                              "mean_length": sums["tokens"] / (n * c.eval_chains),
+                              "calculator_calls": sums["calls"] / (n * c.eval_chains)}
         return results, gather_flat(examples)[:6]
 
     def evaluate(self, policy: Policy, run_dir: Path, config) -> EvalResult:
@@ -310,12 +352,15 @@ class ArithmeticTask(Task):
                                                                        indent=1))
         lines = [f"{c.eval_chains} chains per question at temperature {c.eval_temperature}, with the calculator; "
                  f"cot_prompting = the base model after {c.cot_shots} worked examples.", "",
-                 "| method | split | questions | accuracy (vote by p(Y ∣ X, Z)) | accuracy (majority) | single chain |",
-                 "|---|---|---|---|---|---|"]
+                 "| method | split | questions | accuracy (vote by p(Y ∣ X, Z)) | accuracy (majority) | pass@1 | "
+                 f"pass@{c.eval_chains} | distinct correct chains | mean length | calculator calls |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for method, by_split in results.items():
             for split, r in by_split.items():
-                lines.append(f"| {method} | {split} | {r['questions']} | {r['accuracy_likelihood']:.3f} | "
-                             f"{r['accuracy_majority']:.3f} | {r['single_chain_accuracy']:.3f} |")
+                by_likelihood = "-" if r["accuracy_likelihood"] is None else f"{r['accuracy_likelihood']:.3f}"
+                lines.append(f"| {method} | {split} | {r['questions']} | {by_likelihood} | "
+                             f"{r['accuracy_majority']:.3f} | {r['pass@1']:.3f} | {r[f'pass@{c.eval_chains}']:.3f} | "
+                             f"{r['distinct_correct']:.2f} | {r['mean_length']:.1f} | {r['calculator_calls']:.2f} |")
         lines += ["", "Examples:", ""] + [f"- {e['method']}: `{e['question']}` -> `{e['chain']}` (answer {e['answer']})"
                                            for e in examples]
         return EvalResult(results, [], "\n".join(lines))
