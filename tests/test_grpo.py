@@ -4,6 +4,7 @@ exact probability of rewarded sequences up and leaves the shared base model as i
 
 import math
 
+import pytest
 import torch
 
 from gfnlm.baselines import grpo
@@ -12,6 +13,7 @@ from gfnlm.core.action_space import ActionSpace
 from gfnlm.core.task import Task, TaskPrompt
 from gfnlm.inference.exact import policy_distribution
 from gfnlm.model.policy import LoraSettings, Policy
+from gfnlm.targets.base import Target
 from tests.conftest import char_tokenizer, tiny_llama
 from tests.test_supervised import base_and_policy_logits
 
@@ -72,19 +74,42 @@ def test_rollouts_mark_tool_output_as_environment_tokens():
     assert tools > 0
 
 
-def test_grpo_raises_the_probability_of_rewarded_sequences():
+class StartsWith(Target):
+    """log R = 0 for a row whose first token is ``token``, -5 otherwise (every prefix scored alike)."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def log_rewards(self, traj):
+        hit = (traj.tokens[:, 0] == self.token) & (traj.lengths > 0)
+        return torch.where(hit, 0.0, -5.0)[:, None].expand(-1, traj.tokens.shape[1] + 1)
+
+
+def test_rollouts_carry_the_target_log_reward_of_each_trajectory():
+    tok = char_tokenizer(CHARS)
+    task = LetterTask(tok)
+    policy = Policy(tiny_llama(len(tok), seed=2, init=0.3), tok, LoraSettings(r=4, alpha=8))
+    d = task.ids["d"]  # the first token of most rollouts, not all
+    out = rollout_function(policy, task, 0, 1.0, StartsWith(d))(["p"] * 64, None)
+    assert out["log_reward"] == [0.0 if z[:1] == [d] else -5.0 for z in out["latent"]]
+    assert set(out["log_reward"]) == {0.0, -5.0}
+
+
+@pytest.mark.parametrize("reward", ["function", "target"])
+def test_grpo_raises_the_probability_of_rewarded_sequences(reward):
     tok = char_tokenizer(CHARS)
     task = LetterTask(tok)
     policy = Policy(tiny_llama(len(tok), seed=2, init=0.3), tok, LoraSettings(r=8, alpha=16))
     b = task.ids["b"]
+    # the same preference as a 0/1 function of the tokens or as a target's log-reward
+    reward = (lambda key, z: float(z[:1] == [b])) if reward == "function" else StartsWith(b)
 
     def rewarded_mass():
         dist = policy_distribution(policy.model, task.space, (task.ids["p"],))
         return sum(math.exp(lp) for z, lp in dist.items() if z[:1] == (b,))
 
     before = rewarded_mass()
-    rows = train_grpo(policy, task, lambda key, z: float(z[:1] == [b]),
-                      GrpoSettings(steps=40, trajectories_per_prompt=16, lr=2e-2, progress=False))
+    rows = train_grpo(policy, task, reward, GrpoSettings(steps=40, trajectories_per_prompt=16, lr=2e-2, progress=False))
     after = rewarded_mass()
     assert before < 0.5 and after > 0.9, (before, after)
     assert len(rows) == 40 and sum(r["reward_calls"] for r in rows) == 40 * 16

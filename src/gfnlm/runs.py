@@ -281,7 +281,8 @@ def fit_baseline(method: str, policy, task: Task, settings) -> dict:
     reward with the project's sampler for rollouts); returns the training statistics."""
     if method == "sft":
         return supervised_finetune(policy, task.supervised_examples(), settings)
-    return {"steps": train_grpo(policy, task, task.task_reward(), settings)}
+    reward = task.task_reward() if settings.reward == "checker" else task.target(policy)
+    return {"steps": train_grpo(policy, task, reward, settings)}
 
 
 def config_text(spec: RunSpec) -> str:
