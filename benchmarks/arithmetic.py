@@ -210,10 +210,54 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
 
 
+METHODS = ("cot", "sft", *(f"{learner}-{reward}" for learner in LEARNERS for reward in REWARDS))
+
+
+def test_runs(seeds: int) -> dict[str, list[dict]]:
+    return {m: [r for s in range(seeds) if (r := saved(f"test-{m}-s{s}"))] for m in METHODS}
+
+
+def plot(seeds: int, path: Path) -> Path | None:
+    """pass@k against k per split (mean over seeds, bars = standard deviation), one line per method, and the
+    distinct correct chains per question beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {m: r for m, r in test_runs(seeds).items() if r}
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, len(TEST_SPLITS) + 1, figsize=(4 * (len(TEST_SPLITS) + 1), 3.6))
+    for ax, split in zip(axes, TEST_SPLITS):
+        for m, rs in runs.items():
+            values = [[r["metrics"][split][f"pass@{k}"] for r in rs] for k in KS]
+            spread = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            ax.errorbar(KS, [statistics.fmean(v) for v in values], yerr=spread, marker="o", ms=3, capsize=2, label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(KS, [str(k) for k in KS])
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{split}: pass@k")
+        ax.set_xlabel("k (of 16 chains)")
+    ax = axes[-1]
+    width = 0.8 / len(runs)
+    for i, (m, rs) in enumerate(runs.items()):
+        values = [[r["metrics"][split]["distinct_correct"] for r in rs] for split in TEST_SPLITS]
+        ax.bar([j + i * width for j in range(len(TEST_SPLITS))], [statistics.fmean(v) for v in values], width,
+               yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for v in values], label=m)
+    ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(TEST_SPLITS))], TEST_SPLITS)
+    ax.set_title("distinct correct chains per question")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def table(seeds: int, validation: int) -> str:
     """The results page's tables from the saved units."""
-    methods = ["cot", "sft", *(f"{learner}-{reward}" for learner in LEARNERS for reward in REWARDS)]
-    runs = {m: [r for s in range(seeds) if (r := saved(f"test-{m}-s{s}"))] for m in methods}
+    methods = METHODS
+    runs = test_runs(seeds)
     lines = ["| method | seeds | " + " | ".join(f"{s}: majority / by p(Y∣X,Z)" for s in TEST_SPLITS) + " |",
              "|---|---|" + "---|" * len(TEST_SPLITS)]
     for m in methods:
@@ -279,7 +323,8 @@ def main() -> int:
                 break
     text = table(args.seeds, args.validation)
     (OUT / "table.md").write_text(text + "\n")
-    print(text)
+    image = plot(args.seeds, OUT / "arithmetic_pass_at_k.png")
+    print(text + (f"\n\nplot: {image}" if image else ""))
     print(f"\n{time.perf_counter() - started:.0f} s; {OUT / 'table.md'}")
     return 0
 
