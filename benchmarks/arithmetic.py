@@ -158,6 +158,12 @@ def tuning_units(learner: str, reward: str, validation: int) -> list[dict]:
     return units
 
 
+def start_unit(validation: int) -> dict:
+    """The learners' common start (the seed-0 SFT adapter) on the validation split: what tuning must beat."""
+    return {"kind": "eval", "name": "val-sft-s0", "seed": 0, "adapter": "sft-s0", "splits": ["validation"],
+            "questions": validation}
+
+
 def chosen_setting(learner: str, reward: str, validation: int) -> dict | None:
     units = tuning_units(learner, reward, validation)
     if learner == "grpo" and len(units) == len(LR_GRID) or not all(done(u["name"]) for u in units):
@@ -277,6 +283,9 @@ def table(seeds: int, validation: int) -> str:
                                                         for key in keys) + " |")
     lines += ["", "Tuning (validation split, seed 0, mean pass@k over k = 1..16):", "",
               "| learner x reward | setting | validation score | chosen |", "|---|---|---|---|"]
+    start = saved(start_unit(validation)["name"])
+    if start:
+        lines.append(f"| (the start: sft-s0) | - | {validation_score(start):.3f} | |")
     for learner in LEARNERS:
         for reward in REWARDS:
             best = chosen_setting(learner, reward, validation)
@@ -316,8 +325,8 @@ def main() -> int:
         run_round([{"kind": "sft", "name": f"sft-s{s}", "seed": s} for s in range(args.seeds)], args.workers,
                   args.steps)
         while True:  # tuning (GRPO's temperatures wait for its learning rates), then the test units ready
-            grid = [u for learner in LEARNERS for reward in REWARDS
-                    for u in tuning_units(learner, reward, args.validation)]
+            grid = [start_unit(args.validation)] + [u for learner in LEARNERS for reward in REWARDS
+                                                    for u in tuning_units(learner, reward, args.validation)]
             if not run_round(grid + final_units(args.seeds, args.questions, args.validation), args.workers,
                              args.steps):
                 break
